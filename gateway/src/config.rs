@@ -1,0 +1,319 @@
+//! Gateway configuration: a TOML file, overridden key by key from the environment
+//! (`HOOKFOLD_<SECTION>__<KEY>`), then validated as a whole before anything starts.
+
+use std::collections::{BTreeMap, HashSet};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use figment::Figment;
+use figment::providers::{Env, Format, Serialized, Toml};
+use hookfold_proto::cloudevents::SourceKind;
+use ipnet::IpNet;
+use serde::{Deserialize, Serialize};
+
+use crate::auth::Secret;
+
+/// The configuration reference shown by `--help` and in the README.
+pub const REFERENCE: &str = r#"CONFIGURATION (TOML; every key can be overridden by HOOKFOLD_<SECTION>__<KEY>,
+e.g. HOOKFOLD_KAFKA__BOOTSTRAP_SERVERS=10.0.0.5:9092, HOOKFOLD_LISTEN=0.0.0.0:8080)
+
+  listen = "127.0.0.1:8080"          address to serve HTTP (or HTTPS with [tls]) on
+  log_format = "text"                "text" or "json"; the level comes from RUST_LOG (default info)
+  max_body_bytes = 1048576           larger bodies get 413
+  header_timeout = "10s"             a client must send its request headers within this
+  body_timeout = "30s"               ... and its body within this (else 408)
+  shutdown_timeout = "30s"           on SIGTERM/SIGINT, how long in-flight requests may drain
+  signature_window = "300s"          accepted age (either way) of a Buildkite signature timestamp
+
+  [kafka]
+  bootstrap_servers = "127.0.0.1:9092"
+  topic = "hookfold.webhooks"
+  ack_timeout = "5s"                 no broker ack within this: 503 (the record may not exist)
+  [kafka.properties]                 any librdkafka producer property, e.g. security.protocol
+  "client.id" = "hookfold-gateway"   (acks=all and enable.idempotence=true are always set)
+
+  [tls]                              optional; serve HTTPS (rustls)
+  cert_path = "cert.pem"             PEM certificate chain
+  key_path = "key.pem"               PEM private key
+
+  [[sources]]                        one per webhook URL: POST /webhooks/<id>
+  id = "acme-buildkite"              letters, digits, '-', '_', '.'
+  kind = "buildkite"                 "buildkite" or "bitbucket"
+  secrets = ["<token>"]              token or signing secret; several during a rotation
+  secrets_env = ["ACME_BK_SECRET"]   ...or names of environment variables holding them
+  allowed_cidrs = ["203.0.113.0/24"] optional; other peer addresses get 403
+  rate_limit = { per_second = 50.0, burst = 100 }   optional; over it: 429 + Retry-After
+"#;
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GatewayConfig {
+    pub listen: SocketAddr,
+    pub log_format: LogFormat,
+    pub max_body_bytes: usize,
+    #[serde(with = "humantime_serde")]
+    pub header_timeout: Duration,
+    #[serde(with = "humantime_serde")]
+    pub body_timeout: Duration,
+    #[serde(with = "humantime_serde")]
+    pub shutdown_timeout: Duration,
+    #[serde(with = "humantime_serde")]
+    pub signature_window: Duration,
+    pub kafka: KafkaConfig,
+    pub tls: Option<TlsConfig>,
+    pub sources: Vec<SourceConfig>,
+}
+
+impl Default for GatewayConfig {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            log_format: LogFormat::Text,
+            max_body_bytes: 1024 * 1024,
+            header_timeout: Duration::from_secs(10),
+            body_timeout: Duration::from_secs(30),
+            shutdown_timeout: Duration::from_secs(30),
+            signature_window: Duration::from_secs(300),
+            kafka: KafkaConfig::default(),
+            tls: None,
+            sources: Vec::new(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KafkaConfig {
+    pub bootstrap_servers: String,
+    pub topic: String,
+    #[serde(with = "humantime_serde")]
+    pub ack_timeout: Duration,
+    pub properties: BTreeMap<String, String>,
+}
+
+impl Default for KafkaConfig {
+    fn default() -> Self {
+        Self {
+            bootstrap_servers: "127.0.0.1:9092".into(),
+            topic: "hookfold.webhooks".into(),
+            ack_timeout: Duration::from_secs(5),
+            properties: BTreeMap::new(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    pub cert_path: PathBuf,
+    pub key_path: PathBuf,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SourceConfig {
+    pub id: String,
+    pub kind: Kind,
+    #[serde(default, skip_serializing)]
+    pub secrets: Vec<Secret>,
+    #[serde(default)]
+    pub secrets_env: Vec<String>,
+    #[serde(default)]
+    pub allowed_cidrs: Vec<IpNet>,
+    #[serde(default)]
+    pub rate_limit: Option<RateLimit>,
+}
+
+/// `kind` as written in the config file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Kind {
+    Buildkite,
+    Bitbucket,
+}
+
+impl From<Kind> for SourceKind {
+    fn from(kind: Kind) -> Self {
+        match kind {
+            Kind::Buildkite => SourceKind::Buildkite,
+            Kind::Bitbucket => SourceKind::Bitbucket,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RateLimit {
+    pub per_second: f64,
+    pub burst: u32,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("reading configuration: {0}")]
+    Load(#[from] Box<figment::Error>),
+    #[error("source `{id}`: {problem}")]
+    Source { id: String, problem: String },
+    #[error("{0}")]
+    Invalid(String),
+}
+
+impl GatewayConfig {
+    /// Defaults, then the file (if any), then `HOOKFOLD_*` environment variables.
+    pub fn load(file: Option<&Path>) -> Result<Self, ConfigError> {
+        let mut figment = Figment::from(Serialized::defaults(GatewayConfig::default()));
+        if let Some(file) = file {
+            figment = figment.merge(Toml::file_exact(file));
+        }
+        let mut config: GatewayConfig = figment
+            .merge(Env::prefixed("HOOKFOLD_").split("__"))
+            .extract()
+            .map_err(Box::new)?;
+        config.resolve_secret_env(|name| std::env::var(name).ok())?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn resolve_secret_env(
+        &mut self,
+        lookup: impl Fn(&str) -> Option<String>,
+    ) -> Result<(), ConfigError> {
+        for source in &mut self.sources {
+            for name in &source.secrets_env {
+                let value = lookup(name).ok_or_else(|| ConfigError::Source {
+                    id: source.id.clone(),
+                    problem: format!("secrets_env names `{name}`, which is not set"),
+                })?;
+                source.secrets.push(Secret::new(value));
+            }
+        }
+        Ok(())
+    }
+
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.sources.is_empty() {
+            return Err(ConfigError::Invalid(
+                "no [[sources]] configured: every webhook would get 404".into(),
+            ));
+        }
+        if self.max_body_bytes == 0 {
+            return Err(ConfigError::Invalid("max_body_bytes must be above 0".into()));
+        }
+        let mut seen = HashSet::new();
+        for source in &self.sources {
+            let bad = |problem: &str| ConfigError::Source {
+                id: source.id.clone(),
+                problem: problem.into(),
+            };
+            let id_ok = !source.id.is_empty()
+                && source
+                    .id
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
+            if !id_ok {
+                return Err(bad("id must be non-empty letters, digits, '-', '_' or '.'"));
+            }
+            if !seen.insert(source.id.as_str()) {
+                return Err(bad("id is configured twice"));
+            }
+            if source.secrets.is_empty() {
+                return Err(bad("no secrets: set `secrets` or `secrets_env`"));
+            }
+            if source.secrets.iter().any(Secret::is_empty) {
+                return Err(bad("a secret is empty"));
+            }
+            if let Some(limit) = source.rate_limit {
+                if !(limit.per_second.is_finite() && limit.per_second > 0.0) || limit.burst == 0 {
+                    return Err(bad("rate_limit needs per_second > 0 and burst >= 1"));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    fn write(text: &str) -> tempfile::NamedTempFile {
+        let mut file = tempfile::NamedTempFile::new().unwrap();
+        file.write_all(text.as_bytes()).unwrap();
+        file
+    }
+
+    const MINIMAL: &str = r#"
+listen = "127.0.0.1:8080"
+[kafka]
+bootstrap_servers = "127.0.0.1:9092"
+topic = "hookfold.webhooks"
+[[sources]]
+id = "acme-buildkite"
+kind = "buildkite"
+secrets = ["t0ken"]
+[[sources]]
+id = "acme-bitbucket"
+kind = "bitbucket"
+secrets = ["s3cret"]
+"#;
+
+    #[test]
+    fn the_designs_minimal_file_loads_with_defaults() {
+        let file = write(MINIMAL);
+        let config = GatewayConfig::load(Some(file.path())).unwrap();
+        assert_eq!(config.sources.len(), 2);
+        assert_eq!(config.sources[1].kind, Kind::Bitbucket);
+        assert_eq!(config.max_body_bytes, 1024 * 1024);
+        assert_eq!(config.signature_window, Duration::from_secs(300));
+        assert_eq!(config.kafka.topic, "hookfold.webhooks");
+        assert!(config.tls.is_none());
+    }
+
+    #[test]
+    fn validation_names_the_problem() {
+        for (text, needle) in [
+            ("[[sources]]\nid = \"a b\"\nkind = \"buildkite\"\nsecrets = [\"x\"]", "id must be"),
+            ("[[sources]]\nid = \"a\"\nkind = \"buildkite\"", "no secrets"),
+            (
+                "[[sources]]\nid = \"a\"\nkind = \"buildkite\"\nsecrets=[\"x\"]\n[[sources]]\nid = \"a\"\nkind = \"bitbucket\"\nsecrets=[\"y\"]",
+                "configured twice",
+            ),
+            ("listen = \"127.0.0.1:1\"", "no [[sources]]"),
+            ("[[sources]]\nid = \"a\"\nkind = \"gitlab\"\nsecrets=[\"x\"]", "gitlab"),
+            ("lisen = \"x\"", "lisen"),
+            (
+                "[[sources]]\nid = \"a\"\nkind = \"buildkite\"\nsecrets_env = [\"HOOKFOLD_TEST_SURELY_UNSET\"]",
+                "HOOKFOLD_TEST_SURELY_UNSET",
+            ),
+        ] {
+            let file = write(text);
+            let err = GatewayConfig::load(Some(file.path())).unwrap_err().to_string();
+            assert!(err.contains(needle), "{text:?}: {err}");
+        }
+    }
+
+    #[test]
+    fn secrets_env_are_resolved_and_secrets_are_not_printed() {
+        let mut config: GatewayConfig = Figment::from(Serialized::defaults(GatewayConfig::default()))
+            .merge(Toml::string(
+                "[[sources]]\nid = \"a\"\nkind = \"bitbucket\"\nsecrets = [\"inline\"]\nsecrets_env = [\"ROTATED\"]",
+            ))
+            .extract()
+            .unwrap();
+        config
+            .resolve_secret_env(|name| (name == "ROTATED").then(|| "from-env".to_string()))
+            .unwrap();
+        assert_eq!(config.sources[0].secrets.len(), 2);
+        let shown = format!("{config:?}");
+        assert!(!shown.contains("inline") && !shown.contains("from-env"), "{shown}");
+    }
+}

@@ -1,0 +1,127 @@
+//! What a webhook becomes on the topic: its routing key and its CloudEvents id.
+//! Pure functions over the already-authenticated request.
+
+use hookfold_proto::cloudevents::SourceKind;
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+
+/// The record key, chosen so that each entity's events stay in order on one partition:
+/// `<source>/pipeline/<slug>` for Buildkite build and job events, `<source>/agent/<name>`
+/// for agent events, `<source>/repo/<full_name>` for Bitbucket, `<source>/org` otherwise
+/// (including a build event that names no pipeline: it still lands, in order with the org).
+pub fn routing_key(source_id: &str, kind: SourceKind, event: &str, body: &Value) -> String {
+    let entity = match kind {
+        SourceKind::Buildkite if event.starts_with("build.") || event.starts_with("job.") => {
+            text_at(body, "/pipeline/slug")
+                .or_else(|| text_at(body, "/build/pipeline/slug"))
+                .map(|slug| format!("pipeline/{slug}"))
+        }
+        SourceKind::Buildkite if event.starts_with("agent.") => {
+            text_at(body, "/agent/name").map(|name| format!("agent/{name}"))
+        }
+        SourceKind::Buildkite => None,
+        SourceKind::Bitbucket => {
+            text_at(body, "/repository/full_name").map(|name| format!("repo/{name}"))
+        }
+    };
+    format!("{source_id}/{}", entity.as_deref().unwrap_or("org"))
+}
+
+fn text_at<'a>(body: &'a Value, pointer: &str) -> Option<&'a str> {
+    body.pointer(pointer)
+        .and_then(Value::as_str)
+        .filter(|s| !s.is_empty())
+}
+
+/// The CloudEvents id. Bitbucket names each delivery (`X-Request-UUID`) and keeps the name
+/// on retries. Buildkite sends no delivery id, so the id is the SHA-256 of source, event
+/// name and body: a repeated delivery of the same body gets the same id, which is what
+/// lets the processor drop it. A Bitbucket delivery without a usable UUID falls back to
+/// the same digest.
+pub fn event_id(source_id: &str, event: &str, body: &[u8], request_uuid: Option<&str>) -> String {
+    if let Some(uuid) = request_uuid.map(str::trim).filter(|u| is_usable_delivery_id(u)) {
+        return uuid.to_owned();
+    }
+    let mut digest = Sha256::new();
+    // NUL separators: no source id or event name can contain one, so the fields cannot
+    // run into each other.
+    digest.update(source_id.as_bytes());
+    digest.update([0]);
+    digest.update(event.as_bytes());
+    digest.update([0]);
+    digest.update(body);
+    hex::encode(digest.finalize())
+}
+
+fn is_usable_delivery_id(id: &str) -> bool {
+    !id.is_empty()
+        && id.len() <= 128
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'{' | b'}'))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn buildkite_keys() {
+        let build = json!({"build": {"number": 1}, "pipeline": {"slug": "web"}});
+        assert_eq!(
+            routing_key("bk", SourceKind::Buildkite, "build.finished", &build),
+            "bk/pipeline/web"
+        );
+        let nested = json!({"job": {}, "build": {"pipeline": {"slug": "api"}}});
+        assert_eq!(
+            routing_key("bk", SourceKind::Buildkite, "job.finished", &nested),
+            "bk/pipeline/api"
+        );
+        let agent = json!({"agent": {"name": "ci-1", "id": "x"}});
+        assert_eq!(
+            routing_key("bk", SourceKind::Buildkite, "agent.lost", &agent),
+            "bk/agent/ci-1"
+        );
+        let ping = json!({"event": "ping"});
+        assert_eq!(routing_key("bk", SourceKind::Buildkite, "ping", &ping), "bk/org");
+        let no_slug = json!({"pipeline": {"slug": 3}});
+        assert_eq!(
+            routing_key("bk", SourceKind::Buildkite, "build.running", &no_slug),
+            "bk/org"
+        );
+    }
+
+    #[test]
+    fn bitbucket_keys() {
+        let body = json!({"repository": {"full_name": "acme/web"}});
+        assert_eq!(
+            routing_key("bb", SourceKind::Bitbucket, "repo:push", &body),
+            "bb/repo/acme/web"
+        );
+        assert_eq!(
+            routing_key("bb", SourceKind::Bitbucket, "repo:push", &json!({})),
+            "bb/org"
+        );
+    }
+
+    #[test]
+    fn event_ids() {
+        let a = event_id("bk", "build.finished", b"{}", None);
+        assert_eq!(a, event_id("bk", "build.finished", b"{}", None));
+        assert_eq!(a.len(), 64);
+        assert_ne!(a, event_id("bk2", "build.finished", b"{}", None));
+        assert_ne!(a, event_id("bk", "build.running", b"{}", None));
+        assert_ne!(a, event_id("bk", "build.finished", b"{ }", None));
+        assert_eq!(
+            event_id("bb", "repo:push", b"{}", Some("7f1e-42")),
+            "7f1e-42"
+        );
+        // Hostile or empty ids are not trusted as ids.
+        assert_eq!(event_id("bb", "repo:push", b"{}", Some("")), event_id("bb", "repo:push", b"{}", None));
+        assert_eq!(
+            event_id("bb", "repo:push", b"{}", Some("a\nb")),
+            event_id("bb", "repo:push", b"{}", None)
+        );
+    }
+}

@@ -1,0 +1,65 @@
+# hookfold: `just up` runs the system on a local broker, `just demo` shows it working,
+# `just test` runs every test. `just --list` shows the rest.
+
+set shell := ["bash", "-euo", "pipefail", "-c"]
+
+tools := env_var_or_default("HOOKFOLD_TOOLS", env_var("HOME") + "/.cache/hookfold/tools")
+export PATH := tools + "/bin:" + env_var("HOME") + "/.cargo/bin:" + env_var("PATH")
+
+# List the recipes
+default:
+    @just --list
+
+# Install what is missing: Debian packages, just, tansu (cached in ~/.cache/hookfold)
+tools:
+    scripts/install-tools.sh
+
+# Build every binary (debug)
+build:
+    cargo build --workspace --bins
+
+# Start tansu on 127.0.0.1:9092 (SQLite under .data/) and create the topics
+broker: tools build
+    scripts/stack.sh broker
+
+# Start the whole system in the background: broker, gateway
+up: tools build
+    scripts/stack.sh up
+
+# Stop what `just up` started
+down:
+    scripts/stack.sh down
+
+# What is running
+status:
+    scripts/stack.sh status
+
+# Post a scripted story of signed webhooks through the running system and show the topic
+demo: up
+    target/debug/hookfold-dev demo --gateway http://127.0.0.1:8080
+    @echo
+    @echo "--- hookfold.webhooks (read back with kcat, an independent client) ---"
+    kcat -C -b "${KAFKA_BOOTSTRAP_SERVERS:-127.0.0.1:9092}" -t hookfold.webhooks -o beginning -e -q \
+        -f 'partition %p offset %o key %k\n  headers %h\n  value %S bytes\n'
+
+# Run every test: unit, property and end to end (against tansu, or KAFKA_BOOTSTRAP_SERVERS)
+test: tools
+    cargo build --workspace --bins
+    cargo test --workspace --no-fail-fast
+
+# Formatting and lints, as CI wants them
+lint:
+    cargo fmt --all -- --check
+    cargo clippy --workspace --all-targets -- -D warnings
+
+# Format the code
+fmt:
+    cargo fmt --all
+
+# Every benchmark
+bench: bench-gateway
+
+# Gateway throughput and latency against the bare-HTTP and raw-producer ceilings
+bench-gateway: tools
+    cargo build --release --workspace --bins
+    scripts/bench-gateway.sh

@@ -1,0 +1,90 @@
+#!/usr/bin/env bash
+# The local stack behind `just broker`, `just up`, `just down` and `just status`.
+# Processes run in the background; pids in .data/run, logs in .data/logs.
+# With KAFKA_BOOTSTRAP_SERVERS set, no tansu is started: that Kafka is used instead.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+DATA="$PWD/.data"
+RUN="$DATA/run"
+LOGS="$DATA/logs"
+TOOLS="${HOOKFOLD_TOOLS:-$HOME/.cache/hookfold/tools}"
+BROKER_PORT="${HOOKFOLD_BROKER_PORT:-9092}"
+KAFKA="${KAFKA_BOOTSTRAP_SERVERS:-127.0.0.1:$BROKER_PORT}"
+PARTITIONS="${HOOKFOLD_PARTITIONS:-3}"
+BIN="$PWD/target/debug"
+mkdir -p "$RUN" "$LOGS"
+export KAFKA_BOOTSTRAP_SERVERS="$KAFKA" HOOKFOLD_KAFKA__BOOTSTRAP_SERVERS="$KAFKA"
+
+say() { printf '\033[1m%s:\033[0m %s\n' "${0##*/}" "$*" >&2; }
+alive() { [ -f "$RUN/$1.pid" ] && kill -0 "$(cat "$RUN/$1.pid")" 2>/dev/null; }
+
+start() { # name, command...
+  local name=$1; shift
+  if alive "$name"; then say "$name already running (pid $(cat "$RUN/$name.pid"))"; return; fi
+  nohup "$@" >>"$LOGS/$name.log" 2>&1 &
+  echo $! >"$RUN/$name.pid"
+  say "$name started (pid $!, log .data/logs/$name.log)"
+}
+
+stop() { # name
+  local name=$1
+  if alive "$name"; then
+    local pid; pid=$(cat "$RUN/$name.pid")
+    kill -TERM "$pid"
+    for _ in $(seq 1 200); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+    if kill -0 "$pid" 2>/dev/null; then say "$name did not stop on SIGTERM; killing"; kill -KILL "$pid"; fi
+    say "$name stopped"
+  fi
+  rm -f "$RUN/$name.pid"
+}
+
+wait_http() { # name url
+  for _ in $(seq 1 300); do
+    if curl -fsS -o /dev/null "$2" 2>/dev/null; then return 0; fi
+    alive "$1" || { say "$1 exited; its log:"; tail -n 30 "$LOGS/$1.log" >&2; exit 1; }
+    sleep 0.1
+  done
+  say "$1 did not answer $2 within 30 s; its log:"; tail -n 30 "$LOGS/$1.log" >&2; exit 1
+}
+
+broker() {
+  if [ -n "${HOOKFOLD_EXTERNAL_KAFKA:-}" ]; then
+    say "using the Kafka at $KAFKA"
+  else
+    start tansu "$TOOLS/bin/tansu" broker \
+      --storage-engine "sqlite://$DATA/tansu.db" \
+      --listener-url "tcp://127.0.0.1:$BROKER_PORT" \
+      --advertised-listener-url "tcp://127.0.0.1:$BROKER_PORT"
+  fi
+  "$BIN/hookfold-dev" wait-broker --timeout-secs 60
+  "$BIN/hookfold-dev" topics "hookfold.webhooks:$PARTITIONS" "hookfold.incidents:$PARTITIONS"
+}
+
+up() {
+  broker
+  start gateway "$BIN/hookfold-gateway" --config deploy/local/gateway.toml
+  wait_http gateway http://127.0.0.1:8080/readyz
+  status
+}
+
+down() {
+  stop gateway
+  stop tansu
+}
+
+status() {
+  for name in tansu gateway; do
+    if alive "$name"; then echo "  $name: running (pid $(cat "$RUN/$name.pid"))"; else echo "  $name: stopped"; fi
+  done
+  echo "  broker:   $KAFKA"
+  echo "  gateway:  http://127.0.0.1:8080/webhooks/{demo-buildkite,demo-bitbucket}  (/healthz /readyz /metrics)"
+}
+
+case "${1:-}" in
+  broker) broker ;;
+  up) up ;;
+  down) down ;;
+  status) status ;;
+  *) echo "usage: $0 broker|up|down|status" >&2; exit 2 ;;
+esac

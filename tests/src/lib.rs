@@ -1,0 +1,568 @@
+//! The end-to-end test harness: a real Kafka-compatible broker (tansu, started here, or
+//! the Kafka named by `KAFKA_BOOTSTRAP_SERVERS`), the real hookfold binaries as child
+//! processes, real HTTP, and an independent consumer to read what landed on a topic.
+//!
+//! Every wait here polls a condition with a deadline; nothing sleeps for a fixed time
+//! and hopes.
+
+use std::collections::HashMap;
+use std::io::Read;
+use std::net::{SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::{Context, Result, anyhow, bail};
+use rdkafka::ClientConfig;
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::{Headers, Message, OwnedMessage};
+use rdkafka::{Offset, TopicPartitionList};
+
+/// Polls `check` every 25 ms until it returns `Some`, or fails after `timeout`.
+pub fn wait_for<T>(what: &str, timeout: Duration, mut check: impl FnMut() -> Option<T>) -> Result<T> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(value) = check() {
+            return Ok(value);
+        }
+        if Instant::now() > deadline {
+            bail!("timed out after {timeout:?} waiting for {what}");
+        }
+        std::thread::sleep(Duration::from_millis(25));
+    }
+}
+
+/// A port nobody listens on right now.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("the OS hands out a free loopback port")
+}
+
+/// A topic name no other test (or earlier run against the same Kafka) uses.
+pub fn unique_name(prefix: &str) -> String {
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
+    format!(
+        "{prefix}-{}-{nanos:x}-{}",
+        std::process::id(),
+        COUNTER.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+/// `../shared/fixtures` beside the repository (override with `HOOKFOLD_FIXTURES`).
+pub fn fixtures_dir() -> PathBuf {
+    std::env::var_os("HOOKFOLD_FIXTURES")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/fixtures"))
+}
+
+pub fn fixture(path: &str) -> Vec<u8> {
+    let full = fixtures_dir().join(path);
+    std::fs::read(&full).unwrap_or_else(|e| panic!("reading fixture {}: {e}", full.display()))
+}
+
+/// A binary of this workspace, built by `cargo build --bins` (which `just test` runs).
+pub fn workspace_binary(name: &str) -> PathBuf {
+    // Test executables live in target/<profile>/deps; the binaries one level up.
+    let exe = std::env::current_exe().expect("test executable path");
+    let dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("target/<profile>/deps/<test>");
+    let path = dir.join(name);
+    assert!(
+        path.exists(),
+        "{} is missing: run `cargo build --bins` (or `just test`, which does) first",
+        path.display()
+    );
+    path
+}
+
+/// Where `just broker` and `.ci/run` install tansu.
+pub fn tansu_binary() -> Result<PathBuf> {
+    if let Some(path) = std::env::var_os("HOOKFOLD_TANSU") {
+        return Ok(PathBuf::from(path));
+    }
+    let cached = std::env::var_os("HOME")
+        .map(|home| Path::new(&home).join(".cache/hookfold/tools/bin/tansu"));
+    if let Some(path) = cached.filter(|p| p.exists()) {
+        return Ok(path);
+    }
+    which("tansu").ok_or_else(|| {
+        anyhow!("tansu not found: run `just tools` (installs it into ~/.cache/hookfold/tools) or set KAFKA_BOOTSTRAP_SERVERS")
+    })
+}
+
+fn which(name: &str) -> Option<PathBuf> {
+    std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .map(|dir| dir.join(name))
+            .find(|p| p.exists())
+    })
+}
+
+/// A child process that is killed when dropped, with its output captured to a file so a
+/// failing test can show it.
+pub struct Process {
+    pub name: String,
+    child: Option<Child>,
+    pub log: PathBuf,
+}
+
+impl Process {
+    pub fn spawn(name: &str, command: &mut Command, log_dir: &Path) -> Result<Self> {
+        let log = log_dir.join(format!("{name}.log"));
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log)
+            .with_context(|| format!("creating {}", log.display()))?;
+        let child = command
+            .stdin(Stdio::null())
+            .stdout(file.try_clone()?)
+            .stderr(file)
+            .spawn()
+            .with_context(|| format!("starting {name} ({command:?})"))?;
+        Ok(Self {
+            name: name.into(),
+            child: Some(child),
+            log,
+        })
+    }
+
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// Whether it has exited (and how), without waiting.
+    pub fn exited(&mut self) -> Option<std::process::ExitStatus> {
+        self.child.as_mut().and_then(|c| c.try_wait().ok().flatten())
+    }
+
+    /// SIGTERM, then wait up to `timeout` for it to exit on its own.
+    pub fn terminate(&mut self, timeout: Duration) -> Result<std::process::ExitStatus> {
+        let child = self.child.as_mut().context("process already stopped")?;
+        let status = Command::new("kill")
+            .arg("-TERM")
+            .arg(child.id().to_string())
+            .status()?;
+        if !status.success() {
+            bail!("kill -TERM {} failed", child.id());
+        }
+        let status = wait_for(&format!("{} to exit after SIGTERM", self.name), timeout, || {
+            child.try_wait().ok().flatten()
+        });
+        match status {
+            Ok(status) => {
+                self.child = None;
+                Ok(status)
+            }
+            Err(e) => {
+                self.kill();
+                Err(e)
+            }
+        }
+    }
+
+    /// SIGKILL and reap.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    pub fn output(&self) -> String {
+        let mut text = String::new();
+        if let Ok(mut f) = std::fs::File::open(&self.log) {
+            let _ = f.read_to_string(&mut text);
+        }
+        text
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Where the broker keeps its data.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Storage {
+    /// Gone when the process stops: the default for tests.
+    Memory,
+    /// SQLite in the harness's temporary directory: survives a restart.
+    Sqlite,
+}
+
+/// A Kafka-compatible broker for one test.
+pub struct Broker {
+    pub bootstrap: String,
+    tansu: Option<(Process, u16, String)>,
+    pub dir: tempfile::TempDir,
+}
+
+impl Broker {
+    /// The Kafka named by `KAFKA_BOOTSTRAP_SERVERS`, else a fresh tansu with memory storage.
+    pub fn start() -> Result<Self> {
+        match std::env::var("KAFKA_BOOTSTRAP_SERVERS") {
+            Ok(servers) if !servers.trim().is_empty() => Ok(Self {
+                bootstrap: servers,
+                tansu: None,
+                dir: tempfile::tempdir()?,
+            }),
+            _ => Self::start_tansu(Storage::Memory),
+        }
+    }
+
+    /// A tansu of this test's own, for tests that must stop and restart the broker.
+    pub fn start_tansu(storage: Storage) -> Result<Self> {
+        let dir = tempfile::tempdir()?;
+        let port = free_port();
+        let storage = match storage {
+            Storage::Memory => "memory://tansu/".to_string(),
+            Storage::Sqlite => format!("sqlite://{}", dir.path().join("tansu.db").display()),
+        };
+        let mut broker = Self {
+            bootstrap: format!("127.0.0.1:{port}"),
+            tansu: None,
+            dir,
+        };
+        broker.spawn_tansu(port, storage)?;
+        Ok(broker)
+    }
+
+    fn spawn_tansu(&mut self, port: u16, storage: String) -> Result<()> {
+        let bin = tansu_binary()?;
+        let url = format!("tcp://127.0.0.1:{port}");
+        let process = Process::spawn(
+            "tansu",
+            Command::new(bin)
+                .arg("broker")
+                .arg("--storage-engine")
+                .arg(&storage)
+                .arg("--listener-url")
+                .arg(&url)
+                .arg("--advertised-listener-url")
+                .arg(&url)
+                .env("RUST_LOG", "warn"),
+            self.dir.path(),
+        )?;
+        self.tansu = Some((process, port, storage));
+        self.wait_until_answering(Duration::from_secs(30))
+    }
+
+    /// Whether this harness started (and may stop) the broker.
+    pub fn is_owned(&self) -> bool {
+        self.tansu.is_some()
+    }
+
+    pub fn admin(&self) -> Result<AdminClient<DefaultClientContext>> {
+        Ok(ClientConfig::new()
+            .set("bootstrap.servers", &self.bootstrap)
+            .create()?)
+    }
+
+    fn wait_until_answering(&mut self, timeout: Duration) -> Result<()> {
+        let consumer: BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", &self.bootstrap)
+            .create()?;
+        let deadline = Instant::now() + timeout;
+        loop {
+            if consumer.fetch_metadata(None, Duration::from_secs(1)).is_ok() {
+                return Ok(());
+            }
+            if let Some((process, ..)) = self.tansu.as_mut() {
+                if let Some(status) = process.exited() {
+                    bail!("tansu exited ({status}):\n{}", process.output());
+                }
+            }
+            if Instant::now() > deadline {
+                bail!("broker at {} did not answer within {timeout:?}", self.bootstrap);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Stops an owned broker (SIGKILL: as abrupt as a crash).
+    pub fn stop(&mut self) -> Result<()> {
+        let (process, ..) = self.tansu.as_mut().context("cannot stop a broker this test does not own")?;
+        process.kill();
+        Ok(())
+    }
+
+    /// Starts an owned broker again on the same port and storage.
+    pub fn restart(&mut self) -> Result<()> {
+        let (_, port, storage) = self.tansu.take().context("cannot restart a broker this test does not own")?;
+        self.spawn_tansu(port, storage)
+    }
+
+    /// Creates a topic and waits until its metadata shows every partition.
+    pub async fn create_topic(&self, name: &str, partitions: i32) -> Result<()> {
+        let admin = self.admin()?;
+        let topic = NewTopic::new(name, partitions, TopicReplication::Fixed(1));
+        let results = admin
+            .create_topics([&topic], &AdminOptions::new().operation_timeout(Some(Duration::from_secs(10))))
+            .await
+            .context("CreateTopics request")?;
+        for result in results {
+            if let Err((topic, code)) = result {
+                bail!("creating topic {topic}: {code}");
+            }
+        }
+        let consumer: BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", &self.bootstrap)
+            .create()?;
+        wait_for(&format!("topic {name} in metadata"), Duration::from_secs(20), || {
+            let metadata = consumer.fetch_metadata(Some(name), Duration::from_secs(2)).ok()?;
+            let topic = metadata.topics().iter().find(|t| t.name() == name)?;
+            (topic.error().is_none() && topic.partitions().len() == partitions as usize).then_some(())
+        })
+    }
+
+    /// How many records the topic holds now (sum of high minus low watermarks).
+    pub fn record_count(&self, topic: &str) -> Result<i64> {
+        let consumer = self.consumer()?;
+        let metadata = consumer.fetch_metadata(Some(topic), Duration::from_secs(5))?;
+        let partitions = metadata
+            .topics()
+            .iter()
+            .find(|t| t.name() == topic)
+            .context("topic not in metadata")?
+            .partitions()
+            .len();
+        let mut total = 0;
+        for partition in 0..partitions as i32 {
+            let (low, high) = consumer.fetch_watermarks(topic, partition, Duration::from_secs(5))?;
+            total += high - low;
+        }
+        Ok(total)
+    }
+
+    fn consumer(&self) -> Result<BaseConsumer> {
+        Ok(ClientConfig::new()
+            .set("bootstrap.servers", &self.bootstrap)
+            .set("group.id", unique_name("hookfold-test-reader"))
+            .set("enable.auto.commit", "false")
+            .set("enable.partition.eof", "false")
+            .create()?)
+    }
+
+    /// Every record on the topic, read from the beginning by an independent consumer (no
+    /// group coordination: it assigns itself every partition) up to the high watermarks
+    /// as they are when called.
+    pub fn read_all(&self, topic: &str) -> Result<Vec<OwnedMessage>> {
+        let consumer = self.consumer()?;
+        let metadata = consumer.fetch_metadata(Some(topic), Duration::from_secs(5))?;
+        let partitions = metadata
+            .topics()
+            .iter()
+            .find(|t| t.name() == topic)
+            .context("topic not in metadata")?
+            .partitions()
+            .len() as i32;
+        let mut assignment = TopicPartitionList::new();
+        let mut remaining = HashMap::new();
+        for partition in 0..partitions {
+            let (low, high) = consumer.fetch_watermarks(topic, partition, Duration::from_secs(5))?;
+            if high > low {
+                assignment.add_partition_offset(topic, partition, Offset::Beginning)?;
+                remaining.insert(partition, high);
+            }
+        }
+        if remaining.is_empty() {
+            return Ok(Vec::new());
+        }
+        consumer.assign(&assignment)?;
+        let mut messages = Vec::new();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !remaining.is_empty() {
+            if Instant::now() > deadline {
+                bail!("reading {topic}: partitions {remaining:?} did not reach their high watermark");
+            }
+            match consumer.poll(Duration::from_millis(200)) {
+                Some(Ok(message)) => {
+                    let partition = message.partition();
+                    if remaining.get(&partition).is_some_and(|high| message.offset() + 1 >= *high) {
+                        remaining.remove(&partition);
+                    }
+                    messages.push(message.detach());
+                }
+                Some(Err(e)) => bail!("reading {topic}: {e}"),
+                None => {}
+            }
+        }
+        Ok(messages)
+    }
+}
+
+/// A record's headers as name → UTF-8 text.
+pub fn headers_of(message: &OwnedMessage) -> HashMap<String, String> {
+    message
+        .headers()
+        .map(|headers| {
+            headers
+                .iter()
+                .map(|h| {
+                    (
+                        h.key.to_string(),
+                        String::from_utf8_lossy(h.value.unwrap_or_default()).into_owned(),
+                    )
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// A running `hookfold-gateway`.
+pub struct Gateway {
+    pub process: Process,
+    pub addr: SocketAddr,
+    pub url: String,
+    _dir: tempfile::TempDir,
+}
+
+impl Gateway {
+    /// Starts the gateway with `config` (TOML; `listen` and the Kafka servers are filled in
+    /// unless set) and waits until `/healthz` answers.
+    pub async fn start(config: &str, bootstrap: &str, env: &[(&str, &str)]) -> Result<Self> {
+        let dir = tempfile::tempdir()?;
+        let port = free_port();
+        let addr: SocketAddr = format!("127.0.0.1:{port}").parse()?;
+        let path = dir.path().join("gateway.toml");
+        std::fs::write(&path, config)?;
+        let mut command = Command::new(workspace_binary("hookfold-gateway"));
+        command
+            .arg("--config")
+            .arg(&path)
+            .env("HOOKFOLD_LISTEN", addr.to_string())
+            .env("HOOKFOLD_KAFKA__BOOTSTRAP_SERVERS", bootstrap)
+            .env("RUST_LOG", "info,librdkafka=warn");
+        for (key, value) in env {
+            command.env(key, value);
+        }
+        let mut process = Process::spawn("hookfold-gateway", &mut command, dir.path())?;
+        let scheme = if config.contains("[tls]") { "https" } else { "http" };
+        let url = format!("{scheme}://{addr}");
+        let client = reqwest::Client::builder()
+            .danger_accept_invalid_certs(true)
+            .build()?;
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(status) = process.exited() {
+                bail!("gateway exited ({status}):\n{}", process.output());
+            }
+            if let Ok(response) = client.get(format!("{url}/healthz")).send().await {
+                if response.status().is_success() {
+                    break;
+                }
+            }
+            if Instant::now() > deadline {
+                bail!("gateway did not answer /healthz within 30 s:\n{}", process.output());
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        Ok(Self {
+            process,
+            addr,
+            url,
+            _dir: dir,
+        })
+    }
+
+    pub fn webhook_url(&self, source_id: &str) -> String {
+        format!("{}/webhooks/{source_id}", self.url)
+    }
+}
+
+/// Seconds since the epoch, for signature timestamps.
+pub fn unix_now() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
+/// Signing helpers and webhook builders shared by the end-to-end tests.
+pub mod webhooks {
+    use hookfold_gateway::auth::{Secret, bitbucket_signature_header, buildkite_signature_header};
+    use reqwest::RequestBuilder;
+
+    /// Adds a fresh Buildkite signature (now) for `body` to a request.
+    pub fn buildkite_signed(request: RequestBuilder, secret: &str, event: &str, body: &[u8]) -> RequestBuilder {
+        let header = buildkite_signature_header(&Secret::new(secret), super::unix_now(), body);
+        request
+            .header("content-type", "application/json")
+            .header("x-buildkite-event", event)
+            .header("x-buildkite-signature", header)
+            .body(body.to_vec())
+    }
+
+    /// Adds Bitbucket's headers and signature for `body` to a request.
+    pub fn bitbucket_signed(request: RequestBuilder, secret: &str, event: &str, uuid: &str, body: &[u8]) -> RequestBuilder {
+        request
+            .header("content-type", "application/json")
+            .header("x-event-key", event)
+            .header("x-request-uuid", uuid)
+            .header("x-hub-signature", bitbucket_signature_header(&Secret::new(secret), body))
+            .body(body.to_vec())
+    }
+
+    /// A realistic Buildkite `build.finished` body (Buildkite publishes no sample payloads;
+    /// this follows the documented REST build object).
+    pub fn build_finished(pipeline: &str, branch: &str, number: u64, state: &str) -> Vec<u8> {
+        serde_json::json!({
+            "event": "build.finished",
+            "build": {
+                "id": format!("0190b8e2-{number:04}-4f7a-9d55-{pipeline}"),
+                "url": format!("https://api.buildkite.com/v2/organizations/acme/pipelines/{pipeline}/builds/{number}"),
+                "web_url": format!("https://buildkite.com/acme/{pipeline}/builds/{number}"),
+                "number": number,
+                "state": state,
+                "blocked": false,
+                "message": "Fix the flaky test",
+                "commit": "a3b1c9d0e8f7a6b5c4d3e2f1a0b9c8d7e6f5a4b3",
+                "branch": branch,
+                "source": "webhook",
+                "author": {"name": "Ada Lovelace", "email": "ada@example.com"},
+                "creator": {"name": "Ada Lovelace"},
+                "created_at": "2026-11-22T10:00:00.000Z",
+                "scheduled_at": "2026-11-22T10:00:00.000Z",
+                "started_at": "2026-11-22T10:00:05.000Z",
+                "finished_at": "2026-11-22T10:04:05.000Z"
+            },
+            "pipeline": {"id": "p-1", "slug": pipeline, "name": pipeline, "repository": "git@example.com:acme/web.git"},
+            "sender": {"id": "u-1", "name": "Ada Lovelace"}
+        })
+        .to_string()
+        .into_bytes()
+    }
+
+    /// A Buildkite agent event body (documented REST agent object).
+    pub fn agent_event(event: &str, name: &str, id: &str) -> Vec<u8> {
+        serde_json::json!({
+            "event": event,
+            "agent": {
+                "id": id,
+                "name": name,
+                "connection_state": event.trim_start_matches("agent."),
+                "hostname": format!("{name}.ci.internal"),
+                "ip_address": "192.0.2.10",
+                "version": "3.80.0",
+                "created_at": "2026-11-22T09:00:00.000Z"
+            },
+            "sender": {"id": "u-1", "name": "Ada Lovelace"}
+        })
+        .to_string()
+        .into_bytes()
+    }
+}

@@ -1,0 +1,550 @@
+//! The gateway binary against a real broker: what lands on the topic, what is refused,
+//! load, outage, TLS, slow clients and shutdown.
+
+use std::collections::{HashMap, HashSet};
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::Duration;
+
+use hookfold_tests::webhooks::{agent_event, bitbucket_signed, build_finished, buildkite_signed};
+use hookfold_tests::{Broker, Gateway, Storage, fixture, headers_of, unique_name, unix_now, wait_for};
+use rdkafka::Message;
+use reqwest::StatusCode;
+use sha2::{Digest, Sha256};
+
+const BK_SECRET: &str = "29b1ff5779c76bd48ba6705eb99ff970";
+const BK_NEW_SECRET: &str = "rotated-in-2026";
+const BB_SECRET: &str = "Gkvl$k$wyNpQAF42";
+
+fn config(topic: &str, extra: &str) -> String {
+    format!(
+        r#"
+[kafka]
+topic = "{topic}"
+ack_timeout = "3s"
+[[sources]]
+id = "acme-buildkite"
+kind = "buildkite"
+secrets = ["{BK_NEW_SECRET}", "{BK_SECRET}"]
+[[sources]]
+id = "acme-bitbucket"
+kind = "bitbucket"
+secrets = ["{BB_SECRET}"]
+{extra}
+"#
+    )
+}
+
+async fn setup(partitions: i32, extra: &str) -> (Broker, Gateway, String) {
+    let broker = Broker::start().expect("broker");
+    let topic = unique_name("hookfold.webhooks");
+    broker.create_topic(&topic, partitions).await.expect("topic");
+    let gateway = Gateway::start(&config(&topic, extra), &broker.bootstrap, &[])
+        .await
+        .expect("gateway");
+    (broker, gateway, topic)
+}
+
+fn sha256_id(source: &str, event: &str, body: &[u8]) -> String {
+    let mut d = Sha256::new();
+    d.update(source.as_bytes());
+    d.update([0]);
+    d.update(event.as_bytes());
+    d.update([0]);
+    d.update(body);
+    hex::encode(d.finalize())
+}
+
+async fn accepted_id(response: reqwest::Response) -> String {
+    let status = response.status();
+    let body: serde_json::Value = response.json().await.expect("JSON answer");
+    assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+    body["id"].as_str().expect("id in 202 answer").to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deliveries_land_verbatim_with_cloudevents_headers_and_routing_keys() {
+    let (broker, gateway, topic) = setup(3, "").await;
+    let client = reqwest::Client::new();
+    let bk = gateway.webhook_url("acme-buildkite");
+    let bb = gateway.webhook_url("acme-bitbucket");
+
+    // (expected key, ce_type, body, id from the 202)
+    let mut sent = Vec::new();
+    let ping = fixture("buildkite/ping.json");
+    let id = accepted_id(buildkite_signed(client.post(&bk), BK_SECRET, "ping", &ping).send().await.unwrap()).await;
+    sent.push(("acme-buildkite/org".to_string(), "buildkite.ping", ping, id));
+
+    let build = build_finished("web-app", "main", 42, "failed");
+    // Token authentication, with the secret rotated in.
+    let id = accepted_id(
+        client
+            .post(&bk)
+            .header("content-type", "application/json; charset=utf-8")
+            .header("x-buildkite-event", "build.finished")
+            .header("x-buildkite-token", BK_NEW_SECRET)
+            .body(build.clone())
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    sent.push(("acme-buildkite/pipeline/web-app".into(), "buildkite.build.finished", build, id));
+
+    let agent = agent_event("agent.lost", "ci-agent-7", "a-77");
+    let id = accepted_id(buildkite_signed(client.post(&bk), BK_SECRET, "agent.lost", &agent).send().await.unwrap()).await;
+    sent.push(("acme-buildkite/agent/ci-agent-7".into(), "buildkite.agent.lost", agent, id));
+
+    for (file, event, uuid) in [
+        ("bitbucket/repo-push.json", "repo:push", "6a3e7d0c-1f1e-4a56-b5b2-000000000001"),
+        ("bitbucket/pullrequest-created.json", "pullrequest:created", "6a3e7d0c-1f1e-4a56-b5b2-000000000002"),
+        ("bitbucket/pullrequest-fulfilled.json", "pullrequest:fulfilled", "6a3e7d0c-1f1e-4a56-b5b2-000000000003"),
+        ("bitbucket/pullrequest-rejected.json", "pullrequest:rejected", "6a3e7d0c-1f1e-4a56-b5b2-000000000004"),
+    ] {
+        let body = fixture(file);
+        let full_name: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        let full_name = full_name["repository"]["full_name"].as_str().unwrap().to_string();
+        let id = accepted_id(bitbucket_signed(client.post(&bb), BB_SECRET, event, uuid, &body).send().await.unwrap()).await;
+        assert_eq!(id, uuid, "Bitbucket's delivery id is the event id");
+        let ce_type: &'static str = Box::leak(format!("bitbucket.{event}").into_boxed_str());
+        sent.push((format!("acme-bitbucket/repo/{full_name}"), ce_type, body, id));
+    }
+
+    let records = broker.read_all(&topic).expect("read topic");
+    assert_eq!(records.len(), sent.len());
+    let by_id: HashMap<String, _> = records
+        .iter()
+        .map(|r| (headers_of(r)["ce_id"].clone(), r))
+        .collect();
+    for (key, ce_type, body, id) in &sent {
+        let record = by_id.get(id).unwrap_or_else(|| panic!("no record with ce_id {id}"));
+        assert_eq!(record.payload(), Some(&body[..]), "value is the body byte for byte");
+        assert_eq!(record.key(), Some(key.as_bytes()));
+        let headers = headers_of(record);
+        assert_eq!(headers["ce_specversion"], "1.0");
+        assert_eq!(headers["ce_type"], *ce_type);
+        assert_eq!(headers["content-type"], "application/json");
+        let source = key.split('/').next().unwrap();
+        assert_eq!(headers["ce_source"], format!("/sources/{source}"));
+        let time = time::OffsetDateTime::parse(&headers["ce_time"], &time::format_description::well_known::Rfc3339)
+            .expect("ce_time is RFC 3339");
+        assert!((time.unix_timestamp() - unix_now()).abs() < 120, "ce_time is the receipt time");
+    }
+    // Buildkite sends no delivery id: the id is a digest a repeat keeps.
+    let (_, _, body, id) = &sent[1];
+    assert_eq!(*id, sha256_id("acme-buildkite", "build.finished", body));
+    let again = accepted_id(
+        client.post(&bk).header("content-type", "application/json").header("x-buildkite-event", "build.finished")
+            .header("x-buildkite-token", BK_SECRET).body(body.clone()).send().await.unwrap(),
+    ).await;
+    assert_eq!(again, *id, "a repeated delivery keeps its id");
+
+    // Metrics count what happened, by source, event and status.
+    let metrics = client.get(format!("{}/metrics", gateway.url)).send().await.unwrap().text().await.unwrap();
+    assert!(
+        metrics.contains(r#"hookfold_gateway_requests_total{event="build.finished",source="acme-buildkite",status="202"} 2"#),
+        "{metrics}"
+    );
+    let ready = client.get(format!("{}/readyz", gateway.url)).send().await.unwrap();
+    assert_eq!(ready.status(), StatusCode::OK);
+}
+
+/// One hostile or malformed request: what it is, and the status it must get.
+struct Case {
+    name: &'static str,
+    source: &'static str,
+    headers: Vec<(&'static str, String)>,
+    body: Vec<u8>,
+    status: u16,
+}
+
+fn bk_signature(secret: &str, ts: i64, body: &[u8]) -> String {
+    hookfold_gateway::auth::buildkite_signature_header(&hookfold_gateway::auth::Secret::new(secret), ts, body)
+}
+
+fn hostile_cases() -> Vec<Case> {
+    let ping = fixture("buildkite/ping.json");
+    let now = unix_now();
+    let json = |event: &'static str| vec![("content-type", "application/json".to_string()), ("x-buildkite-event", event.to_string())];
+    let signed = |body: &[u8], ts: i64| {
+        let mut h = json("ping");
+        h.push(("x-buildkite-signature", bk_signature(BK_SECRET, ts, body)));
+        h
+    };
+    let limit = 1024 * 1024;
+    let over = {
+        let pad = limit + 1 - br#"{"pad":""}"#.len();
+        format!(r#"{{"pad":"{}"}}"#, "x".repeat(pad)).into_bytes()
+    };
+    assert_eq!(over.len(), limit + 1);
+    let push = fixture("bitbucket/repo-push.json");
+    let bb_headers = |signature: String| {
+        vec![
+            ("content-type", "application/json".to_string()),
+            ("x-event-key", "repo:push".to_string()),
+            ("x-request-uuid", "c0ffee00-0000-4000-8000-000000000001".to_string()),
+            ("x-hub-signature", signature),
+        ]
+    };
+    let mut cases = vec![
+        Case { name: "no auth header", source: "acme-buildkite", headers: json("ping"), body: ping.clone(), status: 401 },
+        Case { name: "wrong token", source: "acme-buildkite",
+            headers: [json("ping"), vec![("x-buildkite-token", "29b1ff5779c76bd48ba6705eb99ff971".into())]].concat(), body: ping.clone(), status: 401 },
+        Case { name: "signature over a different body", source: "acme-buildkite",
+            headers: [json("ping"), vec![("x-buildkite-signature", bk_signature(BK_SECRET, now, b"{}"))]].concat(), body: ping.clone(), status: 401 },
+        Case { name: "signature with a wrong secret", source: "acme-buildkite",
+            headers: [json("ping"), vec![("x-buildkite-signature", bk_signature("guess", now, &ping))]].concat(), body: ping.clone(), status: 401 },
+        Case { name: "stale timestamp", source: "acme-buildkite", headers: signed(&ping, now - 301), body: ping.clone(), status: 401 },
+        Case { name: "future timestamp", source: "acme-buildkite", headers: signed(&ping, now + 301), body: ping.clone(), status: 401 },
+        Case { name: "the published ping vector, replayed years later", source: "acme-buildkite",
+            headers: [json("ping"), vec![("x-buildkite-signature", "timestamp=1642080837,signature=582d496ac2d869dd97a3101c4cda346288c49a742592daf582ec64c86449f79c".into())]].concat(),
+            body: ping.clone(), status: 401 },
+        Case { name: "malformed signature header", source: "acme-buildkite",
+            headers: [json("ping"), vec![("x-buildkite-signature", format!("timestamp={now};sig=abc"))]].concat(), body: ping.clone(), status: 401 },
+        Case { name: "bitbucket without signature", source: "acme-bitbucket",
+            headers: bb_headers(String::new()).into_iter().filter(|(k, _)| *k != "x-hub-signature").collect(), body: push.clone(), status: 401 },
+        Case { name: "bitbucket signature with a wrong secret", source: "acme-bitbucket",
+            headers: bb_headers(hookfold_gateway::auth::bitbucket_signature_header(&hookfold_gateway::auth::Secret::new("nope"), &push)), body: push.clone(), status: 401 },
+        Case { name: "buildkite signature on a bitbucket source", source: "acme-bitbucket",
+            headers: signed(&push, now), body: push.clone(), status: 401 },
+        Case { name: "unknown source", source: "nobody", headers: signed(&ping, now), body: ping.clone(), status: 404 },
+        Case { name: "wrong content type", source: "acme-buildkite",
+            headers: signed(&ping, now).into_iter().map(|(k, v)| if k == "content-type" { (k, "text/plain".into()) } else { (k, v) }).collect(), body: ping.clone(), status: 415 },
+        Case { name: "no content type", source: "acme-buildkite",
+            headers: signed(&ping, now).into_iter().filter(|(k, _)| *k != "content-type").collect(), body: ping.clone(), status: 415 },
+        Case { name: "invalid JSON", source: "acme-buildkite", headers: signed(b"{\"event\": ping}", now), body: b"{\"event\": ping}".to_vec(), status: 400 },
+        Case { name: "JSON but not an object", source: "acme-buildkite", headers: signed(b"[1,2]", now), body: b"[1,2]".to_vec(), status: 400 },
+        Case { name: "empty body", source: "acme-buildkite", headers: signed(b"", now), body: Vec::new(), status: 400 },
+        Case { name: "body one byte over the limit", source: "acme-buildkite", headers: signed(&over, now), body: over.clone(), status: 413 },
+        Case { name: "missing event header", source: "acme-buildkite",
+            headers: signed(&ping, now).into_iter().filter(|(k, _)| *k != "x-buildkite-event").collect(), body: ping.clone(), status: 400 },
+        Case { name: "event header that is not an event name", source: "acme-buildkite",
+            headers: signed(&ping, now).into_iter().map(|(k, v)| if k == "x-buildkite-event" { (k, "ping\u{7f}; drop".into()) } else { (k, v) }).collect(), body: ping.clone(), status: 400 },
+        Case { name: "bitbucket without event key", source: "acme-bitbucket",
+            headers: bb_headers(hookfold_gateway::auth::bitbucket_signature_header(&hookfold_gateway::auth::Secret::new(BB_SECRET), &push)).into_iter().filter(|(k, _)| *k != "x-event-key").collect(),
+            body: push.clone(), status: 400 },
+        Case { name: "address not on the allow-list", source: "acme-office-only", headers: [json("ping"), vec![("x-buildkite-token", "office".into())]].concat(), body: ping.clone(), status: 403 },
+    ];
+    // The same limit is a boundary, not an off-by-one: exactly max_body_bytes is fine.
+    let exact = {
+        let pad = limit - br#"{"pad":""}"#.len();
+        format!(r#"{{"pad":"{}"}}"#, "y".repeat(pad)).into_bytes()
+    };
+    cases.push(Case { name: "body exactly at the limit", source: "acme-buildkite", headers: signed(&exact, now), body: exact, status: 202 });
+    cases
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_and_malformed_requests_get_their_status_and_write_nothing() {
+    let extra = r#"
+[[sources]]
+id = "acme-office-only"
+kind = "buildkite"
+secrets = ["office"]
+allowed_cidrs = ["10.0.0.0/8", "fd00::/8"]
+[[sources]]
+id = "acme-limited"
+kind = "buildkite"
+secrets = ["limited"]
+rate_limit = { per_second = 0.01, burst = 2 }
+"#;
+    let (broker, gateway, topic) = setup(2, extra).await;
+    let client = reqwest::Client::new();
+    let mut accepted = HashSet::new();
+    for case in hostile_cases() {
+        let mut request = client.post(gateway.webhook_url(case.source)).body(case.body);
+        for (name, value) in &case.headers {
+            request = request.header(*name, value);
+        }
+        let response = request.send().await.unwrap();
+        let status = response.status().as_u16();
+        let answer: serde_json::Value = response.json().await.unwrap_or_default();
+        assert_eq!(status, case.status, "{}: {answer}", case.name);
+        if status == 202 {
+            accepted.insert(answer["id"].as_str().unwrap().to_string());
+        } else {
+            assert!(answer["error"].is_string() && answer["message"].is_string(), "{}: error body {answer}", case.name);
+        }
+    }
+    // Rate limit: a burst of 2, then 429 with Retry-After.
+    let limited = gateway.webhook_url("acme-limited");
+    for n in 0..3 {
+        let body = format!(r#"{{"event":"ping","n":{n}}}"#);
+        let response = client.post(&limited).header("content-type", "application/json").header("x-buildkite-event", "ping")
+            .header("x-buildkite-token", "limited").body(body).send().await.unwrap();
+        if n < 2 {
+            accepted.insert(accepted_id(response).await);
+        } else {
+            assert_eq!(response.status(), StatusCode::TOO_MANY_REQUESTS);
+            let retry: u64 = response.headers()["retry-after"].to_str().unwrap().parse().unwrap();
+            assert!(retry >= 1, "Retry-After {retry}");
+        }
+    }
+    // Everything above has been answered, so anything written is already in the
+    // watermarks: exactly the accepted requests are on the topic.
+    let records = broker.read_all(&topic).unwrap();
+    let ids: HashSet<String> = records.iter().map(|r| headers_of(r)["ce_id"].clone()).collect();
+    assert_eq!(records.len(), accepted.len());
+    assert_eq!(ids, accepted);
+    let log = gateway.process.output();
+    for secret in [BK_SECRET, BK_NEW_SECRET, BB_SECRET, "office", "limited"] {
+        assert!(!log.contains(secret), "secret {secret} in the log");
+    }
+    let metrics = client.get(format!("{}/metrics", gateway.url)).send().await.unwrap().text().await.unwrap();
+    assert!(metrics.contains(r#"hookfold_gateway_requests_total{event="-",source="unknown",status="404"} 1"#), "{metrics}");
+    assert!(metrics.contains(r#"hookfold_gateway_auth_failures_total{reason="stale",source="acme-buildkite"} 3"#), "{metrics}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ten_thousand_concurrent_signed_requests_make_ten_thousand_records() {
+    const TOTAL: usize = 10_000;
+    const CONNECTIONS: usize = 64;
+    let (broker, gateway, topic) = setup(4, "").await;
+    let url = gateway.webhook_url("acme-buildkite");
+    let mut workers = Vec::new();
+    for worker in 0..CONNECTIONS {
+        let url = url.clone();
+        // One client with one pooled connection per worker: 64 connections in all.
+        let client = reqwest::Client::builder().pool_max_idle_per_host(1).http1_only().build().unwrap();
+        workers.push(tokio::spawn(async move {
+            let mut statuses = Vec::new();
+            for n in (worker..TOTAL).step_by(CONNECTIONS) {
+                let body = build_finished(&format!("pipeline-{}", n % 50), "main", n as u64, "failed");
+                let response = buildkite_signed(client.post(&url), BK_SECRET, "build.finished", &body).send().await.unwrap();
+                statuses.push(response.status().as_u16());
+            }
+            statuses
+        }));
+    }
+    let mut statuses: HashMap<u16, usize> = HashMap::new();
+    for worker in workers {
+        for status in worker.await.unwrap() {
+            *statuses.entry(status).or_default() += 1;
+        }
+    }
+    assert_eq!(statuses, HashMap::from([(202, TOTAL)]));
+    assert_eq!(broker.record_count(&topic).unwrap(), TOTAL as i64);
+    let ids: HashSet<String> = broker.read_all(&topic).unwrap().iter().map(|r| headers_of(r)["ce_id"].clone()).collect();
+    assert_eq!(ids.len(), TOTAL, "every record has its own ce_id");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn broker_outage_gives_503_never_2xx_and_recovers() {
+    // This test stops and restarts the broker, so it always runs its own tansu (with
+    // storage that survives the restart), even when KAFKA_BOOTSTRAP_SERVERS is set.
+    let mut broker = Broker::start_tansu(Storage::Sqlite).expect("tansu");
+    let topic = unique_name("hookfold.webhooks");
+    broker.create_topic(&topic, 1).await.unwrap();
+    let gateway = Gateway::start(&config(&topic, ""), &broker.bootstrap, &[("HOOKFOLD_KAFKA__ACK_TIMEOUT", "2s")])
+        .await
+        .unwrap();
+    let client = reqwest::Client::new();
+    let url = gateway.webhook_url("acme-buildkite");
+    let post = |n: u64| {
+        let body = build_finished("outage", "main", n, "failed");
+        buildkite_signed(client.post(&url), BK_SECRET, "build.finished", &body).send()
+    };
+    let mut acked = vec![accepted_id(post(1).await.unwrap()).await];
+
+    broker.stop().unwrap();
+    for n in 2..5 {
+        let response = post(n).await.unwrap();
+        assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert!(response.headers().contains_key("retry-after"));
+        let body: serde_json::Value = response.json().await.unwrap();
+        assert_eq!(body["error"], "broker_unavailable");
+    }
+    let ready = client.get(format!("{}/readyz", gateway.url)).send().await.unwrap();
+    assert_eq!(ready.status(), StatusCode::SERVICE_UNAVAILABLE);
+
+    broker.restart().unwrap();
+    // Keep delivering (as Buildkite's retries would) until one is accepted; every answer
+    // meanwhile is 202 or 503, never anything else.
+    let mut n = 100;
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        n += 1;
+        let response = post(n).await.unwrap();
+        match response.status() {
+            StatusCode::ACCEPTED => {
+                acked.push(accepted_id(response).await);
+                break;
+            }
+            StatusCode::SERVICE_UNAVAILABLE => {}
+            other => panic!("unexpected {other} while the broker recovers"),
+        }
+        assert!(std::time::Instant::now() < deadline, "gateway did not recover:\n{}", gateway.process.output());
+    }
+    acked.push(accepted_id(post(1000).await.unwrap()).await);
+    let ids: HashSet<String> = broker.read_all(&topic).unwrap().iter().map(|r| headers_of(r)["ce_id"].clone()).collect();
+    for id in &acked {
+        assert!(ids.contains(id), "acked {id} is not on the topic");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readyz_fails_while_the_topic_does_not_exist() {
+    let broker = Broker::start().unwrap();
+    let topic = unique_name("hookfold.missing");
+    let gateway = Gateway::start(&config(&topic, ""), &broker.bootstrap, &[]).await.unwrap();
+    let client = reqwest::Client::new();
+    let ready = client.get(format!("{}/readyz", gateway.url)).send().await.unwrap();
+    assert_eq!(ready.status(), StatusCode::SERVICE_UNAVAILABLE);
+    let body: serde_json::Value = ready.json().await.unwrap();
+    assert!(body["message"].as_str().unwrap().contains(&topic), "{body}");
+    broker.create_topic(&topic, 1).await.unwrap();
+    wait_for("readyz to turn 200", Duration::from_secs(20), || {
+        let status = std::thread::scope(|s| {
+            s.spawn(|| {
+                tokio::runtime::Runtime::new().unwrap().block_on(async {
+                    reqwest::get(format!("{}/readyz", gateway.url)).await.map(|r| r.status())
+                })
+            })
+            .join()
+            .unwrap()
+        });
+        (status.ok()? == StatusCode::OK).then_some(())
+    })
+    .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_listener_serves_https() {
+    let broker = Broker::start().unwrap();
+    let topic = unique_name("hookfold.webhooks");
+    broker.create_topic(&topic, 1).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let cert = rcgen::generate_simple_self_signed(vec!["127.0.0.1".into(), "localhost".into()]).unwrap();
+    let cert_path = dir.path().join("cert.pem");
+    let key_path = dir.path().join("key.pem");
+    std::fs::write(&cert_path, cert.cert.pem()).unwrap();
+    std::fs::write(&key_path, cert.signing_key.serialize_pem()).unwrap();
+    let extra = format!("[tls]\ncert_path = \"{}\"\nkey_path = \"{}\"\n", cert_path.display(), key_path.display());
+    // [tls] must come before [[sources]] tables end; put it ahead of them.
+    let toml = format!("{extra}{}", config(&topic, ""));
+    let gateway = Gateway::start(&toml, &broker.bootstrap, &[]).await.unwrap();
+    assert!(gateway.url.starts_with("https://"));
+    let client = reqwest::Client::builder()
+        .add_root_certificate(reqwest::Certificate::from_pem(cert.cert.pem().as_bytes()).unwrap())
+        .build()
+        .unwrap();
+    let body = build_finished("tls", "main", 1, "passed");
+    let id = accepted_id(buildkite_signed(client.post(gateway.webhook_url("acme-buildkite")), BK_SECRET, "build.finished", &body).send().await.unwrap()).await;
+    let records = broker.read_all(&topic).unwrap();
+    assert_eq!(records.len(), 1);
+    assert_eq!(headers_of(&records[0])["ce_id"], id);
+    // Plain HTTP on the TLS port gets no answer.
+    assert!(reqwest::get(format!("http://{}/healthz", gateway.addr)).await.is_err());
+}
+
+/// A raw HTTP/1.1 request written by hand, for clients no HTTP library would imitate.
+fn raw_request(source: &str, body_len: usize, extra: &str) -> String {
+    format!(
+        "POST /webhooks/{source} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nX-Buildkite-Event: ping\r\nX-Buildkite-Token: {BK_SECRET}\r\nContent-Length: {body_len}\r\n{extra}\r\n"
+    )
+}
+
+fn read_response(stream: &mut TcpStream) -> String {
+    stream.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    let mut text = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        match stream.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => {
+                text.extend_from_slice(&buf[..n]);
+                let s = String::from_utf8_lossy(&text);
+                if let Some(head_end) = s.find("\r\n\r\n") {
+                    let len = s[..head_end]
+                        .lines()
+                        .find_map(|l| l.to_ascii_lowercase().strip_prefix("content-length:").map(|v| v.trim().parse::<usize>().unwrap_or(0)))
+                        .unwrap_or(0);
+                    if text.len() >= head_end + 4 + len {
+                        break;
+                    }
+                }
+            }
+            Err(e) => panic!("reading response: {e}"),
+        }
+    }
+    String::from_utf8_lossy(&text).into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_clients_are_cut_off() {
+    let (_broker, gateway, _topic) = setup(1, "").await;
+    let gateway = {
+        // Restart with short timeouts (the config under test).
+        drop(gateway);
+        let broker_bootstrap = _broker.bootstrap.clone();
+        Gateway::start(&config(&_topic, ""), &broker_bootstrap, &[("HOOKFOLD_HEADER_TIMEOUT", "1s"), ("HOOKFOLD_BODY_TIMEOUT", "1s")])
+            .await
+            .unwrap()
+    };
+    let addr = gateway.addr;
+    tokio::task::spawn_blocking(move || {
+        // Headers that never finish: the server closes the connection.
+        let mut stream = TcpStream::connect(addr).unwrap();
+        stream.write_all(b"POST /webhooks/acme-buildkite HTTP/1.1\r\nHost: x\r\n").unwrap();
+        let started = std::time::Instant::now();
+        let answer = read_response(&mut stream);
+        assert!(started.elapsed() < Duration::from_secs(10), "connection held {:?}", started.elapsed());
+        assert!(answer.is_empty() || answer.starts_with("HTTP/1.1 408"), "{answer}");
+
+        // A body that stops half way: 408.
+        let mut stream = TcpStream::connect(addr).unwrap();
+        stream.write_all(raw_request("acme-buildkite", 100, "").as_bytes()).unwrap();
+        stream.write_all(b"{\"event\":").unwrap();
+        let answer = read_response(&mut stream);
+        assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+
+        // A chunked body with no Content-Length that grows past the limit: 413.
+        let mut stream = TcpStream::connect(addr).unwrap();
+        let head = "POST /webhooks/acme-buildkite HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nX-Buildkite-Event: ping\r\nTransfer-Encoding: chunked\r\n\r\n";
+        stream.write_all(head.as_bytes()).unwrap();
+        let chunk = vec![b' '; 64 * 1024];
+        for _ in 0..17 {
+            let _ = stream.write_all(format!("{:x}\r\n", chunk.len()).as_bytes());
+            let _ = stream.write_all(&chunk);
+            let _ = stream.write_all(b"\r\n");
+        }
+        let answer = read_response(&mut stream);
+        assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
+    })
+    .await
+    .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_drains_in_flight_requests_then_exits_cleanly() {
+    let (broker, mut gateway, topic) = setup(1, "").await;
+    let addr = gateway.addr;
+    let body = br#"{"event":"ping","note":"sent across a shutdown"}"#;
+    let mut stream = TcpStream::connect(addr).unwrap();
+    stream.write_all(raw_request("acme-buildkite", body.len(), "").as_bytes()).unwrap();
+    stream.write_all(&body[..10]).unwrap();
+    // The request is in flight once the server has read its headers; the gateway counts it.
+    let client = reqwest::Client::new();
+    let metrics_url = format!("{}/metrics", gateway.url);
+    let mut in_flight = false;
+    for _ in 0..400 {
+        let text = client.get(&metrics_url).send().await.unwrap().text().await.unwrap();
+        if text.lines().any(|l| l == "hookfold_gateway_in_flight_requests 1") {
+            in_flight = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    assert!(in_flight, "the half-sent request never showed as in flight");
+    let pid = gateway.process.pid().unwrap();
+    assert!(std::process::Command::new("kill").args(["-TERM", &pid.to_string()]).status().unwrap().success());
+    // New connections are refused once the listener is closed...
+    wait_for("the listener to close", Duration::from_secs(10), || TcpStream::connect(addr).is_err().then_some(())).unwrap();
+    // ...while the request in flight completes.
+    stream.write_all(&body[10..]).unwrap();
+    let answer = tokio::task::spawn_blocking(move || read_response(&mut stream)).await.unwrap();
+    assert!(answer.starts_with("HTTP/1.1 202"), "{answer}");
+    let status = wait_for("the gateway to exit", Duration::from_secs(20), || gateway.process.exited()).unwrap();
+    assert!(status.success(), "exit status {status}:\n{}", gateway.process.output());
+    assert_eq!(broker.record_count(&topic).unwrap(), 1);
+}
