@@ -17,8 +17,8 @@ use axum::extract::{ConnectInfo, Path, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use http_body_util::{BodyExt, LengthLimitError, Limited};
 use hookfold_proto::cloudevents::{self, CloudEventHeaders, SourceKind};
+use http_body_util::{BodyExt, LengthLimitError, Limited};
 use ipnet::IpNet;
 use serde_json::{Value, json};
 use tokio::sync::Mutex;
@@ -87,7 +87,10 @@ impl AppState {
 pub fn router(state: Arc<AppState>) -> Router {
     Router::new()
         .route("/webhooks/{source_id}", post(webhook))
-        .route("/healthz", get(|| async { Json200(json!({"status": "ok"})) }))
+        .route(
+            "/healthz",
+            get(|| async { Json200(json!({"status": "ok"})) }),
+        )
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
         .with_state(state)
@@ -183,7 +186,11 @@ async fn webhook(
     state
         .metrics
         .requests
-        .with_label_values(&[source_label, event.as_deref().unwrap_or("-"), status.as_str()])
+        .with_label_values(&[
+            source_label,
+            event.as_deref().unwrap_or("-"),
+            status.as_str(),
+        ])
         .inc();
     state
         .metrics
@@ -237,7 +244,11 @@ async fn accept(
             .with_label_values(&[&source.id, e.reason()])
             .inc();
         return (
-            Err(Refusal::new(StatusCode::UNAUTHORIZED, "unauthorized", e.to_string())),
+            Err(Refusal::new(
+                StatusCode::UNAUTHORIZED,
+                "unauthorized",
+                e.to_string(),
+            )),
             None,
         );
     }
@@ -473,13 +484,18 @@ async fn readyz(State(state): State<Arc<AppState>>) -> Response {
         *cached = Some((Instant::now(), result));
     }
     match cached.as_ref().map(|(_, r)| r) {
-        Some(Ok(())) => Json200(json!({"status": "ready", "topic": state.publisher.topic()}))
-            .into_response(),
+        Some(Ok(())) => {
+            Json200(json!({"status": "ready", "topic": state.publisher.topic()})).into_response()
+        }
         Some(Err(why)) => Refusal::new(StatusCode::SERVICE_UNAVAILABLE, "not_ready", why.clone())
             .retry_after(1)
             .into_response(),
-        None => Refusal::new(StatusCode::SERVICE_UNAVAILABLE, "not_ready", "not checked yet")
-            .into_response(),
+        None => Refusal::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not_ready",
+            "not checked yet",
+        )
+        .into_response(),
     }
 }
 

@@ -46,7 +46,9 @@ pub enum AuthError {
     BadSignature,
     #[error("malformed signature header: {0}")]
     Malformed(&'static str),
-    #[error("signature timestamp {timestamp} is outside the {window_secs} s window around now ({now})")]
+    #[error(
+        "signature timestamp {timestamp} is outside the {window_secs} s window around now ({now})"
+    )]
     Stale {
         timestamp: i64,
         now: i64,
@@ -349,12 +351,27 @@ mod tests {
             ("", "no timestamp"),
             (&format!("signature={sig}") as &str, "no timestamp"),
             (&format!("timestamp={BK_TS}"), "no signature"),
-            (&format!("timestamp=soon,signature={sig}"), "timestamp is not an integer"),
-            (&format!("timestamp={BK_TS},signature=zz{}", &sig[2..]), "signature is not hex"),
-            (&format!("timestamp={BK_TS},signature={}", &sig[..62]), "signature is not a SHA-256 digest"),
-            (&format!("timestamp={BK_TS};signature={sig}"), "timestamp is not an integer"),
+            (
+                &format!("timestamp=soon,signature={sig}"),
+                "timestamp is not an integer",
+            ),
+            (
+                &format!("timestamp={BK_TS},signature=zz{}", &sig[2..]),
+                "signature is not hex",
+            ),
+            (
+                &format!("timestamp={BK_TS},signature={}", &sig[..62]),
+                "signature is not a SHA-256 digest",
+            ),
+            (
+                &format!("timestamp={BK_TS};signature={sig}"),
+                "timestamp is not an integer",
+            ),
             (&format!("timestamp={BK_TS},signature"), "field without `=`"),
-            (&format!("timestamp={BK_TS},timestamp={BK_TS},signature={sig}"), "timestamp given twice"),
+            (
+                &format!("timestamp={BK_TS},timestamp={BK_TS},signature={sig}"),
+                "timestamp given twice",
+            ),
         ];
         for (header, why) in malformed {
             assert_eq!(
@@ -381,11 +398,16 @@ mod tests {
             )
         };
         assert_eq!(with(BK_SECRET.as_bytes()), Ok(()));
-        assert_eq!(with(b"29b1ff5779c76bd48ba6705eb99ff97"), Err(AuthError::BadToken));
+        assert_eq!(
+            with(b"29b1ff5779c76bd48ba6705eb99ff97"),
+            Err(AuthError::BadToken)
+        );
         assert_eq!(with(b""), Err(AuthError::BadToken));
         assert_eq!(
             verify_buildkite(&secrets, BuildkiteCredentials::default(), b"{}", 0, 300),
-            Err(AuthError::Missing("X-Buildkite-Token or X-Buildkite-Signature"))
+            Err(AuthError::Missing(
+                "X-Buildkite-Token or X-Buildkite-Signature"
+            ))
         );
     }
 

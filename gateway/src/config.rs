@@ -205,7 +205,9 @@ impl GatewayConfig {
             ));
         }
         if self.max_body_bytes == 0 {
-            return Err(ConfigError::Invalid("max_body_bytes must be above 0".into()));
+            return Err(ConfigError::Invalid(
+                "max_body_bytes must be above 0".into(),
+            ));
         }
         let mut seen = HashSet::new();
         for source in &self.sources {
@@ -281,14 +283,23 @@ secrets = ["s3cret"]
     #[test]
     fn validation_names_the_problem() {
         for (text, needle) in [
-            ("[[sources]]\nid = \"a b\"\nkind = \"buildkite\"\nsecrets = [\"x\"]", "id must be"),
-            ("[[sources]]\nid = \"a\"\nkind = \"buildkite\"", "no secrets"),
+            (
+                "[[sources]]\nid = \"a b\"\nkind = \"buildkite\"\nsecrets = [\"x\"]",
+                "id must be",
+            ),
+            (
+                "[[sources]]\nid = \"a\"\nkind = \"buildkite\"",
+                "no secrets",
+            ),
             (
                 "[[sources]]\nid = \"a\"\nkind = \"buildkite\"\nsecrets=[\"x\"]\n[[sources]]\nid = \"a\"\nkind = \"bitbucket\"\nsecrets=[\"y\"]",
                 "configured twice",
             ),
             ("listen = \"127.0.0.1:1\"", "no [[sources]]"),
-            ("[[sources]]\nid = \"a\"\nkind = \"gitlab\"\nsecrets=[\"x\"]", "gitlab"),
+            (
+                "[[sources]]\nid = \"a\"\nkind = \"gitlab\"\nsecrets=[\"x\"]",
+                "gitlab",
+            ),
             ("lisen = \"x\"", "lisen"),
             (
                 "[[sources]]\nid = \"a\"\nkind = \"buildkite\"\nsecrets_env = [\"HOOKFOLD_TEST_SURELY_UNSET\"]",
@@ -296,7 +307,9 @@ secrets = ["s3cret"]
             ),
         ] {
             let file = write(text);
-            let err = GatewayConfig::load(Some(file.path())).unwrap_err().to_string();
+            let err = GatewayConfig::load(Some(file.path()))
+                .unwrap_err()
+                .to_string();
             assert!(err.contains(needle), "{text:?}: {err}");
         }
     }
@@ -314,6 +327,9 @@ secrets = ["s3cret"]
             .unwrap();
         assert_eq!(config.sources[0].secrets.len(), 2);
         let shown = format!("{config:?}");
-        assert!(!shown.contains("inline") && !shown.contains("from-env"), "{shown}");
+        assert!(
+            !shown.contains("inline") && !shown.contains("from-env"),
+            "{shown}"
+        );
     }
 }

@@ -84,11 +84,7 @@ fn init_tracing(format: LogFormat) {
 
 async fn run(config: GatewayConfig) -> anyhow::Result<()> {
     let publisher = Publisher::new(&config.kafka).context("creating the Kafka producer")?;
-    let tls = config
-        .tls
-        .as_ref()
-        .map(server::tls_acceptor)
-        .transpose()?;
+    let tls = config.tls.as_ref().map(server::tls_acceptor).transpose()?;
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("listening on {}", config.listen))?;

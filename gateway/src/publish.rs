@@ -56,7 +56,10 @@ impl Publisher {
             .set("acks", "all")
             .set("enable.idempotence", "true")
             // The ack timeout bounds how long a webhook sender waits before its 503.
-            .set("message.timeout.ms", config.ack_timeout.as_millis().to_string())
+            .set(
+                "message.timeout.ms",
+                config.ack_timeout.as_millis().to_string(),
+            )
             .set("linger.ms", "2");
         Ok(Self {
             producer: client.create()?,

@@ -39,7 +39,10 @@ fn text_at<'a>(body: &'a Value, pointer: &str) -> Option<&'a str> {
 /// lets the processor drop it. A Bitbucket delivery without a usable UUID falls back to
 /// the same digest.
 pub fn event_id(source_id: &str, event: &str, body: &[u8], request_uuid: Option<&str>) -> String {
-    if let Some(uuid) = request_uuid.map(str::trim).filter(|u| is_usable_delivery_id(u)) {
+    if let Some(uuid) = request_uuid
+        .map(str::trim)
+        .filter(|u| is_usable_delivery_id(u))
+    {
         return uuid.to_owned();
     }
     let mut digest = Sha256::new();
@@ -84,7 +87,10 @@ mod tests {
             "bk/agent/ci-1"
         );
         let ping = json!({"event": "ping"});
-        assert_eq!(routing_key("bk", SourceKind::Buildkite, "ping", &ping), "bk/org");
+        assert_eq!(
+            routing_key("bk", SourceKind::Buildkite, "ping", &ping),
+            "bk/org"
+        );
         let no_slug = json!({"pipeline": {"slug": 3}});
         assert_eq!(
             routing_key("bk", SourceKind::Buildkite, "build.running", &no_slug),
@@ -118,7 +124,10 @@ mod tests {
             "7f1e-42"
         );
         // Hostile or empty ids are not trusted as ids.
-        assert_eq!(event_id("bb", "repo:push", b"{}", Some("")), event_id("bb", "repo:push", b"{}", None));
+        assert_eq!(
+            event_id("bb", "repo:push", b"{}", Some("")),
+            event_id("bb", "repo:push", b"{}", None)
+        );
         assert_eq!(
             event_id("bb", "repo:push", b"{}", Some("a\nb")),
             event_id("bb", "repo:push", b"{}", None)

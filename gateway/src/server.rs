@@ -24,18 +24,24 @@ use crate::config::TlsConfig;
 
 pub fn tls_acceptor(config: &TlsConfig) -> anyhow::Result<TlsAcceptor> {
     let certs = CertificateDer::pem_file_iter(&config.cert_path)
-        .with_context(|| format!("reading TLS certificates from {}", config.cert_path.display()))?
+        .with_context(|| {
+            format!(
+                "reading TLS certificates from {}",
+                config.cert_path.display()
+            )
+        })?
         .collect::<Result<Vec<_>, _>>()
         .with_context(|| format!("parsing TLS certificates in {}", config.cert_path.display()))?;
     let key = PrivateKeyDer::from_pem_file(&config.key_path)
         .with_context(|| format!("reading TLS private key from {}", config.key_path.display()))?;
-    let mut server =
-        rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-            .with_safe_default_protocol_versions()
-            .context("TLS protocol versions")?
-            .with_no_client_auth()
-            .with_single_cert(certs, key)
-            .context("TLS certificate and key do not form a usable pair")?;
+    let mut server = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .context("TLS protocol versions")?
+    .with_no_client_auth()
+    .with_single_cert(certs, key)
+    .context("TLS certificate and key do not form a usable pair")?;
     server.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Ok(TlsAcceptor::from(Arc::new(server)))
 }
@@ -78,7 +84,9 @@ pub async fn serve(
         let service = hyper::service::service_fn({
             let app = app.clone();
             move |mut request: hyper::Request<Incoming>| {
-                request.extensions_mut().insert(ConnectInfo::<SocketAddr>(peer));
+                request
+                    .extensions_mut()
+                    .insert(ConnectInfo::<SocketAddr>(peer));
                 app.clone().oneshot(request)
             }
         });
@@ -97,18 +105,20 @@ pub async fn serve(
             Some(acceptor) => {
                 tokio::spawn(async move {
                     // The handshake gets the same deadline as the request headers.
-                    let stream = match tokio::time::timeout(header_timeout, acceptor.accept(stream)).await {
-                        Ok(Ok(stream)) => stream,
-                        Ok(Err(e)) => {
-                            tracing::debug!(%peer, error = %e, "TLS handshake failed");
-                            return;
-                        }
-                        Err(_) => {
-                            tracing::debug!(%peer, "TLS handshake timed out");
-                            return;
-                        }
-                    };
-                    let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
+                    let stream =
+                        match tokio::time::timeout(header_timeout, acceptor.accept(stream)).await {
+                            Ok(Ok(stream)) => stream,
+                            Ok(Err(e)) => {
+                                tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                                return;
+                            }
+                            Err(_) => {
+                                tracing::debug!(%peer, "TLS handshake timed out");
+                                return;
+                            }
+                        };
+                    let conn =
+                        builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
                     if let Err(e) = watcher.watch(conn.into_owned()).await {
                         tracing::debug!(%peer, error = %e, "connection ended with an error");
                     }
@@ -117,8 +127,14 @@ pub async fn serve(
         }
     }
     drop(listener);
-    tracing::info!(drain_secs = drain.as_secs_f64(), "shutting down: draining open connections");
-    if tokio::time::timeout(drain, graceful.shutdown()).await.is_err() {
+    tracing::info!(
+        drain_secs = drain.as_secs_f64(),
+        "shutting down: draining open connections"
+    );
+    if tokio::time::timeout(drain, graceful.shutdown())
+        .await
+        .is_err()
+    {
         tracing::warn!("drain timed out; closing the remaining connections");
     }
 }

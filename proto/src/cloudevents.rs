@@ -61,7 +61,8 @@ impl CloudEventHeaders {
         headers: impl IntoIterator<Item = (&'a str, Option<&'a [u8]>)>,
     ) -> Result<Self, HeaderError> {
         let mut spec = None;
-        let (mut id, mut source, mut ty, mut time, mut content_type) = (None, None, None, None, None);
+        let (mut id, mut source, mut ty, mut time, mut content_type) =
+            (None, None, None, None, None);
         for (name, value) in headers {
             let slot = match name {
                 SPECVERSION => (&mut spec, SPECVERSION),
@@ -97,7 +98,9 @@ pub fn webhook_source(source_id: &str) -> String {
 
 /// The source id back from a webhook record's `ce_source`.
 pub fn webhook_source_id(ce_source: &str) -> Option<&str> {
-    ce_source.strip_prefix("/sources/").filter(|id| !id.is_empty())
+    ce_source
+        .strip_prefix("/sources/")
+        .filter(|id| !id.is_empty())
 }
 
 /// The kind of system that sends a webhook source's deliveries.
@@ -166,7 +169,11 @@ mod tests {
     #[test]
     fn missing_or_wrong_specversion_is_rejected() {
         let h = sample();
-        let without: Vec<_> = h.pairs().into_iter().filter(|(k, _)| *k != SPECVERSION).collect();
+        let without: Vec<_> = h
+            .pairs()
+            .into_iter()
+            .filter(|(k, _)| *k != SPECVERSION)
+            .collect();
         assert_eq!(
             CloudEventHeaders::from_pairs(without.iter().map(|(k, v)| (*k, Some(v.as_bytes())))),
             Err(HeaderError::Missing(SPECVERSION))

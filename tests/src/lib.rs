@@ -22,7 +22,11 @@ use rdkafka::message::{Headers, Message, OwnedMessage};
 use rdkafka::{Offset, TopicPartitionList};
 
 /// Polls `check` every 25 ms until it returns `Some`, or fails after `timeout`.
-pub fn wait_for<T>(what: &str, timeout: Duration, mut check: impl FnMut() -> Option<T>) -> Result<T> {
+pub fn wait_for<T>(
+    what: &str,
+    timeout: Duration,
+    mut check: impl FnMut() -> Option<T>,
+) -> Result<T> {
     let deadline = Instant::now() + timeout;
     loop {
         if let Some(value) = check() {
@@ -144,7 +148,9 @@ impl Process {
 
     /// Whether it has exited (and how), without waiting.
     pub fn exited(&mut self) -> Option<std::process::ExitStatus> {
-        self.child.as_mut().and_then(|c| c.try_wait().ok().flatten())
+        self.child
+            .as_mut()
+            .and_then(|c| c.try_wait().ok().flatten())
     }
 
     /// SIGTERM, then wait up to `timeout` for it to exit on its own.
@@ -157,9 +163,11 @@ impl Process {
         if !status.success() {
             bail!("kill -TERM {} failed", child.id());
         }
-        let status = wait_for(&format!("{} to exit after SIGTERM", self.name), timeout, || {
-            child.try_wait().ok().flatten()
-        });
+        let status = wait_for(
+            &format!("{} to exit after SIGTERM", self.name),
+            timeout,
+            || child.try_wait().ok().flatten(),
+        );
         match status {
             Ok(status) => {
                 self.child = None;
@@ -278,7 +286,10 @@ impl Broker {
             .create()?;
         let deadline = Instant::now() + timeout;
         loop {
-            if consumer.fetch_metadata(None, Duration::from_secs(1)).is_ok() {
+            if consumer
+                .fetch_metadata(None, Duration::from_secs(1))
+                .is_ok()
+            {
                 return Ok(());
             }
             if let Some((process, ..)) = self.tansu.as_mut() {
@@ -287,7 +298,10 @@ impl Broker {
                 }
             }
             if Instant::now() > deadline {
-                bail!("broker at {} did not answer within {timeout:?}", self.bootstrap);
+                bail!(
+                    "broker at {} did not answer within {timeout:?}",
+                    self.bootstrap
+                );
             }
             std::thread::sleep(Duration::from_millis(50));
         }
@@ -295,14 +309,20 @@ impl Broker {
 
     /// Stops an owned broker (SIGKILL: as abrupt as a crash).
     pub fn stop(&mut self) -> Result<()> {
-        let (process, ..) = self.tansu.as_mut().context("cannot stop a broker this test does not own")?;
+        let (process, ..) = self
+            .tansu
+            .as_mut()
+            .context("cannot stop a broker this test does not own")?;
         process.kill();
         Ok(())
     }
 
     /// Starts an owned broker again on the same port and storage.
     pub fn restart(&mut self) -> Result<()> {
-        let (_, port, storage) = self.tansu.take().context("cannot restart a broker this test does not own")?;
+        let (_, port, storage) = self
+            .tansu
+            .take()
+            .context("cannot restart a broker this test does not own")?;
         self.spawn_tansu(port, storage)
     }
 
@@ -311,7 +331,10 @@ impl Broker {
         let admin = self.admin()?;
         let topic = NewTopic::new(name, partitions, TopicReplication::Fixed(1));
         let results = admin
-            .create_topics([&topic], &AdminOptions::new().operation_timeout(Some(Duration::from_secs(10))))
+            .create_topics(
+                [&topic],
+                &AdminOptions::new().operation_timeout(Some(Duration::from_secs(10))),
+            )
             .await
             .context("CreateTopics request")?;
         for result in results {
@@ -322,11 +345,18 @@ impl Broker {
         let consumer: BaseConsumer = ClientConfig::new()
             .set("bootstrap.servers", &self.bootstrap)
             .create()?;
-        wait_for(&format!("topic {name} in metadata"), Duration::from_secs(20), || {
-            let metadata = consumer.fetch_metadata(Some(name), Duration::from_secs(2)).ok()?;
-            let topic = metadata.topics().iter().find(|t| t.name() == name)?;
-            (topic.error().is_none() && topic.partitions().len() == partitions as usize).then_some(())
-        })
+        wait_for(
+            &format!("topic {name} in metadata"),
+            Duration::from_secs(20),
+            || {
+                let metadata = consumer
+                    .fetch_metadata(Some(name), Duration::from_secs(2))
+                    .ok()?;
+                let topic = metadata.topics().iter().find(|t| t.name() == name)?;
+                (topic.error().is_none() && topic.partitions().len() == partitions as usize)
+                    .then_some(())
+            },
+        )
     }
 
     /// How many records the topic holds now (sum of high minus low watermarks).
@@ -342,7 +372,8 @@ impl Broker {
             .len();
         let mut total = 0;
         for partition in 0..partitions as i32 {
-            let (low, high) = consumer.fetch_watermarks(topic, partition, Duration::from_secs(5))?;
+            let (low, high) =
+                consumer.fetch_watermarks(topic, partition, Duration::from_secs(5))?;
             total += high - low;
         }
         Ok(total)
@@ -373,7 +404,8 @@ impl Broker {
         let mut assignment = TopicPartitionList::new();
         let mut remaining = HashMap::new();
         for partition in 0..partitions {
-            let (low, high) = consumer.fetch_watermarks(topic, partition, Duration::from_secs(5))?;
+            let (low, high) =
+                consumer.fetch_watermarks(topic, partition, Duration::from_secs(5))?;
             if high > low {
                 assignment.add_partition_offset(topic, partition, Offset::Beginning)?;
                 remaining.insert(partition, high);
@@ -387,12 +419,17 @@ impl Broker {
         let deadline = Instant::now() + Duration::from_secs(60);
         while !remaining.is_empty() {
             if Instant::now() > deadline {
-                bail!("reading {topic}: partitions {remaining:?} did not reach their high watermark");
+                bail!(
+                    "reading {topic}: partitions {remaining:?} did not reach their high watermark"
+                );
             }
             match consumer.poll(Duration::from_millis(200)) {
                 Some(Ok(message)) => {
                     let partition = message.partition();
-                    if remaining.get(&partition).is_some_and(|high| message.offset() + 1 >= *high) {
+                    if remaining
+                        .get(&partition)
+                        .is_some_and(|high| message.offset() + 1 >= *high)
+                    {
                         remaining.remove(&partition);
                     }
                     messages.push(message.detach());
@@ -451,7 +488,11 @@ impl Gateway {
             command.env(key, value);
         }
         let mut process = Process::spawn("hookfold-gateway", &mut command, dir.path())?;
-        let scheme = if config.contains("[tls]") { "https" } else { "http" };
+        let scheme = if config.contains("[tls]") {
+            "https"
+        } else {
+            "http"
+        };
         let url = format!("{scheme}://{addr}");
         let client = reqwest::Client::builder()
             .danger_accept_invalid_certs(true)
@@ -467,7 +508,10 @@ impl Gateway {
                 }
             }
             if Instant::now() > deadline {
-                bail!("gateway did not answer /healthz within 30 s:\n{}", process.output());
+                bail!(
+                    "gateway did not answer /healthz within 30 s:\n{}",
+                    process.output()
+                );
             }
             tokio::time::sleep(Duration::from_millis(25)).await;
         }
@@ -498,7 +542,12 @@ pub mod webhooks {
     use reqwest::RequestBuilder;
 
     /// Adds a fresh Buildkite signature (now) for `body` to a request.
-    pub fn buildkite_signed(request: RequestBuilder, secret: &str, event: &str, body: &[u8]) -> RequestBuilder {
+    pub fn buildkite_signed(
+        request: RequestBuilder,
+        secret: &str,
+        event: &str,
+        body: &[u8],
+    ) -> RequestBuilder {
         let header = buildkite_signature_header(&Secret::new(secret), super::unix_now(), body);
         request
             .header("content-type", "application/json")
@@ -508,12 +557,21 @@ pub mod webhooks {
     }
 
     /// Adds Bitbucket's headers and signature for `body` to a request.
-    pub fn bitbucket_signed(request: RequestBuilder, secret: &str, event: &str, uuid: &str, body: &[u8]) -> RequestBuilder {
+    pub fn bitbucket_signed(
+        request: RequestBuilder,
+        secret: &str,
+        event: &str,
+        uuid: &str,
+        body: &[u8],
+    ) -> RequestBuilder {
         request
             .header("content-type", "application/json")
             .header("x-event-key", event)
             .header("x-request-uuid", uuid)
-            .header("x-hub-signature", bitbucket_signature_header(&Secret::new(secret), body))
+            .header(
+                "x-hub-signature",
+                bitbucket_signature_header(&Secret::new(secret), body),
+            )
             .body(body.to_vec())
     }
 

@@ -7,7 +7,9 @@ use std::net::TcpStream;
 use std::time::Duration;
 
 use hookfold_tests::webhooks::{agent_event, bitbucket_signed, build_finished, buildkite_signed};
-use hookfold_tests::{Broker, Gateway, Storage, fixture, headers_of, unique_name, unix_now, wait_for};
+use hookfold_tests::{
+    Broker, Gateway, Storage, fixture, headers_of, unique_name, unix_now, wait_for,
+};
 use rdkafka::Message;
 use reqwest::StatusCode;
 use sha2::{Digest, Sha256};
@@ -38,7 +40,10 @@ secrets = ["{BB_SECRET}"]
 async fn setup(partitions: i32, extra: &str) -> (Broker, Gateway, String) {
     let broker = Broker::start().expect("broker");
     let topic = unique_name("hookfold.webhooks");
-    broker.create_topic(&topic, partitions).await.expect("topic");
+    broker
+        .create_topic(&topic, partitions)
+        .await
+        .expect("topic");
     let gateway = Gateway::start(&config(&topic, extra), &broker.bootstrap, &[])
         .await
         .expect("gateway");
@@ -72,7 +77,13 @@ async fn deliveries_land_verbatim_with_cloudevents_headers_and_routing_keys() {
     // (expected key, ce_type, body, id from the 202)
     let mut sent = Vec::new();
     let ping = fixture("buildkite/ping.json");
-    let id = accepted_id(buildkite_signed(client.post(&bk), BK_SECRET, "ping", &ping).send().await.unwrap()).await;
+    let id = accepted_id(
+        buildkite_signed(client.post(&bk), BK_SECRET, "ping", &ping)
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
     sent.push(("acme-buildkite/org".to_string(), "buildkite.ping", ping, id));
 
     let build = build_finished("web-app", "main", 42, "failed");
@@ -89,25 +100,71 @@ async fn deliveries_land_verbatim_with_cloudevents_headers_and_routing_keys() {
             .unwrap(),
     )
     .await;
-    sent.push(("acme-buildkite/pipeline/web-app".into(), "buildkite.build.finished", build, id));
+    sent.push((
+        "acme-buildkite/pipeline/web-app".into(),
+        "buildkite.build.finished",
+        build,
+        id,
+    ));
 
     let agent = agent_event("agent.lost", "ci-agent-7", "a-77");
-    let id = accepted_id(buildkite_signed(client.post(&bk), BK_SECRET, "agent.lost", &agent).send().await.unwrap()).await;
-    sent.push(("acme-buildkite/agent/ci-agent-7".into(), "buildkite.agent.lost", agent, id));
+    let id = accepted_id(
+        buildkite_signed(client.post(&bk), BK_SECRET, "agent.lost", &agent)
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    sent.push((
+        "acme-buildkite/agent/ci-agent-7".into(),
+        "buildkite.agent.lost",
+        agent,
+        id,
+    ));
 
     for (file, event, uuid) in [
-        ("bitbucket/repo-push.json", "repo:push", "6a3e7d0c-1f1e-4a56-b5b2-000000000001"),
-        ("bitbucket/pullrequest-created.json", "pullrequest:created", "6a3e7d0c-1f1e-4a56-b5b2-000000000002"),
-        ("bitbucket/pullrequest-fulfilled.json", "pullrequest:fulfilled", "6a3e7d0c-1f1e-4a56-b5b2-000000000003"),
-        ("bitbucket/pullrequest-rejected.json", "pullrequest:rejected", "6a3e7d0c-1f1e-4a56-b5b2-000000000004"),
+        (
+            "bitbucket/repo-push.json",
+            "repo:push",
+            "6a3e7d0c-1f1e-4a56-b5b2-000000000001",
+        ),
+        (
+            "bitbucket/pullrequest-created.json",
+            "pullrequest:created",
+            "6a3e7d0c-1f1e-4a56-b5b2-000000000002",
+        ),
+        (
+            "bitbucket/pullrequest-fulfilled.json",
+            "pullrequest:fulfilled",
+            "6a3e7d0c-1f1e-4a56-b5b2-000000000003",
+        ),
+        (
+            "bitbucket/pullrequest-rejected.json",
+            "pullrequest:rejected",
+            "6a3e7d0c-1f1e-4a56-b5b2-000000000004",
+        ),
     ] {
         let body = fixture(file);
         let full_name: serde_json::Value = serde_json::from_slice(&body).unwrap();
-        let full_name = full_name["repository"]["full_name"].as_str().unwrap().to_string();
-        let id = accepted_id(bitbucket_signed(client.post(&bb), BB_SECRET, event, uuid, &body).send().await.unwrap()).await;
+        let full_name = full_name["repository"]["full_name"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        let id = accepted_id(
+            bitbucket_signed(client.post(&bb), BB_SECRET, event, uuid, &body)
+                .send()
+                .await
+                .unwrap(),
+        )
+        .await;
         assert_eq!(id, uuid, "Bitbucket's delivery id is the event id");
         let ce_type: &'static str = Box::leak(format!("bitbucket.{event}").into_boxed_str());
-        sent.push((format!("acme-bitbucket/repo/{full_name}"), ce_type, body, id));
+        sent.push((
+            format!("acme-bitbucket/repo/{full_name}"),
+            ce_type,
+            body,
+            id,
+        ));
     }
 
     let records = broker.read_all(&topic).expect("read topic");
@@ -117,8 +174,14 @@ async fn deliveries_land_verbatim_with_cloudevents_headers_and_routing_keys() {
         .map(|r| (headers_of(r)["ce_id"].clone(), r))
         .collect();
     for (key, ce_type, body, id) in &sent {
-        let record = by_id.get(id).unwrap_or_else(|| panic!("no record with ce_id {id}"));
-        assert_eq!(record.payload(), Some(&body[..]), "value is the body byte for byte");
+        let record = by_id
+            .get(id)
+            .unwrap_or_else(|| panic!("no record with ce_id {id}"));
+        assert_eq!(
+            record.payload(),
+            Some(&body[..]),
+            "value is the body byte for byte"
+        );
         assert_eq!(record.key(), Some(key.as_bytes()));
         let headers = headers_of(record);
         assert_eq!(headers["ce_specversion"], "1.0");
@@ -126,26 +189,51 @@ async fn deliveries_land_verbatim_with_cloudevents_headers_and_routing_keys() {
         assert_eq!(headers["content-type"], "application/json");
         let source = key.split('/').next().unwrap();
         assert_eq!(headers["ce_source"], format!("/sources/{source}"));
-        let time = time::OffsetDateTime::parse(&headers["ce_time"], &time::format_description::well_known::Rfc3339)
-            .expect("ce_time is RFC 3339");
-        assert!((time.unix_timestamp() - unix_now()).abs() < 120, "ce_time is the receipt time");
+        let time = time::OffsetDateTime::parse(
+            &headers["ce_time"],
+            &time::format_description::well_known::Rfc3339,
+        )
+        .expect("ce_time is RFC 3339");
+        assert!(
+            (time.unix_timestamp() - unix_now()).abs() < 120,
+            "ce_time is the receipt time"
+        );
     }
     // Buildkite sends no delivery id: the id is a digest a repeat keeps.
     let (_, _, body, id) = &sent[1];
     assert_eq!(*id, sha256_id("acme-buildkite", "build.finished", body));
     let again = accepted_id(
-        client.post(&bk).header("content-type", "application/json").header("x-buildkite-event", "build.finished")
-            .header("x-buildkite-token", BK_SECRET).body(body.clone()).send().await.unwrap(),
-    ).await;
+        client
+            .post(&bk)
+            .header("content-type", "application/json")
+            .header("x-buildkite-event", "build.finished")
+            .header("x-buildkite-token", BK_SECRET)
+            .body(body.clone())
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
     assert_eq!(again, *id, "a repeated delivery keeps its id");
 
     // Metrics count what happened, by source, event and status.
-    let metrics = client.get(format!("{}/metrics", gateway.url)).send().await.unwrap().text().await.unwrap();
+    let metrics = client
+        .get(format!("{}/metrics", gateway.url))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
     assert!(
         metrics.contains(r#"hookfold_gateway_requests_total{event="build.finished",source="acme-buildkite",status="202"} 2"#),
         "{metrics}"
     );
-    let ready = client.get(format!("{}/readyz", gateway.url)).send().await.unwrap();
+    let ready = client
+        .get(format!("{}/readyz", gateway.url))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(ready.status(), StatusCode::OK);
 }
 
@@ -159,13 +247,22 @@ struct Case {
 }
 
 fn bk_signature(secret: &str, ts: i64, body: &[u8]) -> String {
-    hookfold_gateway::auth::buildkite_signature_header(&hookfold_gateway::auth::Secret::new(secret), ts, body)
+    hookfold_gateway::auth::buildkite_signature_header(
+        &hookfold_gateway::auth::Secret::new(secret),
+        ts,
+        body,
+    )
 }
 
 fn hostile_cases() -> Vec<Case> {
     let ping = fixture("buildkite/ping.json");
     let now = unix_now();
-    let json = |event: &'static str| vec![("content-type", "application/json".to_string()), ("x-buildkite-event", event.to_string())];
+    let json = |event: &'static str| {
+        vec![
+            ("content-type", "application/json".to_string()),
+            ("x-buildkite-event", event.to_string()),
+        ]
+    };
     let signed = |body: &[u8], ts: i64| {
         let mut h = json("ping");
         h.push(("x-buildkite-signature", bk_signature(BK_SECRET, ts, body)));
@@ -182,7 +279,10 @@ fn hostile_cases() -> Vec<Case> {
         vec![
             ("content-type", "application/json".to_string()),
             ("x-event-key", "repo:push".to_string()),
-            ("x-request-uuid", "c0ffee00-0000-4000-8000-000000000001".to_string()),
+            (
+                "x-request-uuid",
+                "c0ffee00-0000-4000-8000-000000000001".to_string(),
+            ),
             ("x-hub-signature", signature),
         ]
     };
@@ -230,7 +330,13 @@ fn hostile_cases() -> Vec<Case> {
         let pad = limit - br#"{"pad":""}"#.len();
         format!(r#"{{"pad":"{}"}}"#, "y".repeat(pad)).into_bytes()
     };
-    cases.push(Case { name: "body exactly at the limit", source: "acme-buildkite", headers: signed(&exact, now), body: exact, status: 202 });
+    cases.push(Case {
+        name: "body exactly at the limit",
+        source: "acme-buildkite",
+        headers: signed(&exact, now),
+        body: exact,
+        status: 202,
+    });
     cases
 }
 
@@ -252,7 +358,9 @@ rate_limit = { per_second = 0.01, burst = 2 }
     let client = reqwest::Client::new();
     let mut accepted = HashSet::new();
     for case in hostile_cases() {
-        let mut request = client.post(gateway.webhook_url(case.source)).body(case.body);
+        let mut request = client
+            .post(gateway.webhook_url(case.source))
+            .body(case.body);
         for (name, value) in &case.headers {
             request = request.header(*name, value);
         }
@@ -263,36 +371,71 @@ rate_limit = { per_second = 0.01, burst = 2 }
         if status == 202 {
             accepted.insert(answer["id"].as_str().unwrap().to_string());
         } else {
-            assert!(answer["error"].is_string() && answer["message"].is_string(), "{}: error body {answer}", case.name);
+            assert!(
+                answer["error"].is_string() && answer["message"].is_string(),
+                "{}: error body {answer}",
+                case.name
+            );
         }
     }
     // Rate limit: a burst of 2, then 429 with Retry-After.
     let limited = gateway.webhook_url("acme-limited");
     for n in 0..3 {
         let body = format!(r#"{{"event":"ping","n":{n}}}"#);
-        let response = client.post(&limited).header("content-type", "application/json").header("x-buildkite-event", "ping")
-            .header("x-buildkite-token", "limited").body(body).send().await.unwrap();
+        let response = client
+            .post(&limited)
+            .header("content-type", "application/json")
+            .header("x-buildkite-event", "ping")
+            .header("x-buildkite-token", "limited")
+            .body(body)
+            .send()
+            .await
+            .unwrap();
         if n < 2 {
             accepted.insert(accepted_id(response).await);
         } else {
             assert_eq!(response.status(), StatusCode::TOO_MANY_REQUESTS);
-            let retry: u64 = response.headers()["retry-after"].to_str().unwrap().parse().unwrap();
+            let retry: u64 = response.headers()["retry-after"]
+                .to_str()
+                .unwrap()
+                .parse()
+                .unwrap();
             assert!(retry >= 1, "Retry-After {retry}");
         }
     }
     // Everything above has been answered, so anything written is already in the
     // watermarks: exactly the accepted requests are on the topic.
     let records = broker.read_all(&topic).unwrap();
-    let ids: HashSet<String> = records.iter().map(|r| headers_of(r)["ce_id"].clone()).collect();
+    let ids: HashSet<String> = records
+        .iter()
+        .map(|r| headers_of(r)["ce_id"].clone())
+        .collect();
     assert_eq!(records.len(), accepted.len());
     assert_eq!(ids, accepted);
     let log = gateway.process.output();
     for secret in [BK_SECRET, BK_NEW_SECRET, BB_SECRET, "office", "limited"] {
         assert!(!log.contains(secret), "secret {secret} in the log");
     }
-    let metrics = client.get(format!("{}/metrics", gateway.url)).send().await.unwrap().text().await.unwrap();
-    assert!(metrics.contains(r#"hookfold_gateway_requests_total{event="-",source="unknown",status="404"} 1"#), "{metrics}");
-    assert!(metrics.contains(r#"hookfold_gateway_auth_failures_total{reason="stale",source="acme-buildkite"} 3"#), "{metrics}");
+    let metrics = client
+        .get(format!("{}/metrics", gateway.url))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains(
+            r#"hookfold_gateway_requests_total{event="-",source="unknown",status="404"} 1"#
+        ),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains(
+            r#"hookfold_gateway_auth_failures_total{reason="stale",source="acme-buildkite"} 3"#
+        ),
+        "{metrics}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -305,12 +448,21 @@ async fn ten_thousand_concurrent_signed_requests_make_ten_thousand_records() {
     for worker in 0..CONNECTIONS {
         let url = url.clone();
         // One client with one pooled connection per worker: 64 connections in all.
-        let client = reqwest::Client::builder().pool_max_idle_per_host(1).http1_only().build().unwrap();
+        let client = reqwest::Client::builder()
+            .pool_max_idle_per_host(1)
+            .http1_only()
+            .build()
+            .unwrap();
         workers.push(tokio::spawn(async move {
             let mut statuses = Vec::new();
             for n in (worker..TOTAL).step_by(CONNECTIONS) {
-                let body = build_finished(&format!("pipeline-{}", n % 50), "main", n as u64, "failed");
-                let response = buildkite_signed(client.post(&url), BK_SECRET, "build.finished", &body).send().await.unwrap();
+                let body =
+                    build_finished(&format!("pipeline-{}", n % 50), "main", n as u64, "failed");
+                let response =
+                    buildkite_signed(client.post(&url), BK_SECRET, "build.finished", &body)
+                        .send()
+                        .await
+                        .unwrap();
                 statuses.push(response.status().as_u16());
             }
             statuses
@@ -324,7 +476,12 @@ async fn ten_thousand_concurrent_signed_requests_make_ten_thousand_records() {
     }
     assert_eq!(statuses, HashMap::from([(202, TOTAL)]));
     assert_eq!(broker.record_count(&topic).unwrap(), TOTAL as i64);
-    let ids: HashSet<String> = broker.read_all(&topic).unwrap().iter().map(|r| headers_of(r)["ce_id"].clone()).collect();
+    let ids: HashSet<String> = broker
+        .read_all(&topic)
+        .unwrap()
+        .iter()
+        .map(|r| headers_of(r)["ce_id"].clone())
+        .collect();
     assert_eq!(ids.len(), TOTAL, "every record has its own ce_id");
 }
 
@@ -335,9 +492,13 @@ async fn broker_outage_gives_503_never_2xx_and_recovers() {
     let mut broker = Broker::start_tansu(Storage::Sqlite).expect("tansu");
     let topic = unique_name("hookfold.webhooks");
     broker.create_topic(&topic, 1).await.unwrap();
-    let gateway = Gateway::start(&config(&topic, ""), &broker.bootstrap, &[("HOOKFOLD_KAFKA__ACK_TIMEOUT", "2s")])
-        .await
-        .unwrap();
+    let gateway = Gateway::start(
+        &config(&topic, ""),
+        &broker.bootstrap,
+        &[("HOOKFOLD_KAFKA__ACK_TIMEOUT", "2s")],
+    )
+    .await
+    .unwrap();
     let client = reqwest::Client::new();
     let url = gateway.webhook_url("acme-buildkite");
     let post = |n: u64| {
@@ -354,7 +515,11 @@ async fn broker_outage_gives_503_never_2xx_and_recovers() {
         let body: serde_json::Value = response.json().await.unwrap();
         assert_eq!(body["error"], "broker_unavailable");
     }
-    let ready = client.get(format!("{}/readyz", gateway.url)).send().await.unwrap();
+    let ready = client
+        .get(format!("{}/readyz", gateway.url))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(ready.status(), StatusCode::SERVICE_UNAVAILABLE);
 
     broker.restart().unwrap();
@@ -373,10 +538,19 @@ async fn broker_outage_gives_503_never_2xx_and_recovers() {
             StatusCode::SERVICE_UNAVAILABLE => {}
             other => panic!("unexpected {other} while the broker recovers"),
         }
-        assert!(std::time::Instant::now() < deadline, "gateway did not recover:\n{}", gateway.process.output());
+        assert!(
+            std::time::Instant::now() < deadline,
+            "gateway did not recover:\n{}",
+            gateway.process.output()
+        );
     }
     acked.push(accepted_id(post(1000).await.unwrap()).await);
-    let ids: HashSet<String> = broker.read_all(&topic).unwrap().iter().map(|r| headers_of(r)["ce_id"].clone()).collect();
+    let ids: HashSet<String> = broker
+        .read_all(&topic)
+        .unwrap()
+        .iter()
+        .map(|r| headers_of(r)["ce_id"].clone())
+        .collect();
     for id in &acked {
         assert!(ids.contains(id), "acked {id} is not on the topic");
     }
@@ -386,9 +560,15 @@ async fn broker_outage_gives_503_never_2xx_and_recovers() {
 async fn readyz_fails_while_the_topic_does_not_exist() {
     let broker = Broker::start().unwrap();
     let topic = unique_name("hookfold.missing");
-    let gateway = Gateway::start(&config(&topic, ""), &broker.bootstrap, &[]).await.unwrap();
+    let gateway = Gateway::start(&config(&topic, ""), &broker.bootstrap, &[])
+        .await
+        .unwrap();
     let client = reqwest::Client::new();
-    let ready = client.get(format!("{}/readyz", gateway.url)).send().await.unwrap();
+    let ready = client
+        .get(format!("{}/readyz", gateway.url))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(ready.status(), StatusCode::SERVICE_UNAVAILABLE);
     let body: serde_json::Value = ready.json().await.unwrap();
     assert!(body["message"].as_str().unwrap().contains(&topic), "{body}");
@@ -397,7 +577,9 @@ async fn readyz_fails_while_the_topic_does_not_exist() {
         let status = std::thread::scope(|s| {
             s.spawn(|| {
                 tokio::runtime::Runtime::new().unwrap().block_on(async {
-                    reqwest::get(format!("{}/readyz", gateway.url)).await.map(|r| r.status())
+                    reqwest::get(format!("{}/readyz", gateway.url))
+                        .await
+                        .map(|r| r.status())
                 })
             })
             .join()
@@ -414,12 +596,17 @@ async fn tls_listener_serves_https() {
     let topic = unique_name("hookfold.webhooks");
     broker.create_topic(&topic, 1).await.unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let cert = rcgen::generate_simple_self_signed(vec!["127.0.0.1".into(), "localhost".into()]).unwrap();
+    let cert =
+        rcgen::generate_simple_self_signed(vec!["127.0.0.1".into(), "localhost".into()]).unwrap();
     let cert_path = dir.path().join("cert.pem");
     let key_path = dir.path().join("key.pem");
     std::fs::write(&cert_path, cert.cert.pem()).unwrap();
     std::fs::write(&key_path, cert.signing_key.serialize_pem()).unwrap();
-    let extra = format!("[tls]\ncert_path = \"{}\"\nkey_path = \"{}\"\n", cert_path.display(), key_path.display());
+    let extra = format!(
+        "[tls]\ncert_path = \"{}\"\nkey_path = \"{}\"\n",
+        cert_path.display(),
+        key_path.display()
+    );
     // [tls] must come before [[sources]] tables end; put it ahead of them.
     let toml = format!("{extra}{}", config(&topic, ""));
     let gateway = Gateway::start(&toml, &broker.bootstrap, &[]).await.unwrap();
@@ -429,12 +616,27 @@ async fn tls_listener_serves_https() {
         .build()
         .unwrap();
     let body = build_finished("tls", "main", 1, "passed");
-    let id = accepted_id(buildkite_signed(client.post(gateway.webhook_url("acme-buildkite")), BK_SECRET, "build.finished", &body).send().await.unwrap()).await;
+    let id = accepted_id(
+        buildkite_signed(
+            client.post(gateway.webhook_url("acme-buildkite")),
+            BK_SECRET,
+            "build.finished",
+            &body,
+        )
+        .send()
+        .await
+        .unwrap(),
+    )
+    .await;
     let records = broker.read_all(&topic).unwrap();
     assert_eq!(records.len(), 1);
     assert_eq!(headers_of(&records[0])["ce_id"], id);
     // Plain HTTP on the TLS port gets no answer.
-    assert!(reqwest::get(format!("http://{}/healthz", gateway.addr)).await.is_err());
+    assert!(
+        reqwest::get(format!("http://{}/healthz", gateway.addr))
+            .await
+            .is_err()
+    );
 }
 
 /// A raw HTTP/1.1 request written by hand, for clients no HTTP library would imitate.
@@ -445,7 +647,9 @@ fn raw_request(source: &str, body_len: usize, extra: &str) -> String {
 }
 
 fn read_response(stream: &mut TcpStream) -> String {
-    stream.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
     let mut text = Vec::new();
     let mut buf = [0u8; 4096];
     loop {
@@ -457,7 +661,11 @@ fn read_response(stream: &mut TcpStream) -> String {
                 if let Some(head_end) = s.find("\r\n\r\n") {
                     let len = s[..head_end]
                         .lines()
-                        .find_map(|l| l.to_ascii_lowercase().strip_prefix("content-length:").map(|v| v.trim().parse::<usize>().unwrap_or(0)))
+                        .find_map(|l| {
+                            l.to_ascii_lowercase()
+                                .strip_prefix("content-length:")
+                                .map(|v| v.trim().parse::<usize>().unwrap_or(0))
+                        })
                         .unwrap_or(0);
                     if text.len() >= head_end + 4 + len {
                         break;
@@ -477,9 +685,16 @@ async fn slow_clients_are_cut_off() {
         // Restart with short timeouts (the config under test).
         drop(gateway);
         let broker_bootstrap = _broker.bootstrap.clone();
-        Gateway::start(&config(&_topic, ""), &broker_bootstrap, &[("HOOKFOLD_HEADER_TIMEOUT", "1s"), ("HOOKFOLD_BODY_TIMEOUT", "1s")])
-            .await
-            .unwrap()
+        Gateway::start(
+            &config(&_topic, ""),
+            &broker_bootstrap,
+            &[
+                ("HOOKFOLD_HEADER_TIMEOUT", "1s"),
+                ("HOOKFOLD_BODY_TIMEOUT", "1s"),
+            ],
+        )
+        .await
+        .unwrap()
     };
     let addr = gateway.addr;
     tokio::task::spawn_blocking(move || {
@@ -521,15 +736,27 @@ async fn sigterm_drains_in_flight_requests_then_exits_cleanly() {
     let addr = gateway.addr;
     let body = br#"{"event":"ping","note":"sent across a shutdown"}"#;
     let mut stream = TcpStream::connect(addr).unwrap();
-    stream.write_all(raw_request("acme-buildkite", body.len(), "").as_bytes()).unwrap();
+    stream
+        .write_all(raw_request("acme-buildkite", body.len(), "").as_bytes())
+        .unwrap();
     stream.write_all(&body[..10]).unwrap();
     // The request is in flight once the server has read its headers; the gateway counts it.
     let client = reqwest::Client::new();
     let metrics_url = format!("{}/metrics", gateway.url);
     let mut in_flight = false;
     for _ in 0..400 {
-        let text = client.get(&metrics_url).send().await.unwrap().text().await.unwrap();
-        if text.lines().any(|l| l == "hookfold_gateway_in_flight_requests 1") {
+        let text = client
+            .get(&metrics_url)
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        if text
+            .lines()
+            .any(|l| l == "hookfold_gateway_in_flight_requests 1")
+        {
             in_flight = true;
             break;
         }
@@ -537,14 +764,32 @@ async fn sigterm_drains_in_flight_requests_then_exits_cleanly() {
     }
     assert!(in_flight, "the half-sent request never showed as in flight");
     let pid = gateway.process.pid().unwrap();
-    assert!(std::process::Command::new("kill").args(["-TERM", &pid.to_string()]).status().unwrap().success());
+    assert!(
+        std::process::Command::new("kill")
+            .args(["-TERM", &pid.to_string()])
+            .status()
+            .unwrap()
+            .success()
+    );
     // New connections are refused once the listener is closed...
-    wait_for("the listener to close", Duration::from_secs(10), || TcpStream::connect(addr).is_err().then_some(())).unwrap();
+    wait_for("the listener to close", Duration::from_secs(10), || {
+        TcpStream::connect(addr).is_err().then_some(())
+    })
+    .unwrap();
     // ...while the request in flight completes.
     stream.write_all(&body[10..]).unwrap();
-    let answer = tokio::task::spawn_blocking(move || read_response(&mut stream)).await.unwrap();
+    let answer = tokio::task::spawn_blocking(move || read_response(&mut stream))
+        .await
+        .unwrap();
     assert!(answer.starts_with("HTTP/1.1 202"), "{answer}");
-    let status = wait_for("the gateway to exit", Duration::from_secs(20), || gateway.process.exited()).unwrap();
-    assert!(status.success(), "exit status {status}:\n{}", gateway.process.output());
+    let status = wait_for("the gateway to exit", Duration::from_secs(20), || {
+        gateway.process.exited()
+    })
+    .unwrap();
+    assert!(
+        status.success(),
+        "exit status {status}:\n{}",
+        gateway.process.output()
+    );
     assert_eq!(broker.record_count(&topic).unwrap(), 1);
 }

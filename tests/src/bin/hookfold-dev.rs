@@ -16,7 +16,12 @@ use rdkafka::types::RDKafkaErrorCode;
 #[command(about = "hookfold developer tooling (used by the justfile)")]
 struct Args {
     /// Kafka bootstrap servers.
-    #[arg(long, env = "KAFKA_BOOTSTRAP_SERVERS", default_value = "127.0.0.1:9092", global = true)]
+    #[arg(
+        long,
+        env = "KAFKA_BOOTSTRAP_SERVERS",
+        default_value = "127.0.0.1:9092",
+        global = true
+    )]
     bootstrap: String,
     #[command(subcommand)]
     command: Command,
@@ -49,11 +54,19 @@ enum Command {
         gateway: String,
         #[arg(long, default_value = "demo-buildkite")]
         buildkite_source: String,
-        #[arg(long, env = "DEMO_BUILDKITE_SECRET", default_value = "demo-buildkite-secret")]
+        #[arg(
+            long,
+            env = "DEMO_BUILDKITE_SECRET",
+            default_value = "demo-buildkite-secret"
+        )]
         buildkite_secret: String,
         #[arg(long, default_value = "demo-bitbucket")]
         bitbucket_source: String,
-        #[arg(long, env = "DEMO_BITBUCKET_SECRET", default_value = "demo-bitbucket-secret")]
+        #[arg(
+            long,
+            env = "DEMO_BITBUCKET_SECRET",
+            default_value = "demo-bitbucket-secret"
+        )]
         bitbucket_secret: String,
     },
 }
@@ -62,56 +75,105 @@ enum Command {
 async fn main() -> Result<()> {
     let args = Args::parse();
     match args.command {
-        Command::WaitBroker { timeout_secs } => wait_broker(&args.bootstrap, Duration::from_secs(timeout_secs)),
+        Command::WaitBroker { timeout_secs } => {
+            wait_broker(&args.bootstrap, Duration::from_secs(timeout_secs))
+        }
         Command::Sign { secret, body } => {
-            let body = std::fs::read(&body).with_context(|| format!("reading {}", body.display()))?;
+            let body =
+                std::fs::read(&body).with_context(|| format!("reading {}", body.display()))?;
             let secret = hookfold_gateway::auth::Secret::new(secret);
-            println!("{}", hookfold_gateway::auth::buildkite_signature_header(&secret, hookfold_tests::unix_now(), &body));
+            println!(
+                "{}",
+                hookfold_gateway::auth::buildkite_signature_header(
+                    &secret,
+                    hookfold_tests::unix_now(),
+                    &body
+                )
+            );
             Ok(())
         }
-        Command::BuildBody { out } => {
-            std::fs::write(&out, build_finished("bench-pipeline", "main", 4242, "failed")).with_context(|| format!("writing {}", out.display()))
-        }
+        Command::BuildBody { out } => std::fs::write(
+            &out,
+            build_finished("bench-pipeline", "main", 4242, "failed"),
+        )
+        .with_context(|| format!("writing {}", out.display())),
         Command::Topics { topics } => create_topics(&args.bootstrap, &topics).await,
-        Command::Demo { gateway, buildkite_source, buildkite_secret, bitbucket_source, bitbucket_secret } => {
-            demo(&gateway, &buildkite_source, &buildkite_secret, &bitbucket_source, &bitbucket_secret).await
+        Command::Demo {
+            gateway,
+            buildkite_source,
+            buildkite_secret,
+            bitbucket_source,
+            bitbucket_secret,
+        } => {
+            demo(
+                &gateway,
+                &buildkite_source,
+                &buildkite_secret,
+                &bitbucket_source,
+                &bitbucket_secret,
+            )
+            .await
         }
     }
 }
 
 fn wait_broker(bootstrap: &str, timeout: Duration) -> Result<()> {
-    let consumer: BaseConsumer = ClientConfig::new().set("bootstrap.servers", bootstrap).create()?;
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .create()?;
     let deadline = Instant::now() + timeout;
     loop {
         match consumer.fetch_metadata(None, Duration::from_secs(1)) {
             Ok(metadata) => {
-                eprintln!("broker {bootstrap} answers ({} broker(s))", metadata.brokers().len());
+                eprintln!(
+                    "broker {bootstrap} answers ({} broker(s))",
+                    metadata.brokers().len()
+                );
                 return Ok(());
             }
-            Err(e) if Instant::now() > deadline => bail!("broker {bootstrap} did not answer within {timeout:?}: {e}"),
+            Err(e) if Instant::now() > deadline => {
+                bail!("broker {bootstrap} did not answer within {timeout:?}: {e}")
+            }
             Err(_) => std::thread::sleep(Duration::from_millis(200)),
         }
     }
 }
 
 async fn create_topics(bootstrap: &str, specs: &[String]) -> Result<()> {
-    let admin: AdminClient<DefaultClientContext> = ClientConfig::new().set("bootstrap.servers", bootstrap).create()?;
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .create()?;
     for spec in specs {
         let mut parts = spec.split(':');
-        let name = parts.next().filter(|n| !n.is_empty()).context("topic spec NAME:PARTITIONS[:compact]")?;
-        let partitions: i32 = parts.next().context("topic spec NAME:PARTITIONS[:compact]")?.parse().context("partitions")?;
+        let name = parts
+            .next()
+            .filter(|n| !n.is_empty())
+            .context("topic spec NAME:PARTITIONS[:compact]")?;
+        let partitions: i32 = parts
+            .next()
+            .context("topic spec NAME:PARTITIONS[:compact]")?
+            .parse()
+            .context("partitions")?;
         let compact = matches!(parts.next(), Some("compact"));
         let mut topic = NewTopic::new(name, partitions, TopicReplication::Fixed(1));
         if compact {
             topic = topic.set("cleanup.policy", "compact");
         }
         let results = admin
-            .create_topics([&topic], &AdminOptions::new().operation_timeout(Some(Duration::from_secs(10))))
+            .create_topics(
+                [&topic],
+                &AdminOptions::new().operation_timeout(Some(Duration::from_secs(10))),
+            )
             .await?;
         for result in results {
             match result {
-                Ok(name) => eprintln!("created topic {name} ({partitions} partitions{})", if compact { ", compacted" } else { "" }),
-                Err((name, RDKafkaErrorCode::TopicAlreadyExists)) => eprintln!("topic {name} exists"),
+                Ok(name) => eprintln!(
+                    "created topic {name} ({partitions} partitions{})",
+                    if compact { ", compacted" } else { "" }
+                ),
+                Err((name, RDKafkaErrorCode::TopicAlreadyExists)) => {
+                    eprintln!("topic {name} exists")
+                }
                 Err((name, code)) => bail!("creating topic {name}: {code}"),
             }
         }
@@ -119,30 +181,90 @@ async fn create_topics(bootstrap: &str, specs: &[String]) -> Result<()> {
     Ok(())
 }
 
-async fn demo(gateway: &str, bk_source: &str, bk_secret: &str, bb_source: &str, bb_secret: &str) -> Result<()> {
+async fn demo(
+    gateway: &str,
+    bk_source: &str,
+    bk_secret: &str,
+    bb_source: &str,
+    bb_secret: &str,
+) -> Result<()> {
     let client = reqwest::Client::new();
     let bk = format!("{gateway}/webhooks/{bk_source}");
     let bb = format!("{gateway}/webhooks/{bb_source}");
     let fixtures = hookfold_tests::fixtures_dir();
     let mut steps: Vec<(String, reqwest::RequestBuilder)> = Vec::new();
-    let bk_step = |label: &str, event: &str, body: Vec<u8>| (label.to_string(), buildkite_signed(client.post(&bk), bk_secret, event, &body));
-    steps.push(bk_step("build #41 of web-app on main passes", "build.finished", build_finished("web-app", "main", 41, "passed")));
-    steps.push(bk_step("build #42 of web-app on main fails", "build.finished", build_finished("web-app", "main", 42, "failed")));
-    steps.push(bk_step("build #43 of web-app on main fails again", "build.finished", build_finished("web-app", "main", 43, "failed")));
-    steps.push(bk_step("build #43 is delivered twice (a retried webhook)", "build.finished", build_finished("web-app", "main", 43, "failed")));
-    steps.push(bk_step("build #44 of web-app on main passes", "build.finished", build_finished("web-app", "main", 44, "passed")));
-    steps.push(bk_step("stale: build #40 (failed) arrives late", "build.finished", build_finished("web-app", "main", 40, "failed")));
-    steps.push(bk_step("agent ci-agent-7 is lost", "agent.lost", agent_event("agent.lost", "ci-agent-7", "0190-a1")));
-    steps.push(bk_step("ci-agent-7 reconnects (restarted: new id)", "agent.connected", agent_event("agent.connected", "ci-agent-7", "0190-a2")));
+    let bk_step = |label: &str, event: &str, body: Vec<u8>| {
+        (
+            label.to_string(),
+            buildkite_signed(client.post(&bk), bk_secret, event, &body),
+        )
+    };
+    steps.push(bk_step(
+        "build #41 of web-app on main passes",
+        "build.finished",
+        build_finished("web-app", "main", 41, "passed"),
+    ));
+    steps.push(bk_step(
+        "build #42 of web-app on main fails",
+        "build.finished",
+        build_finished("web-app", "main", 42, "failed"),
+    ));
+    steps.push(bk_step(
+        "build #43 of web-app on main fails again",
+        "build.finished",
+        build_finished("web-app", "main", 43, "failed"),
+    ));
+    steps.push(bk_step(
+        "build #43 is delivered twice (a retried webhook)",
+        "build.finished",
+        build_finished("web-app", "main", 43, "failed"),
+    ));
+    steps.push(bk_step(
+        "build #44 of web-app on main passes",
+        "build.finished",
+        build_finished("web-app", "main", 44, "passed"),
+    ));
+    steps.push(bk_step(
+        "stale: build #40 (failed) arrives late",
+        "build.finished",
+        build_finished("web-app", "main", 40, "failed"),
+    ));
+    steps.push(bk_step(
+        "agent ci-agent-7 is lost",
+        "agent.lost",
+        agent_event("agent.lost", "ci-agent-7", "0190-a1"),
+    ));
+    steps.push(bk_step(
+        "ci-agent-7 reconnects (restarted: new id)",
+        "agent.connected",
+        agent_event("agent.connected", "ci-agent-7", "0190-a2"),
+    ));
     for (label, file, event, uuid) in [
-        ("pull request #16 opens", "bitbucket/pullrequest-created.json", "pullrequest:created", "d3b07384-d113-4ec6-a1f0-000000000016"),
-        ("pull request #16 is merged", "bitbucket/pullrequest-fulfilled.json", "pullrequest:fulfilled", "d3b07384-d113-4ec6-a1f0-000000000017"),
+        (
+            "pull request #16 opens",
+            "bitbucket/pullrequest-created.json",
+            "pullrequest:created",
+            "d3b07384-d113-4ec6-a1f0-000000000016",
+        ),
+        (
+            "pull request #16 is merged",
+            "bitbucket/pullrequest-fulfilled.json",
+            "pullrequest:fulfilled",
+            "d3b07384-d113-4ec6-a1f0-000000000017",
+        ),
     ] {
-        let body = std::fs::read(fixtures.join(file)).with_context(|| format!("reading fixture {file} (is ../shared beside the repo?)"))?;
-        steps.push((label.to_string(), bitbucket_signed(client.post(&bb), bb_secret, event, uuid, &body)));
+        let body = std::fs::read(fixtures.join(file))
+            .with_context(|| format!("reading fixture {file} (is ../shared beside the repo?)"))?;
+        steps.push((
+            label.to_string(),
+            bitbucket_signed(client.post(&bb), bb_secret, event, uuid, &body),
+        ));
     }
     for (label, request) in steps {
-        let response = request.send().await.with_context(|| format!("posting to {gateway} (is `just up` running?)"))?;
+        let response = request
+            .send()
+            .await
+            .with_context(|| format!("posting to {gateway} (is `just up` running?)"))?;
         let status = response.status();
         let body = response.text().await.unwrap_or_default();
         println!("{status:>3}  {label:<50} {body}");

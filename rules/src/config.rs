@@ -1,0 +1,280 @@
+//! The rules configuration: what opens, updates and resolves incidents, and the bounds of
+//! the per-key state. Maps onto the processor's TOML `[rules]` section; every field has a
+//! default, so an empty or missing section means the documented defaults (docs/RULES.md).
+//!
+//! ```toml
+//! [rules]
+//! dedup_window = 1024
+//!
+//! [rules.builds]
+//! enabled = true
+//! scope = "pipeline_branch"          # or "pipeline"
+//! include_branches = []              # empty: every branch
+//! exclude_branches = ["dependabot/*"]
+//! default_severity = "error"
+//! severity = [{ branch = "main", severity = "critical" }]
+//! idle_branch_limit = 256
+//!
+//! [rules.agents]
+//! enabled = true
+//! open_on = ["agent.lost", "agent.disconnected", "agent.stopped"]
+//! severity = "warning"
+//!
+//! [rules.bitbucket]
+//! pull_requests = true
+//! branches = true
+//! include_branches = []
+//! exclude_branches = ["main", "master"]
+//! pull_request_severity = "info"
+//! branch_severity = "info"
+//! ```
+
+use hookfold_proto::v1::Severity;
+use serde::{Deserialize, Serialize};
+
+use crate::glob;
+
+/// All incident rules.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Rules {
+    /// How many of the most recent `ce_id`s each routing key remembers, to drop repeated
+    /// deliveries of the same webhook. 0 turns the check off. Default 1024. A repeat older
+    /// than the window is applied again; builds, pull requests and pushes are idempotent
+    /// anyway (see docs/RULES.md), agent events are not (a repeated `agent.lost` updates).
+    pub dedup_window: usize,
+    pub builds: BuildRules,
+    pub agents: AgentRules,
+    pub bitbucket: BitbucketRules,
+}
+
+impl Default for Rules {
+    fn default() -> Self {
+        Self {
+            dedup_window: 1024,
+            builds: BuildRules::default(),
+            agents: AgentRules::default(),
+            bitbucket: BitbucketRules::default(),
+        }
+    }
+}
+
+/// Buildkite build and job rules.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct BuildRules {
+    /// Whether build and job events open incidents at all. Default true.
+    pub enabled: bool,
+    /// What one incident covers. Default `pipeline_branch`.
+    pub scope: BuildScope,
+    /// Branch patterns whose builds count; empty (the default) means every branch.
+    pub include_branches: Vec<String>,
+    /// Branch patterns whose builds are ignored, even when included. Default none.
+    pub exclude_branches: Vec<String>,
+    /// Severity of a build incident when no `severity` pattern matches. Default `error`.
+    pub default_severity: SeverityLevel,
+    /// Severity by branch pattern, first match wins, e.g.
+    /// `[{ branch = "main", severity = "critical" }]`. Default none.
+    pub severity: Vec<BranchSeverity>,
+    /// How many branches without an open incident a pipeline's state remembers (their
+    /// highest build number, for stale-build detection); beyond it the least recently
+    /// active are forgotten. Default 256. Only matters for scope `pipeline_branch`.
+    pub idle_branch_limit: usize,
+}
+
+impl Default for BuildRules {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            scope: BuildScope::PipelineBranch,
+            include_branches: Vec::new(),
+            exclude_branches: Vec::new(),
+            default_severity: SeverityLevel::Error,
+            severity: Vec::new(),
+            idle_branch_limit: 256,
+        }
+    }
+}
+
+impl BuildRules {
+    /// Whether builds of `branch` count at all.
+    pub fn branch_included(&self, branch: &str) -> bool {
+        branch_included(&self.include_branches, &self.exclude_branches, branch)
+    }
+
+    /// The severity of a build incident on `branch`.
+    pub fn severity_for(&self, branch: &str) -> SeverityLevel {
+        self.severity
+            .iter()
+            .find(|rule| glob::matches(&rule.branch, branch))
+            .map_or(self.default_severity, |rule| rule.severity)
+    }
+}
+
+/// What one build incident covers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BuildScope {
+    /// One incident per pipeline and branch; only a pass on the same branch resolves.
+    /// Dedup key `buildkite/<source_id>/pipeline/<slug>/branch/<branch>`.
+    PipelineBranch,
+    /// One incident per pipeline; a pass on any (included) branch resolves.
+    /// Dedup key `buildkite/<source_id>/pipeline/<slug>`.
+    Pipeline,
+}
+
+/// A severity for the branches matching a pattern.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BranchSeverity {
+    pub branch: String,
+    pub severity: SeverityLevel,
+}
+
+/// Buildkite agent rules.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AgentRules {
+    /// Whether agent events open incidents at all. Default true.
+    pub enabled: bool,
+    /// Agent event names that open (or update) the incident of the agent's name. Default
+    /// `agent.lost`, `agent.disconnected`, `agent.stopped`. `agent.connected` always resolves
+    /// and may not be listed.
+    pub open_on: Vec<String>,
+    /// Severity of agent incidents. Default `warning`.
+    pub severity: SeverityLevel,
+}
+
+impl Default for AgentRules {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            open_on: ["agent.lost", "agent.disconnected", "agent.stopped"]
+                .map(str::to_owned)
+                .to_vec(),
+            severity: SeverityLevel::Warning,
+        }
+    }
+}
+
+/// Bitbucket rules.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct BitbucketRules {
+    /// Whether pull requests open incidents (created opens, merged or declined resolves).
+    /// Default true.
+    pub pull_requests: bool,
+    /// Whether pushed branches open incidents (a push opens, merging a pull request from the
+    /// branch resolves). Default true.
+    pub branches: bool,
+    /// Branch patterns whose pushes count; empty (the default) means every branch.
+    pub include_branches: Vec<String>,
+    /// Branch patterns whose pushes are ignored, e.g. `["main", "master"]`. Default none.
+    pub exclude_branches: Vec<String>,
+    /// Default `info`.
+    pub pull_request_severity: SeverityLevel,
+    /// Default `info`.
+    pub branch_severity: SeverityLevel,
+}
+
+impl Default for BitbucketRules {
+    fn default() -> Self {
+        Self {
+            pull_requests: true,
+            branches: true,
+            include_branches: Vec::new(),
+            exclude_branches: Vec::new(),
+            pull_request_severity: SeverityLevel::Info,
+            branch_severity: SeverityLevel::Info,
+        }
+    }
+}
+
+impl BitbucketRules {
+    /// Whether pushes to `branch` count at all.
+    pub fn branch_included(&self, branch: &str) -> bool {
+        branch_included(&self.include_branches, &self.exclude_branches, branch)
+    }
+}
+
+fn branch_included(include: &[String], exclude: &[String], branch: &str) -> bool {
+    (include.is_empty() || glob::any_matches(include, branch))
+        && !glob::any_matches(exclude, branch)
+}
+
+/// An incident's severity, as written in the configuration (`"info"`, `"warning"`,
+/// `"error"`, `"critical"`). Ordered: an update only ever raises an incident's severity.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SeverityLevel {
+    Info,
+    Warning,
+    Error,
+    Critical,
+}
+
+impl From<SeverityLevel> for Severity {
+    fn from(level: SeverityLevel) -> Self {
+        match level {
+            SeverityLevel::Info => Severity::Info,
+            SeverityLevel::Warning => Severity::Warning,
+            SeverityLevel::Error => Severity::Error,
+            SeverityLevel::Critical => Severity::Critical,
+        }
+    }
+}
+
+/// A rules configuration that cannot mean what its author wants.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RulesError {
+    #[error(
+        "rules.agents.open_on: `{0}` is not an agent event (agent.lost, agent.disconnected, agent.stopped, agent.stopping, agent.blocked)"
+    )]
+    NotAnAgentEvent(String),
+    #[error("rules.agents.open_on: agent.connected resolves agent incidents and cannot open them")]
+    ConnectedOpens,
+    #[error("rules.{0}: empty branch pattern (use \"*\" for every branch)")]
+    EmptyPattern(&'static str),
+}
+
+impl Rules {
+    /// Checks what serde cannot: call it once at start-up. `apply` never fails, whatever
+    /// the rules; with invalid ones it does what docs/RULES.md says (e.g. `agent.connected`
+    /// resolves even if listed in `open_on`).
+    pub fn validate(&self) -> Result<(), RulesError> {
+        for name in &self.agents.open_on {
+            match name.as_str() {
+                "agent.connected" => return Err(RulesError::ConnectedOpens),
+                "agent.lost" | "agent.disconnected" | "agent.stopped" | "agent.stopping"
+                | "agent.blocked" => {}
+                _ => return Err(RulesError::NotAnAgentEvent(name.clone())),
+            }
+        }
+        let pattern_lists = [
+            ("builds.include_branches", &self.builds.include_branches),
+            ("builds.exclude_branches", &self.builds.exclude_branches),
+            (
+                "bitbucket.include_branches",
+                &self.bitbucket.include_branches,
+            ),
+            (
+                "bitbucket.exclude_branches",
+                &self.bitbucket.exclude_branches,
+            ),
+        ];
+        for (field, patterns) in pattern_lists {
+            if patterns.iter().any(String::is_empty) {
+                return Err(RulesError::EmptyPattern(field));
+            }
+        }
+        if self
+            .builds
+            .severity
+            .iter()
+            .any(|rule| rule.branch.is_empty())
+        {
+            return Err(RulesError::EmptyPattern("builds.severity"));
+        }
+        Ok(())
+    }
+}

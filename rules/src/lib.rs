@@ -1,0 +1,106 @@
+//! hookfold's incident rules: the pure fold from webhook events to incident events.
+//!
+//! The processor keeps one [`KeyState`] per Kafka routing key of the webhook topic and, for
+//! every record, calls [`apply`] with that key's state, the parsed event
+//! ([`hookfold_events::parse`]), where the record came from ([`Cause`]) and the
+//! configuration ([`Rules`]). It stores the returned state and produces the returned
+//! [`IncidentEvent`]s. Nothing here does I/O or reads a clock: the same state and event
+//! always give the same result, which is what makes replaying the webhook topic safe.
+//!
+//! The rules themselves are documented for users in `docs/RULES.md`.
+
+mod agents;
+mod bitbucket;
+mod builds;
+pub mod config;
+mod glob;
+mod output;
+pub mod state;
+
+use hookfold_events::{EventBody, WebhookEvent};
+use hookfold_proto::v1::IncidentEvent;
+
+pub use config::{
+    AgentRules, BitbucketRules, BranchSeverity, BuildRules, BuildScope, Rules, RulesError,
+    SeverityLevel,
+};
+pub use glob::matches as branch_pattern_matches;
+pub use state::{KeyState, OpenIncidentView, STATE_FORMAT_VERSION};
+
+/// Where the webhook record being applied came from; copied into every output's `cause`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
+pub struct Cause {
+    /// Input topic, partition and offset of the record.
+    pub topic: String,
+    pub partition: i32,
+    pub offset: i64,
+    /// The record's `ce_id` (the same as the parsed event's `id`).
+    pub ce_id: String,
+}
+
+/// Folds one webhook event into its routing key's state.
+///
+/// Returns the new state and the incident events to produce, in order (possibly none).
+/// Never fails and never panics on any input: events no rule uses, stale events and repeated
+/// deliveries return the state with at most the event's `ce_id` remembered, and no outputs.
+pub fn apply(
+    state: KeyState,
+    event: &WebhookEvent,
+    cause: &Cause,
+    rules: &Rules,
+) -> (KeyState, Vec<IncidentEvent>) {
+    let mut state = state;
+    if rules.dedup_window > 0 && state.seen.contains(&event.id) {
+        return (state, Vec::new());
+    }
+    state.seen.insert(&event.id, rules.dedup_window);
+
+    let input = output::Input { event, cause };
+    let mut outputs = Vec::new();
+    match &event.body {
+        EventBody::Build(build) => {
+            builds::apply_build(&mut state, &input, build, &rules.builds, &mut outputs)
+        }
+        EventBody::Job(job) => {
+            builds::apply_job(&mut state, &input, job, &rules.builds, &mut outputs)
+        }
+        EventBody::Agent(agent) => {
+            agents::apply_agent(&mut state, &input, agent, &rules.agents, &mut outputs)
+        }
+        EventBody::PullRequest(pull_request) => bitbucket::apply_pull_request(
+            &mut state,
+            &input,
+            pull_request,
+            &rules.bitbucket,
+            &mut outputs,
+        ),
+        EventBody::Push(push) => {
+            bitbucket::apply_push(&mut state, &input, push, &rules.bitbucket, &mut outputs)
+        }
+        EventBody::Ping | EventBody::Unknown => {}
+    }
+    (state, outputs)
+}
+
+/// Dedup keys (also the incident topic's record keys), exactly as documented in the design.
+pub mod dedup_key {
+    pub fn pipeline_branch(source_id: &str, slug: &str, branch: &str) -> String {
+        format!("buildkite/{source_id}/pipeline/{slug}/branch/{branch}")
+    }
+
+    pub fn pipeline(source_id: &str, slug: &str) -> String {
+        format!("buildkite/{source_id}/pipeline/{slug}")
+    }
+
+    pub fn agent(source_id: &str, agent_name: &str) -> String {
+        format!("buildkite/{source_id}/agent/{agent_name}")
+    }
+
+    pub fn pull_request(source_id: &str, full_name: &str, id: u64) -> String {
+        format!("bitbucket/{source_id}/repo/{full_name}/pr/{id}")
+    }
+
+    pub fn branch(source_id: &str, full_name: &str, branch: &str) -> String {
+        format!("bitbucket/{source_id}/repo/{full_name}/branch/{branch}")
+    }
+}
