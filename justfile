@@ -5,6 +5,7 @@ set shell := ["bash", "-euo", "pipefail", "-c"]
 
 tools := env_var_or_default("HOOKFOLD_TOOLS", env_var("HOME") + "/.cache/hookfold/tools")
 export PATH := tools + "/bin:" + env_var("HOME") + "/.cargo/bin:" + env_var("PATH")
+bin := env_var_or_default("CARGO_TARGET_DIR", justfile_directory() + "/target") + "/debug"
 
 # List the recipes
 default:
@@ -22,7 +23,7 @@ build:
 broker: tools build
     scripts/stack.sh broker
 
-# Start the whole system in the background: broker, gateway
+# Start the whole system in the background: broker, gateway, processor
 up: tools build
     scripts/stack.sh up
 
@@ -34,13 +35,15 @@ down:
 status:
     scripts/stack.sh status
 
-# Post a scripted story of signed webhooks through the running system and show the topic
+# Post a scripted story of signed webhooks through the running system and show the incidents
 demo: up
-    target/debug/hookfold-dev demo --gateway http://127.0.0.1:8080
+    {{bin}}/hookfold-dev demo --gateway http://127.0.0.1:8080
+    {{bin}}/hookfold-dev wait-processed --topic hookfold.webhooks --metrics http://127.0.0.1:9464/metrics
     @echo
-    @echo "--- hookfold.webhooks (read back with kcat, an independent client) ---"
-    kcat -C -b "${KAFKA_BOOTSTRAP_SERVERS:-127.0.0.1:9092}" -t hookfold.webhooks -o beginning -e -q \
-        -f 'partition %p offset %o key %k\n  headers %h\n  value %S bytes\n'
+    @echo "--- hookfold.incidents (hookfold-processor tail --from-beginning --summary) ---"
+    {{bin}}/hookfold-processor --config deploy/local/processor.toml tail --from-beginning --summary
+    @echo
+    @echo "Full records: {{bin}}/hookfold-processor -c deploy/local/processor.toml tail --from-beginning"
 
 # Run every test: unit, property and end to end (against tansu, or KAFKA_BOOTSTRAP_SERVERS)
 test: tools
@@ -57,9 +60,14 @@ fmt:
     cargo fmt --all
 
 # Every benchmark
-bench: bench-gateway
+bench: bench-gateway bench-processor
 
 # Gateway throughput and latency against the bare-HTTP and raw-producer ceilings
 bench-gateway: tools
     cargo build --release --workspace --bins
     scripts/bench-gateway.sh
+
+# Processor throughput against a raw consume-and-produce copy; state size with 1,000,000 keys
+bench-processor: tools
+    cargo build --release --workspace --bins
+    scripts/bench-processor.sh

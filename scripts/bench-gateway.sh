@@ -9,7 +9,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 TOOLS="${HOOKFOLD_TOOLS:-$HOME/.cache/hookfold/tools}"
-BIN=target/release
+BIN="${CARGO_TARGET_DIR:-target}/release"
 SECONDS_PER_RUN="${BENCH_SECONDS:-15}"
 CONNECTIONS="${BENCH_CONNECTIONS:-64}"
 WORK=$(mktemp -d)
@@ -22,9 +22,11 @@ free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",
 if [ -n "${KAFKA_BOOTSTRAP_SERVERS:-}" ]; then
   KAFKA="$KAFKA_BOOTSTRAP_SERVERS"; BROKER="Kafka at $KAFKA"
 else
-  port=$(free_port); KAFKA="127.0.0.1:$port"; BROKER="tansu 0.6.0, memory storage"
-  RUST_LOG=warn "$TOOLS/bin/tansu" broker --storage-engine memory://tansu/ \
-    --listener-url "tcp://$KAFKA" --advertised-listener-url "tcp://$KAFKA" >"$WORK/tansu.log" 2>&1 &
+  port=$(free_port); KAFKA="127.0.0.1:$port"; BROKER="tansu 0.6.0, SQLite storage"
+  # Not memory://: tansu 0.6.0's memory engine keeps only the first record of a batch.
+  # tansu reads the URL's path as relative, hence the cd.
+  (cd "$WORK" && RUST_LOG=warn exec "$TOOLS/bin/tansu" broker --storage-engine sqlite://tansu.db \
+    --listener-url "tcp://$KAFKA" --advertised-listener-url "tcp://$KAFKA" >"$WORK/tansu.log" 2>&1) &
   PIDS+=($!)
 fi
 export KAFKA_BOOTSTRAP_SERVERS="$KAFKA"

@@ -12,7 +12,7 @@ TOOLS="${HOOKFOLD_TOOLS:-$HOME/.cache/hookfold/tools}"
 BROKER_PORT="${HOOKFOLD_BROKER_PORT:-9092}"
 KAFKA="${KAFKA_BOOTSTRAP_SERVERS:-127.0.0.1:$BROKER_PORT}"
 PARTITIONS="${HOOKFOLD_PARTITIONS:-3}"
-BIN="$PWD/target/debug"
+BIN="${CARGO_TARGET_DIR:-$PWD/target}/debug"
 mkdir -p "$RUN" "$LOGS"
 export KAFKA_BOOTSTRAP_SERVERS="$KAFKA" HOOKFOLD_KAFKA__BOOTSTRAP_SERVERS="$KAFKA"
 
@@ -52,33 +52,41 @@ broker() {
   if [ -n "${HOOKFOLD_EXTERNAL_KAFKA:-}" ]; then
     say "using the Kafka at $KAFKA"
   else
+    # tansu reads the URL's path as relative (it drops the leading '/'): run it in .data/.
+    cd "$DATA"
     start tansu "$TOOLS/bin/tansu" broker \
-      --storage-engine "sqlite://$DATA/tansu.db" \
+      --storage-engine "sqlite://tansu.db" \
       --listener-url "tcp://127.0.0.1:$BROKER_PORT" \
       --advertised-listener-url "tcp://127.0.0.1:$BROKER_PORT"
+    cd - >/dev/null
   fi
   "$BIN/hookfold-dev" wait-broker --timeout-secs 60
-  "$BIN/hookfold-dev" topics "hookfold.webhooks:$PARTITIONS" "hookfold.incidents:$PARTITIONS"
+  "$BIN/hookfold-dev" topics "hookfold.webhooks:$PARTITIONS" "hookfold.incidents:$PARTITIONS" \
+    "hookfold-processor.state:$PARTITIONS:compact"
 }
 
 up() {
   broker
   start gateway "$BIN/hookfold-gateway" --config deploy/local/gateway.toml
   wait_http gateway http://127.0.0.1:8080/readyz
+  start processor "$BIN/hookfold-processor" --config deploy/local/processor.toml
+  wait_http processor http://127.0.0.1:9464/readyz
   status
 }
 
 down() {
   stop gateway
+  stop processor
   stop tansu
 }
 
 status() {
-  for name in tansu gateway; do
+  for name in tansu gateway processor; do
     if alive "$name"; then echo "  $name: running (pid $(cat "$RUN/$name.pid"))"; else echo "  $name: stopped"; fi
   done
   echo "  broker:   $KAFKA"
-  echo "  gateway:  http://127.0.0.1:8080/webhooks/{demo-buildkite,demo-bitbucket}  (/healthz /readyz /metrics)"
+  echo "  gateway:   http://127.0.0.1:8080/webhooks/{demo-buildkite,demo-bitbucket}  (/healthz /readyz /metrics)"
+  echo "  processor: http://127.0.0.1:9464/metrics; incidents: target/debug/hookfold-processor -c deploy/local/processor.toml tail --from-beginning"
 }
 
 case "${1:-}" in

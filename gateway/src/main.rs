@@ -83,7 +83,8 @@ fn init_tracing(format: LogFormat) {
 }
 
 async fn run(config: GatewayConfig) -> anyhow::Result<()> {
-    let publisher = Publisher::new(&config.kafka).context("creating the Kafka producer")?;
+    let publisher = Publisher::new(&config.kafka, config.max_body_bytes)
+        .context("creating the Kafka producer")?;
     let tls = config.tls.as_ref().map(server::tls_acceptor).transpose()?;
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await

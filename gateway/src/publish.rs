@@ -1,13 +1,15 @@
 //! The Kafka side: one idempotent producer (acks=all) shared by every request. A request
 //! is answered 202 only from the delivery report of its own record.
 
-use std::time::Duration;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
 
 use hookfold_proto::cloudevents::CloudEventHeaders;
 use rdkafka::ClientConfig;
 use rdkafka::error::KafkaError;
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::util::Timeout;
 
 use crate::config::KafkaConfig;
@@ -37,14 +39,25 @@ impl PublishError {
     }
 }
 
+/// The producer and how many times it has been replaced.
+struct Current {
+    producer: FutureProducer,
+    generation: u64,
+}
+
 #[derive(Clone)]
 pub struct Publisher {
-    producer: FutureProducer,
+    current: Arc<RwLock<Current>>,
+    last_replaced: Arc<Mutex<Option<Instant>>>,
+    client: ClientConfig,
     topic: String,
 }
 
+/// Room for the key and CloudEvents headers on top of the largest body accepted.
+const RECORD_OVERHEAD: usize = 64 * 1024;
+
 impl Publisher {
-    pub fn new(config: &KafkaConfig) -> Result<Self, KafkaError> {
+    pub fn new(config: &KafkaConfig, max_body_bytes: usize) -> Result<Self, KafkaError> {
         let mut client = ClientConfig::new();
         client.set("client.id", "hookfold-gateway");
         for (key, value) in &config.properties {
@@ -60,11 +73,70 @@ impl Publisher {
                 "message.timeout.ms",
                 config.ack_timeout.as_millis().to_string(),
             )
+            // librdkafka's default (1,000,000 bytes) is below the default body limit.
+            .set(
+                "message.max.bytes",
+                (max_body_bytes + RECORD_OVERHEAD).to_string(),
+            )
             .set("linger.ms", "2");
+        let producer = client.create()?;
         Ok(Self {
-            producer: client.create()?,
+            current: Arc::new(RwLock::new(Current {
+                producer,
+                generation: 0,
+            })),
+            last_replaced: Arc::new(Mutex::new(None)),
+            client,
             topic: config.topic.clone(),
         })
+    }
+
+    fn producer(&self) -> (FutureProducer, u64) {
+        let current = self.current.read().unwrap_or_else(|e| e.into_inner());
+        (current.producer.clone(), current.generation)
+    }
+
+    /// Errors after which this producer's idempotence session is unusable: every later
+    /// record would fail too (seen with a broker restarted without its producer state,
+    /// which answers with an unknown error). A new producer starts a new session.
+    fn breaks_session(error: &KafkaError, producer: &FutureProducer) -> bool {
+        producer.client().fatal_error().is_some()
+            || matches!(
+                error.rdkafka_error_code(),
+                Some(
+                    RDKafkaErrorCode::Unknown
+                        | RDKafkaErrorCode::Fatal
+                        | RDKafkaErrorCode::OutOfOrderSequenceNumber
+                        | RDKafkaErrorCode::UnknownProducerId
+                        | RDKafkaErrorCode::InvalidProducerEpoch
+                        | RDKafkaErrorCode::InvalidProducerIdMapping
+                        | RDKafkaErrorCode::ProducerFenced
+                )
+            )
+    }
+
+    /// Replaces the producer of `generation` (once; at most once a second).
+    fn replace(&self, generation: u64) {
+        let mut last = self.last_replaced.lock().unwrap_or_else(|e| e.into_inner());
+        if last.is_some_and(|at| at.elapsed() < Duration::from_secs(1)) {
+            return;
+        }
+        let mut current = self.current.write().unwrap_or_else(|e| e.into_inner());
+        if current.generation != generation {
+            return; // another request already replaced it
+        }
+        match self.client.create::<FutureProducer>() {
+            Ok(producer) => {
+                current.producer = producer;
+                current.generation += 1;
+                *last = Some(Instant::now());
+                tracing::warn!(
+                    generation = current.generation,
+                    "replaced the Kafka producer after an error that breaks its session"
+                );
+            }
+            Err(e) => tracing::error!(error = %e, "cannot create a new Kafka producer"),
+        }
     }
 
     pub fn topic(&self) -> &str {
@@ -85,17 +157,21 @@ impl Publisher {
             .payload(record.body)
             .headers(headers);
         // Timeout::Never on the local queue: message.timeout.ms already bounds the wait.
-        let delivery = self
-            .producer
-            .send(kafka_record, Timeout::Never)
-            .await
-            .map_err(|(e, _)| PublishError::NotAcknowledged(e))?;
-        Ok((delivery.partition, delivery.offset))
+        let (producer, generation) = self.producer();
+        match producer.send(kafka_record, Timeout::Never).await {
+            Ok(delivery) => Ok((delivery.partition, delivery.offset)),
+            Err((e, _)) => {
+                if Self::breaks_session(&e, &producer) {
+                    self.replace(generation);
+                }
+                Err(PublishError::NotAcknowledged(e))
+            }
+        }
     }
 
     /// Whether the broker answers and knows the topic, within `timeout`.
     pub async fn broker_ready(&self, timeout: Duration) -> Result<(), String> {
-        let producer = self.producer.clone();
+        let (producer, _) = self.producer();
         let topic = self.topic.clone();
         tokio::task::spawn_blocking(move || {
             let metadata = producer
@@ -113,6 +189,6 @@ impl Publisher {
 
     /// Waits for every queued record to be acked or to fail.
     pub fn flush(&self, timeout: Duration) -> Result<(), KafkaError> {
-        self.producer.flush(Timeout::After(timeout))
+        self.producer().0.flush(Timeout::After(timeout))
     }
 }

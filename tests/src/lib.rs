@@ -203,12 +203,78 @@ impl Drop for Process {
     }
 }
 
+/// A TCP proxy in front of a broker, so a test can take "the broker" away and bring it
+/// back: stopping it refuses new connections and cuts the open ones, exactly what a
+/// client sees when the broker dies, while the broker itself (and its data) lives on.
+pub struct Proxy {
+    pub port: u16,
+    target: SocketAddr,
+    tasks: std::sync::Arc<std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>>,
+}
+
+impl Proxy {
+    pub async fn start(port: u16, target: SocketAddr) -> Result<Self> {
+        let proxy = Self {
+            port,
+            target,
+            tasks: Default::default(),
+        };
+        proxy.resume().await?;
+        Ok(proxy)
+    }
+
+    /// Starts accepting (again) on the same port.
+    pub async fn resume(&self) -> Result<()> {
+        let listener = tokio::net::TcpListener::bind(("127.0.0.1", self.port)).await?;
+        let target = self.target;
+        let tasks = self.tasks.clone();
+        let accept = tokio::spawn(async move {
+            while let Ok((mut inbound, _)) = listener.accept().await {
+                let connection = tokio::spawn(async move {
+                    if let Ok(mut outbound) = tokio::net::TcpStream::connect(target).await {
+                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                    }
+                });
+                tasks
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .push(connection);
+            }
+        });
+        self.tasks
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(accept);
+        Ok(())
+    }
+
+    /// Closes the listener and every proxied connection.
+    pub fn stop(&self) {
+        for task in self
+            .tasks
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .drain(..)
+        {
+            task.abort();
+        }
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
 /// Where the broker keeps its data.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Storage {
-    /// Gone when the process stops: the default for tests.
+    /// tansu's memory engine. Do not use it to check delivery: tansu 0.6.0 acks a
+    /// multi-record batch there but keeps only its first record (seen here: 30 records
+    /// produced in one batch, a high watermark of 1, nothing fetchable).
     Memory,
-    /// SQLite in the harness's temporary directory: survives a restart.
+    /// SQLite in the harness's temporary directory: what the tests use.
     Sqlite,
 }
 
@@ -217,41 +283,57 @@ pub struct Broker {
     pub bootstrap: String,
     tansu: Option<(Process, u16, String)>,
     pub dir: tempfile::TempDir,
+    advertised_port: Option<u16>,
 }
 
 impl Broker {
-    /// The Kafka named by `KAFKA_BOOTSTRAP_SERVERS`, else a fresh tansu with memory storage.
+    /// The Kafka named by `KAFKA_BOOTSTRAP_SERVERS`, else a fresh tansu with SQLite storage
+    /// in a temporary directory.
     pub fn start() -> Result<Self> {
         match std::env::var("KAFKA_BOOTSTRAP_SERVERS") {
             Ok(servers) if !servers.trim().is_empty() => Ok(Self {
                 bootstrap: servers,
                 tansu: None,
                 dir: tempfile::tempdir()?,
+                advertised_port: None,
             }),
-            _ => Self::start_tansu(Storage::Memory),
+            _ => Self::start_tansu(Storage::Sqlite),
         }
     }
 
     /// A tansu of this test's own, for tests that must stop and restart the broker.
     pub fn start_tansu(storage: Storage) -> Result<Self> {
+        Self::start_tansu_advertising(storage, None)
+    }
+
+    /// A tansu of this test's own that tells clients to connect to `advertised_port`
+    /// (where a [`Proxy`] listens) instead of its own port.
+    pub fn start_tansu_advertising(storage: Storage, advertised_port: Option<u16>) -> Result<Self> {
         let dir = tempfile::tempdir()?;
         let port = free_port();
         let storage = match storage {
             Storage::Memory => "memory://tansu/".to_string(),
-            Storage::Sqlite => format!("sqlite://{}", dir.path().join("tansu.db").display()),
+            // tansu reads the URL's path as relative (it drops the leading '/'), so the
+            // broker runs in its directory and names the file alone.
+            Storage::Sqlite => "sqlite://tansu.db".to_string(),
         };
         let mut broker = Self {
             bootstrap: format!("127.0.0.1:{port}"),
             tansu: None,
             dir,
+            advertised_port,
         };
         broker.spawn_tansu(port, storage)?;
+        if let Some(advertised) = advertised_port {
+            broker.bootstrap = format!("127.0.0.1:{advertised}");
+        }
         Ok(broker)
     }
 
     fn spawn_tansu(&mut self, port: u16, storage: String) -> Result<()> {
         let bin = tansu_binary()?;
         let url = format!("tcp://127.0.0.1:{port}");
+        let advertised = format!("tcp://127.0.0.1:{}", self.advertised_port.unwrap_or(port));
         let process = Process::spawn(
             "tansu",
             Command::new(bin)
@@ -261,12 +343,18 @@ impl Broker {
                 .arg("--listener-url")
                 .arg(&url)
                 .arg("--advertised-listener-url")
-                .arg(&url)
+                .arg(&advertised)
+                .current_dir(self.dir.path())
                 .env("RUST_LOG", "warn"),
             self.dir.path(),
         )?;
         self.tansu = Some((process, port, storage));
         self.wait_until_answering(Duration::from_secs(30))
+    }
+
+    /// The port an owned tansu listens on itself (behind a proxy, not the bootstrap port).
+    pub fn tansu_port(&self) -> Option<u16> {
+        self.tansu.as_ref().map(|(_, port, _)| *port)
     }
 
     /// Whether this harness started (and may stop) the broker.
@@ -329,7 +417,10 @@ impl Broker {
     /// Creates a topic and waits until its metadata shows every partition.
     pub async fn create_topic(&self, name: &str, partitions: i32) -> Result<()> {
         let admin = self.admin()?;
-        let topic = NewTopic::new(name, partitions, TopicReplication::Fixed(1));
+        // Room for the gateway's largest body (1 MiB by default) plus key and headers;
+        // Apache Kafka's default limit is only 1 MiB + 12 bytes per batch.
+        let topic = NewTopic::new(name, partitions, TopicReplication::Fixed(1))
+            .set("max.message.bytes", "2097152");
         let results = admin
             .create_topics(
                 [&topic],
@@ -622,5 +713,313 @@ pub mod webhooks {
         })
         .to_string()
         .into_bytes()
+    }
+}
+
+/// A running `hookfold-processor`.
+pub struct Processor {
+    pub process: Process,
+    pub metrics_url: String,
+    pub config_path: PathBuf,
+    env: Vec<(String, String)>,
+    dir: PathBuf,
+}
+
+impl Processor {
+    /// Starts the processor with `config` (TOML) and waits until `/healthz` answers.
+    /// `dir` keeps the config file and the log (and usually the state_dir).
+    pub async fn start(
+        config: &str,
+        bootstrap: &str,
+        dir: &Path,
+        env: &[(&str, &str)],
+    ) -> Result<Self> {
+        let config_path = dir.join("processor.toml");
+        std::fs::write(&config_path, config)?;
+        let mut env: Vec<(String, String)> = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        env.push(("HOOKFOLD_KAFKA__BOOTSTRAP_SERVERS".into(), bootstrap.into()));
+        let mut processor = Self {
+            process: Process::spawn_placeholder(),
+            metrics_url: String::new(),
+            config_path,
+            env,
+            dir: dir.to_owned(),
+        };
+        processor.restart().await?;
+        Ok(processor)
+    }
+
+    /// Sets an environment variable for the next (re)start.
+    pub fn set_env(&mut self, key: &str, value: &str) {
+        self.env.retain(|(k, _)| k != key);
+        self.env.push((key.to_string(), value.to_string()));
+    }
+
+    /// Starts it (again) with the same configuration, on a new metrics port.
+    pub async fn restart(&mut self) -> Result<()> {
+        self.process.kill();
+        let port = free_port();
+        self.metrics_url = format!("http://127.0.0.1:{port}/metrics");
+        let mut command = Command::new(workspace_binary("hookfold-processor"));
+        command
+            .arg("--config")
+            .arg(&self.config_path)
+            .env("HOOKFOLD_METRICS_LISTEN", format!("127.0.0.1:{port}"))
+            .env("RUST_LOG", "info,librdkafka=warn");
+        for (key, value) in &self.env {
+            command.env(key, value);
+        }
+        self.process = Process::spawn("hookfold-processor", &mut command, &self.dir)?;
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(status) = self.process.exited() {
+                bail!("processor exited ({status}):\n{}", self.process.output());
+            }
+            if reqwest::get(&self.metrics_url)
+                .await
+                .is_ok_and(|r| r.status().is_success())
+            {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "processor did not serve /metrics within 30 s:\n{}",
+                    self.process.output()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    }
+
+    /// The sum over all series of a metric (0 when absent).
+    pub async fn metric_sum(&self, name: &str) -> Result<i64> {
+        let text = reqwest::get(&self.metrics_url).await?.text().await?;
+        Ok(text
+            .lines()
+            .filter(|l| l.starts_with(name) && l[name.len()..].starts_with(['{', ' ']))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum::<f64>() as i64)
+    }
+
+    /// Waits until the offsets committed with the state add up to `at_least` (on a fresh
+    /// topic, the number of records folded), failing early if the process dies.
+    pub async fn wait_committed(&mut self, at_least: i64, timeout: Duration) -> Result<i64> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.process.exited() {
+                bail!("processor exited ({status}):\n{}", self.process.output());
+            }
+            if let Ok(sum) = self.metric_sum("hookfold_processor_next_offset").await {
+                if sum >= at_least {
+                    return Ok(sum);
+                }
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "processor did not commit {at_least} records within {timeout:?}:\n{}",
+                    tail_of(&self.process.output())
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// `hookfold-processor state`: the stored state as sorted JSON lines (stop it first).
+    pub fn state_dump(&self) -> Result<Vec<String>> {
+        let mut command = Command::new(workspace_binary("hookfold-processor"));
+        command.arg("--config").arg(&self.config_path).arg("state");
+        for (key, value) in &self.env {
+            command.env(key, value);
+        }
+        let output = command.output()?;
+        if !output.status.success() {
+            bail!(
+                "state dump failed: {}",
+                String::from_utf8_lossy(&output.stderr)
+            );
+        }
+        let mut lines: Vec<String> = String::from_utf8(output.stdout)?
+            .lines()
+            .map(str::to_owned)
+            .collect();
+        lines.sort();
+        Ok(lines)
+    }
+}
+
+fn tail_of(text: &str) -> String {
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(40)..].join("\n")
+}
+
+impl Process {
+    /// A process handle with nothing behind it yet.
+    pub fn spawn_placeholder() -> Self {
+        Self {
+            name: "none".into(),
+            child: None,
+            log: PathBuf::new(),
+        }
+    }
+}
+
+/// Webhook records written straight to the webhook topic in the gateway's format
+/// (the topic format is the contract between gateway and processor), for tests that need
+/// many events fast.
+pub mod records {
+    use anyhow::Result;
+    use hookfold_proto::cloudevents::{self, CloudEventHeaders, SourceKind};
+    use rdkafka::ClientConfig;
+    use rdkafka::message::{Header, OwnedHeaders};
+    use rdkafka::producer::{FutureProducer, FutureRecord};
+
+    use super::webhooks::{agent_event, build_finished};
+
+    /// One webhook as the gateway would have appended it.
+    #[derive(Clone, Debug)]
+    pub struct WebhookRecord {
+        pub key: String,
+        pub headers: CloudEventHeaders,
+        pub body: Vec<u8>,
+    }
+
+    pub fn buildkite(source: &str, event: &str, body: Vec<u8>) -> WebhookRecord {
+        let parsed: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
+        WebhookRecord {
+            key: hookfold_gateway::routing::routing_key(
+                source,
+                SourceKind::Buildkite,
+                event,
+                &parsed,
+            ),
+            headers: CloudEventHeaders {
+                id: hookfold_gateway::routing::event_id(source, event, &body, None),
+                source: cloudevents::webhook_source(source),
+                ty: cloudevents::webhook_type(SourceKind::Buildkite, event),
+                time: "2026-11-22T10:05:00Z".into(),
+                content_type: cloudevents::CONTENT_TYPE_JSON.into(),
+            },
+            body,
+        }
+    }
+
+    /// A deterministic, seeded mix of builds (new, stale, repeated), and agent events.
+    pub fn mixed_story(count: usize, seed: u64) -> Vec<WebhookRecord> {
+        let mut rng = seed.max(1);
+        let mut next = move |n: u64| {
+            // xorshift64: deterministic, no dependency.
+            rng ^= rng << 13;
+            rng ^= rng >> 7;
+            rng ^= rng << 17;
+            rng % n
+        };
+        let mut numbers = std::collections::HashMap::new();
+        let mut agent_ids = std::collections::HashMap::new();
+        let mut out: Vec<WebhookRecord> = Vec::with_capacity(count);
+        while out.len() < count {
+            let roll = next(100);
+            let record = if roll < 5 && !out.is_empty() {
+                out[next(out.len() as u64) as usize].clone() // a repeated delivery
+            } else if roll < 20 {
+                let name = format!("agent-{}", next(20));
+                let generation = agent_ids.entry(name.clone()).or_insert(0u64);
+                let event = [
+                    "agent.lost",
+                    "agent.disconnected",
+                    "agent.stopped",
+                    "agent.connected",
+                ][next(4) as usize];
+                if event == "agent.connected" && next(2) == 0 {
+                    *generation += 1; // a restarted agent: same name, new id
+                }
+                let id = format!("{name}-id-{generation}");
+                buildkite("acme-bk", event, agent_event(event, &name, &id))
+            } else {
+                let pipeline = format!("pipeline-{}", next(40));
+                let branch = ["main", "release/1.x", "feature/x"][next(3) as usize];
+                let counter = numbers.entry((pipeline.clone(), branch)).or_insert(0u64);
+                let number = if next(10) == 0 && *counter > 3 {
+                    *counter - 1 - next(3) // stale
+                } else {
+                    *counter += 1;
+                    *counter
+                };
+                let state = [
+                    "failed", "failed", "failed", "passed", "passed", "passed", "passed",
+                    "canceled",
+                ][next(8) as usize];
+                buildkite(
+                    "acme-bk",
+                    "build.finished",
+                    build_finished(&pipeline, branch, number, state),
+                )
+            };
+            out.push(record);
+        }
+        out
+    }
+
+    /// `count` records, each for a key never seen before: failed builds of new pipelines
+    /// and lost agents, alternating. Each creates a state and an incident.
+    pub fn distinct_keys(count: usize) -> Vec<WebhookRecord> {
+        (0..count)
+            .map(|n| {
+                if n % 2 == 0 {
+                    buildkite(
+                        "acme-bk",
+                        "build.finished",
+                        build_finished(&format!("p{n:07}"), "main", 1, "failed"),
+                    )
+                } else {
+                    buildkite(
+                        "acme-bk",
+                        "agent.lost",
+                        agent_event("agent.lost", &format!("a{n:07}"), &format!("id{n}")),
+                    )
+                }
+            })
+            .collect()
+    }
+
+    /// Appends the records in order (idempotent producer, acks=all).
+    pub async fn produce(bootstrap: &str, topic: &str, records: &[WebhookRecord]) -> Result<()> {
+        let producer: FutureProducer = ClientConfig::new()
+            .set("bootstrap.servers", bootstrap)
+            .set("acks", "all")
+            .set("enable.idempotence", "true")
+            .set("linger.ms", "5")
+            .create()?;
+        let mut pending = Vec::new();
+        for record in records {
+            let mut headers = OwnedHeaders::new();
+            for (key, value) in record.headers.pairs() {
+                headers = headers.insert(Header {
+                    key,
+                    value: Some(value),
+                });
+            }
+            let future = producer.send_result(
+                FutureRecord::to(topic)
+                    .key(&record.key)
+                    .payload(&record.body)
+                    .headers(headers),
+            );
+            match future {
+                Ok(delivery) => pending.push(delivery),
+                Err((e, _)) => anyhow::bail!("producing: {e}"),
+            }
+            if pending.len() >= 1000 {
+                for delivery in pending.drain(..) {
+                    delivery.await?.map_err(|(e, _)| e)?;
+                }
+            }
+        }
+        for delivery in pending {
+            delivery.await?.map_err(|(e, _)| e)?;
+        }
+        Ok(())
     }
 }

@@ -19,7 +19,10 @@ async fn main() -> anyhow::Result<()> {
     let app = Router::new().route(
         "/webhooks/{source}",
         post(|_body: axum::body::Bytes| async {
-            (StatusCode::ACCEPTED, axum::Json(serde_json::json!({"id": "baseline"})))
+            (
+                StatusCode::ACCEPTED,
+                axum::Json(serde_json::json!({"id": "baseline"})),
+            )
         }),
     );
     let listener = tokio::net::TcpListener::bind(args.listen).await?;

@@ -42,14 +42,21 @@ async fn main() -> anyhow::Result<()> {
     let started = Instant::now();
     let mut tasks = Vec::new();
     for worker in 0..args.concurrency {
-        let (producer, payload, stop, topic) = (producer.clone(), payload.clone(), stop.clone(), args.topic.clone());
+        let (producer, payload, stop, topic) = (
+            producer.clone(),
+            payload.clone(),
+            stop.clone(),
+            args.topic.clone(),
+        );
         tasks.push(tokio::spawn(async move {
             let mut latencies = Vec::new();
             let mut errors = 0u64;
             let key = format!("bench/pipeline/p{}", worker % 50);
             while !stop.load(Ordering::Relaxed) {
                 let sent = Instant::now();
-                let record = FutureRecord::to(&topic).key(&key).payload(payload.as_slice());
+                let record = FutureRecord::to(&topic)
+                    .key(&key)
+                    .payload(payload.as_slice());
                 match producer.send(record, Timeout::Never).await {
                     Ok(_) => latencies.push(sent.elapsed()),
                     Err(_) => errors += 1,
@@ -69,8 +76,20 @@ async fn main() -> anyhow::Result<()> {
     }
     let elapsed = started.elapsed().as_secs_f64();
     latencies.sort();
-    let pct = |p: f64| latencies.get(((latencies.len() as f64 * p) as usize).min(latencies.len().saturating_sub(1))).map(|d| d.as_secs_f64() * 1000.0).unwrap_or(0.0);
+    let pct = |p: f64| {
+        latencies
+            .get(((latencies.len() as f64 * p) as usize).min(latencies.len().saturating_sub(1)))
+            .map(|d| d.as_secs_f64() * 1000.0)
+            .unwrap_or(0.0)
+    };
     // Same shape as the wrk script's line: requests, seconds, p50 ms, p99 ms, errors.
-    println!("RESULT {} {:.3} {:.3} {:.3} {}", latencies.len(), elapsed, pct(0.50), pct(0.99), errors);
+    println!(
+        "RESULT {} {:.3} {:.3} {:.3} {}",
+        latencies.len(),
+        elapsed,
+        pct(0.50),
+        pct(0.99),
+        errors
+    );
     Ok(())
 }

@@ -36,6 +36,33 @@ enum Command {
     },
     /// Create topics that do not exist yet: NAME:PARTITIONS[:compact].
     Topics { topics: Vec<String> },
+    /// Wait until a processor has committed every record now on the topic (its
+    /// hookfold_processor_next_offset gauges add up to the topic's high watermarks).
+    WaitProcessed {
+        #[arg(long)]
+        topic: String,
+        #[arg(long, default_value = "http://127.0.0.1:9464/metrics")]
+        metrics: String,
+        #[arg(long, default_value_t = 60)]
+        timeout_secs: u64,
+    },
+    /// Fill a webhook topic with records in the gateway's format.
+    Fill {
+        #[arg(long)]
+        topic: String,
+        #[arg(long)]
+        count: usize,
+        /// `mixed`: a seeded mix of builds, stale builds, repeats and agents over a few
+        /// hundred keys; `distinct`: every record a new pipeline (failed build) or agent
+        /// (lost), half each, so every record creates state and an incident.
+        #[arg(long, default_value = "mixed")]
+        shape: String,
+    },
+    /// Print how many records a topic holds.
+    Count {
+        #[arg(long)]
+        topic: String,
+    },
     /// Print an X-Buildkite-Signature header for a body file, signed now.
     Sign {
         #[arg(long)]
@@ -77,6 +104,60 @@ async fn main() -> Result<()> {
     match args.command {
         Command::WaitBroker { timeout_secs } => {
             wait_broker(&args.bootstrap, Duration::from_secs(timeout_secs))
+        }
+        Command::WaitProcessed {
+            topic,
+            metrics,
+            timeout_secs,
+        } => {
+            wait_processed(
+                &args.bootstrap,
+                &topic,
+                &metrics,
+                Duration::from_secs(timeout_secs),
+            )
+            .await
+        }
+        Command::Fill {
+            topic,
+            count,
+            shape,
+        } => {
+            let records = match shape.as_str() {
+                "mixed" => hookfold_tests::records::mixed_story(count, 0xbe7c),
+                "distinct" => hookfold_tests::records::distinct_keys(count),
+                other => bail!("unknown shape {other}: mixed or distinct"),
+            };
+            let started = Instant::now();
+            for chunk in records.chunks(50_000) {
+                hookfold_tests::records::produce(&args.bootstrap, &topic, chunk).await?;
+            }
+            eprintln!(
+                "filled {topic} with {count} {shape} records in {:.1} s",
+                started.elapsed().as_secs_f64()
+            );
+            Ok(())
+        }
+        Command::Count { topic } => {
+            let consumer: BaseConsumer = ClientConfig::new()
+                .set("bootstrap.servers", &args.bootstrap)
+                .create()?;
+            let metadata = consumer.fetch_metadata(Some(&topic), Duration::from_secs(10))?;
+            let partitions = metadata
+                .topics()
+                .iter()
+                .find(|t| t.name() == topic)
+                .context("topic not found")?
+                .partitions()
+                .len();
+            let mut total = 0;
+            for partition in 0..partitions as i32 {
+                let (low, high) =
+                    consumer.fetch_watermarks(&topic, partition, Duration::from_secs(10))?;
+                total += high - low;
+            }
+            println!("{total}");
+            Ok(())
         }
         Command::Sign { secret, body } => {
             let body =
@@ -139,6 +220,52 @@ fn wait_broker(bootstrap: &str, timeout: Duration) -> Result<()> {
     }
 }
 
+async fn wait_processed(
+    bootstrap: &str,
+    topic: &str,
+    metrics: &str,
+    timeout: Duration,
+) -> Result<()> {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .create()?;
+    let metadata = consumer.fetch_metadata(Some(topic), Duration::from_secs(10))?;
+    let partitions = metadata
+        .topics()
+        .iter()
+        .find(|t| t.name() == topic)
+        .context("topic not found")?
+        .partitions()
+        .len();
+    let mut end = 0;
+    for partition in 0..partitions as i32 {
+        end += consumer
+            .fetch_watermarks(topic, partition, Duration::from_secs(10))?
+            .1;
+    }
+    let deadline = Instant::now() + timeout;
+    loop {
+        let text = reqwest::get(metrics)
+            .await
+            .with_context(|| format!("reading {metrics} (is the processor running?)"))?
+            .text()
+            .await?;
+        let done: f64 = text
+            .lines()
+            .filter(|l| l.starts_with("hookfold_processor_next_offset{"))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum();
+        if done as i64 >= end {
+            eprintln!("processor has folded all {end} records of {topic}");
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!("processor folded {done} of {end} records of {topic} within {timeout:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 async fn create_topics(bootstrap: &str, specs: &[String]) -> Result<()> {
     let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
         .set("bootstrap.servers", bootstrap)
@@ -155,7 +282,9 @@ async fn create_topics(bootstrap: &str, specs: &[String]) -> Result<()> {
             .parse()
             .context("partitions")?;
         let compact = matches!(parts.next(), Some("compact"));
-        let mut topic = NewTopic::new(name, partitions, TopicReplication::Fixed(1));
+        // Room for the gateway's largest body (1 MiB by default) plus key and headers.
+        let mut topic = NewTopic::new(name, partitions, TopicReplication::Fixed(1))
+            .set("max.message.bytes", "2097152");
         if compact {
             topic = topic.set("cleanup.policy", "compact");
         }

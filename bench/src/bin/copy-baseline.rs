@@ -1,0 +1,88 @@
+//! The stream-processing ceiling: a raw consume-and-produce copy of the webhook topic with
+//! the processor's producer and batch settings (idempotent, acks=all, linger 5 ms, flush
+//! per batch of up to 1000 records or 50 ms, group offsets committed after each flush)
+//! and no state. The processor's rate is reported as a fraction of this one's.
+
+use std::time::{Duration, Instant};
+
+use clap::Parser;
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
+use rdkafka::message::Message;
+use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
+use rdkafka::util::Timeout;
+use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+
+#[derive(Parser)]
+struct Args {
+    #[arg(long)]
+    bootstrap: String,
+    #[arg(long)]
+    input: String,
+    #[arg(long)]
+    output: String,
+    /// Stop after copying this many records.
+    #[arg(long)]
+    count: u64,
+    #[arg(long, default_value_t = 1000)]
+    max_records: usize,
+    #[arg(long, default_value_t = 50)]
+    max_wait_ms: u64,
+}
+
+fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let producer: ThreadedProducer<DefaultProducerContext> = ClientConfig::new()
+        .set("bootstrap.servers", &args.bootstrap)
+        .set("acks", "all")
+        .set("enable.idempotence", "true")
+        .set("linger.ms", "5")
+        .create()?;
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", &args.bootstrap)
+        .set("group.id", format!("copy-baseline-{}", std::process::id()))
+        .set("enable.auto.commit", "false")
+        .set("auto.offset.reset", "earliest")
+        .create()?;
+    consumer.subscribe(&[&args.input])?;
+    let started = Instant::now();
+    let mut copied = 0u64;
+    let mut batch: Vec<(i32, i64)> = Vec::new();
+    let mut batch_started: Option<Instant> = None;
+    while copied < args.count {
+        if let Some(Ok(message)) = consumer.poll(Duration::from_millis(20)) {
+            let mut record =
+                BaseRecord::to(&args.output).payload(message.payload().unwrap_or_default());
+            if let Some(key) = message.key() {
+                record = record.key(key);
+            }
+            loop {
+                match producer.send(record) {
+                    Ok(()) => break,
+                    Err((_, back)) => {
+                        record = back;
+                        std::thread::sleep(Duration::from_millis(1));
+                    }
+                }
+            }
+            batch.push((message.partition(), message.offset() + 1));
+            batch_started.get_or_insert_with(Instant::now);
+        }
+        let due = batch.len() >= args.max_records
+            || batch_started
+                .is_some_and(|s| s.elapsed() >= Duration::from_millis(args.max_wait_ms));
+        if due {
+            producer.flush(Timeout::After(Duration::from_secs(60)))?;
+            let mut tpl = TopicPartitionList::new();
+            for (partition, next) in &batch {
+                tpl.add_partition_offset(&args.input, *partition, Offset::Offset(*next))?;
+            }
+            consumer.commit(&tpl, CommitMode::Async)?;
+            copied += batch.len() as u64;
+            batch.clear();
+            batch_started = None;
+        }
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    println!("RESULT {copied} {seconds:.3}");
+    Ok(())
+}

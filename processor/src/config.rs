@@ -1,0 +1,239 @@
+//! Processor configuration: a TOML file, overridden key by key from the environment
+//! (`HOOKFOLD_<SECTION>__<KEY>`), validated before anything starts.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use figment::Figment;
+use figment::providers::{Env, Format, Serialized, Toml};
+use hookfold_rules::Rules;
+use serde::{Deserialize, Serialize};
+
+/// The configuration reference shown by `--help` and in the README.
+pub const REFERENCE: &str = r#"CONFIGURATION (TOML; every key can be overridden by HOOKFOLD_<SECTION>__<KEY>,
+e.g. HOOKFOLD_KAFKA__BOOTSTRAP_SERVERS=10.0.0.5:9092, HOOKFOLD_STATE_DIR=/var/lib/hookfold)
+
+  state_dir = "./.data/processor"     one RocksDB store per assigned input partition below it
+  log_format = "text"                 "text" or "json"; the level comes from RUST_LOG (default info)
+  metrics_listen = "127.0.0.1:9464"   GET /metrics, /healthz, /readyz
+
+  [kafka]
+  bootstrap_servers = "127.0.0.1:9092"
+  input_topic = "hookfold.webhooks"
+  output_topic = "hookfold.incidents"
+  group_id = "hookfold-processor"
+  changelog_topic = "<group_id>.state" compacted, one partition per input partition
+  instance_id = "processor-0"         optional static membership (group.instance.id): a
+                                      restarted instance keeps its partitions, no rebalance
+  ack_timeout = "120s"                outputs not acked within this: exit with an error
+                                      (a restart resumes from the last committed batch)
+  [kafka.properties]                  any librdkafka property for consumer and producer,
+  "security.protocol" = "ssl"         e.g. TLS or SASL settings
+
+  [batch]
+  max_records = 1000                  commit after this many records...
+  max_wait = "50ms"                   ...or this long after the batch's first record
+
+  [rules]                             the incident rules; see docs/RULES.md
+  dedup_window = 1024
+  [rules.builds]
+  scope = "pipeline_branch"           or "pipeline"
+  exclude_branches = ["dependabot/*"]
+  severity = [{ branch = "main", severity = "critical" }]
+  [rules.agents]
+  open_on = ["agent.lost", "agent.disconnected", "agent.stopped"]
+  [rules.bitbucket]
+  exclude_branches = ["main", "master"]
+"#;
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProcessorConfig {
+    pub state_dir: PathBuf,
+    pub log_format: LogFormat,
+    pub metrics_listen: SocketAddr,
+    pub kafka: KafkaConfig,
+    pub batch: BatchConfig,
+    pub rules: Rules,
+}
+
+impl Default for ProcessorConfig {
+    fn default() -> Self {
+        Self {
+            state_dir: PathBuf::from("./.data/processor"),
+            log_format: LogFormat::Text,
+            metrics_listen: SocketAddr::from(([127, 0, 0, 1], 9464)),
+            kafka: KafkaConfig::default(),
+            batch: BatchConfig::default(),
+            rules: Rules::default(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KafkaConfig {
+    pub bootstrap_servers: String,
+    pub input_topic: String,
+    pub output_topic: String,
+    pub group_id: String,
+    pub changelog_topic: Option<String>,
+    /// `group.instance.id`: static group membership. A restarted instance with the same id
+    /// gets its partitions back without a rebalance (e.g. the StatefulSet pod name).
+    pub instance_id: Option<String>,
+    #[serde(with = "humantime_serde")]
+    pub ack_timeout: Duration,
+    pub properties: BTreeMap<String, String>,
+}
+
+impl Default for KafkaConfig {
+    fn default() -> Self {
+        Self {
+            bootstrap_servers: "127.0.0.1:9092".into(),
+            input_topic: "hookfold.webhooks".into(),
+            output_topic: "hookfold.incidents".into(),
+            group_id: "hookfold-processor".into(),
+            changelog_topic: None,
+            instance_id: None,
+            ack_timeout: Duration::from_secs(120),
+            properties: BTreeMap::new(),
+        }
+    }
+}
+
+impl KafkaConfig {
+    pub fn changelog_topic(&self) -> String {
+        self.changelog_topic
+            .clone()
+            .unwrap_or_else(|| format!("{}.state", self.group_id))
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BatchConfig {
+    pub max_records: usize,
+    #[serde(with = "humantime_serde")]
+    pub max_wait: Duration,
+}
+
+impl Default for BatchConfig {
+    fn default() -> Self {
+        Self {
+            max_records: 1000,
+            max_wait: Duration::from_millis(50),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("reading configuration: {0}")]
+    Load(#[from] Box<figment::Error>),
+    #[error("{0}")]
+    Invalid(String),
+}
+
+impl ProcessorConfig {
+    /// Defaults, then the file (if any), then `HOOKFOLD_*` environment variables.
+    pub fn load(file: Option<&Path>) -> Result<Self, ConfigError> {
+        let mut figment = Figment::from(Serialized::defaults(ProcessorConfig::default()));
+        if let Some(file) = file {
+            figment = figment.merge(Toml::file_exact(file));
+        }
+        let config: ProcessorConfig = figment
+            .merge(Env::prefixed("HOOKFOLD_").split("__"))
+            .extract()
+            .map_err(Box::new)?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let k = &self.kafka;
+        for (name, value) in [
+            ("kafka.input_topic", &k.input_topic),
+            ("kafka.output_topic", &k.output_topic),
+            ("kafka.group_id", &k.group_id),
+        ] {
+            if value.trim().is_empty() {
+                return Err(ConfigError::Invalid(format!("{name} is empty")));
+            }
+        }
+        if k.input_topic == k.output_topic || k.input_topic == k.changelog_topic() {
+            return Err(ConfigError::Invalid(
+                "the input, output and changelog topics must differ".into(),
+            ));
+        }
+        if self.batch.max_records == 0 {
+            return Err(ConfigError::Invalid(
+                "batch.max_records must be above 0".into(),
+            ));
+        }
+        self.rules
+            .validate()
+            .map_err(|e| ConfigError::Invalid(format!("rules: {e}")))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    #[test]
+    fn the_designs_minimal_file_loads() {
+        let mut file = tempfile::NamedTempFile::new().unwrap();
+        file.write_all(
+            br#"
+state_dir = "./.data/processor"
+[kafka]
+bootstrap_servers = "127.0.0.1:9092"
+input_topic = "hookfold.webhooks"
+output_topic = "hookfold.incidents"
+group_id = "hookfold-processor"
+"#,
+        )
+        .unwrap();
+        let config = ProcessorConfig::load(Some(file.path())).unwrap();
+        assert_eq!(config.kafka.changelog_topic(), "hookfold-processor.state");
+        assert_eq!(config.rules, Rules::default());
+    }
+
+    #[test]
+    fn rules_section_and_mistakes() {
+        let parse = |text: &str| -> Result<ProcessorConfig, String> {
+            let config: ProcessorConfig =
+                Figment::from(Serialized::defaults(ProcessorConfig::default()))
+                    .merge(Toml::string(text))
+                    .extract()
+                    .map_err(|e| e.to_string())?;
+            config.validate().map_err(|e| e.to_string())?;
+            Ok(config)
+        };
+        let config = parse("[rules.builds]\nscope = \"pipeline\"").unwrap();
+        assert_eq!(
+            config.rules.builds.scope,
+            hookfold_rules::BuildScope::Pipeline
+        );
+        assert!(
+            parse("[rules]\ndedup_windw = 3")
+                .unwrap_err()
+                .contains("dedup_windw")
+        );
+        assert!(
+            parse("[kafka]\noutput_topic = \"hookfold.webhooks\"")
+                .unwrap_err()
+                .contains("must differ")
+        );
+    }
+}

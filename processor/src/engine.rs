@@ -1,0 +1,439 @@
+//! The engine: folds a batch of webhook records into their keys' states and commits it.
+//!
+//! Per batch, in this order (the processing guarantee in docs):
+//! 1. every record is parsed and applied to its key's state (pure `hookfold_rules::apply`);
+//! 2. the incident events and one changelog record per changed key are produced;
+//! 3. the producer is flushed: every one of them is acked, or the batch fails;
+//! 4. per partition, the changed states and the next input offset are written in one
+//!    RocksDB `WriteBatch`.
+//!
+//! A crash anywhere before 4 leaves the store at the previous batch, so the batch is
+//! read again and its outputs produced again, with the same deterministic `event_id`s.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use hookfold_proto::Message as _;
+use hookfold_proto::cloudevents::CloudEventHeaders;
+use hookfold_proto::incident::PROCESSOR_SOURCE;
+use hookfold_proto::v1::{IncidentEvent, Transition};
+use hookfold_rules::{Cause, KeyState, Rules};
+use rdkafka::ClientContext;
+use rdkafka::error::KafkaError;
+use rdkafka::message::{DeliveryResult, Header, Headers, Message, OwnedHeaders, OwnedMessage};
+use rdkafka::producer::{BaseRecord, Producer, ProducerContext, ThreadedProducer};
+use rdkafka::types::RDKafkaErrorCode;
+use rdkafka::util::Timeout;
+
+use crate::codec::{self, CodecError};
+use crate::config::BatchConfig;
+use crate::metrics::Metrics;
+use crate::store::{PartitionStore, StoreError};
+
+/// Changelog record header: the input offset the partition's state is at after the
+/// batch that wrote the record (the next offset to read).
+pub const CHANGELOG_NEXT_OFFSET: &str = "hookfold_next_offset";
+
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("partition {partition}, key `{key}`: {source}")]
+    State {
+        partition: i32,
+        key: String,
+        #[source]
+        source: CodecError,
+    },
+    #[error("the broker did not acknowledge {failed} record(s) of a batch: {last_error}")]
+    Delivery { failed: u64, last_error: String },
+    #[error("the producer did not drain within {0:?}: the broker is unreachable or too slow")]
+    FlushTimeout(Duration),
+    #[error("producing: {0}")]
+    Produce(#[source] KafkaError),
+    #[error("incident event {0} has no valid headers (a bug in the rules)")]
+    Headers(String),
+}
+
+/// Counts delivery failures of the records of the current batch.
+#[derive(Default)]
+pub struct DeliveryTracker {
+    failed: AtomicU64,
+    last_error: Mutex<Option<String>>,
+}
+
+impl ClientContext for DeliveryTracker {}
+
+impl ProducerContext for DeliveryTracker {
+    type DeliveryOpaque = ();
+    fn delivery(&self, result: &DeliveryResult<'_>, _: Self::DeliveryOpaque) {
+        if let Err((error, _)) = result {
+            self.failed.fetch_add(1, Ordering::SeqCst);
+            *self.last_error.lock().unwrap_or_else(|e| e.into_inner()) = Some(error.to_string());
+        }
+    }
+}
+
+pub struct Topics {
+    pub input: String,
+    pub output: String,
+    pub changelog: String,
+}
+
+pub struct Engine {
+    rules: Rules,
+    topics: Topics,
+    state_dir: PathBuf,
+    producer: ThreadedProducer<DeliveryTracker>,
+    ack_timeout: Duration,
+    batch: BatchConfig,
+    partitions: BTreeMap<i32, PartitionStore>,
+    pending: Vec<OwnedMessage>,
+    pending_since: Option<Instant>,
+    metrics: Metrics,
+}
+
+/// What a committed batch moved each partition to.
+pub type Committed = Vec<(i32, i64)>;
+
+impl Engine {
+    pub fn new(
+        rules: Rules,
+        topics: Topics,
+        state_dir: &Path,
+        producer: ThreadedProducer<DeliveryTracker>,
+        ack_timeout: Duration,
+        batch: BatchConfig,
+        metrics: Metrics,
+    ) -> Self {
+        Self {
+            rules,
+            topics,
+            state_dir: state_dir.to_owned(),
+            producer,
+            ack_timeout,
+            batch,
+            partitions: BTreeMap::new(),
+            pending: Vec::new(),
+            pending_since: None,
+            metrics,
+        }
+    }
+
+    pub fn store_path(state_dir: &Path, input_topic: &str, partition: i32) -> PathBuf {
+        state_dir.join(format!("{input_topic}-{partition}"))
+    }
+
+    /// Opens the partition's store; returns the offset to resume from (`None`: from the
+    /// beginning of the topic, for a store that has seen nothing).
+    pub fn assign(&mut self, partition: i32) -> Result<Option<i64>, EngineError> {
+        if !self.partitions.contains_key(&partition) {
+            let path = Self::store_path(&self.state_dir, &self.topics.input, partition);
+            let store = PartitionStore::open(&path)?;
+            self.partitions.insert(partition, store);
+        }
+        let store = &self.partitions[&partition];
+        let next = store.next_offset()?;
+        let label = partition.to_string();
+        self.metrics.assigned.with_label_values(&[&label]).set(1);
+        self.metrics
+            .next_offset
+            .with_label_values(&[&label])
+            .set(next.unwrap_or(0));
+        let (keys, bytes) = store.estimates();
+        self.metrics
+            .state_keys
+            .with_label_values(&[&label])
+            .set(keys as i64);
+        self.metrics
+            .state_bytes
+            .with_label_values(&[&label])
+            .set(bytes as i64);
+        tracing::info!(partition, next_offset = next, path = %store.path().display(), "partition assigned");
+        Ok(next)
+    }
+
+    /// Finishes and commits the pending batch, then closes the partitions' stores.
+    pub fn revoke(&mut self, partitions: &[i32]) -> Result<Committed, EngineError> {
+        let committed = self.commit()?;
+        for partition in partitions {
+            if self.partitions.remove(partition).is_some() {
+                self.metrics
+                    .assigned
+                    .with_label_values(&[&partition.to_string()])
+                    .set(0);
+                tracing::info!(
+                    partition,
+                    "partition revoked: batch committed, store closed"
+                );
+            }
+        }
+        Ok(committed)
+    }
+
+    pub fn assigned(&self) -> Vec<i32> {
+        self.partitions.keys().copied().collect()
+    }
+
+    pub fn push(&mut self, message: OwnedMessage) {
+        self.pending_since.get_or_insert_with(Instant::now);
+        self.pending.push(message);
+    }
+
+    /// Whether the pending batch is full or old enough to commit.
+    pub fn due(&self) -> bool {
+        self.pending.len() >= self.batch.max_records
+            || self
+                .pending_since
+                .is_some_and(|since| since.elapsed() >= self.batch.max_wait)
+    }
+
+    /// Folds, produces, flushes and commits the pending batch.
+    pub fn commit(&mut self) -> Result<Committed, EngineError> {
+        self.pending_since = None;
+        if self.pending.is_empty() {
+            return Ok(Vec::new());
+        }
+        let pending = std::mem::take(&mut self.pending);
+        let mut by_partition: BTreeMap<i32, Vec<OwnedMessage>> = BTreeMap::new();
+        for message in pending {
+            by_partition
+                .entry(message.partition())
+                .or_default()
+                .push(message);
+        }
+        let tracker = self.producer.context();
+        tracker.failed.store(0, Ordering::SeqCst);
+
+        let mut commits = Vec::new();
+        for (partition, messages) in by_partition {
+            let Some(store) = self.partitions.get(&partition) else {
+                // Revoked while the records were in flight: the new owner reads them.
+                continue;
+            };
+            let from = store.next_offset()?.unwrap_or(0);
+            let mut states: HashMap<Vec<u8>, KeyState> = HashMap::new();
+            let mut next_offset = None;
+            for message in messages {
+                if message.offset() < from {
+                    continue; // already committed (a redelivery after a seek)
+                }
+                next_offset = Some(message.offset() + 1);
+                self.fold(store, partition, &message, &mut states)?;
+            }
+            let Some(next_offset) = next_offset else {
+                continue;
+            };
+            let encoded: Vec<(Vec<u8>, Vec<u8>)> = states
+                .iter()
+                .map(|(key, state)| (key.clone(), codec::encode(state)))
+                .collect();
+            for (key, value) in &encoded {
+                let offset = next_offset.to_string();
+                let headers = OwnedHeaders::new().insert(Header {
+                    key: CHANGELOG_NEXT_OFFSET,
+                    value: Some(offset.as_str()),
+                });
+                self.send(
+                    BaseRecord::to(&self.topics.changelog)
+                        .partition(partition)
+                        .key(key.as_slice())
+                        .payload(value.as_slice())
+                        .headers(headers),
+                )?;
+            }
+            commits.push((partition, encoded, next_offset));
+        }
+
+        let started = Instant::now();
+        self.producer
+            .flush(Timeout::After(self.ack_timeout))
+            .map_err(|_| EngineError::FlushTimeout(self.ack_timeout))?;
+        let failed = tracker.failed.load(Ordering::SeqCst);
+        if failed > 0 {
+            let last_error = tracker
+                .last_error
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .clone()
+                .unwrap_or_default();
+            return Err(EngineError::Delivery { failed, last_error });
+        }
+        self.metrics
+            .batch_commit_seconds
+            .with_label_values(&["flush"])
+            .observe(started.elapsed().as_secs_f64());
+
+        let started = Instant::now();
+        let mut committed = Vec::new();
+        for (partition, encoded, next_offset) in commits {
+            let store = &self.partitions[&partition];
+            store.commit(
+                encoded.iter().map(|(k, v)| (k.as_slice(), v.as_slice())),
+                next_offset,
+            )?;
+            let label = partition.to_string();
+            self.metrics
+                .next_offset
+                .with_label_values(&[&label])
+                .set(next_offset);
+            let (keys, bytes) = store.estimates();
+            self.metrics
+                .state_keys
+                .with_label_values(&[&label])
+                .set(keys as i64);
+            self.metrics
+                .state_bytes
+                .with_label_values(&[&label])
+                .set(bytes as i64);
+            tracing::debug!(
+                partition,
+                next_offset,
+                keys = encoded.len(),
+                "batch committed"
+            );
+            committed.push((partition, next_offset));
+        }
+        self.metrics
+            .batch_commit_seconds
+            .with_label_values(&["store"])
+            .observe(started.elapsed().as_secs_f64());
+        Ok(committed)
+    }
+
+    /// Applies one record to its key's state (loaded on first use in the batch) and
+    /// produces its incident events.
+    fn fold(
+        &self,
+        store: &PartitionStore,
+        partition: i32,
+        message: &OwnedMessage,
+        states: &mut HashMap<Vec<u8>, KeyState>,
+    ) -> Result<(), EngineError> {
+        let headers: Vec<(&str, Option<&[u8]>)> = message
+            .headers()
+            .map(|h| h.iter().map(|h| (h.key, h.value)).collect())
+            .unwrap_or_default();
+        let ce = match CloudEventHeaders::from_pairs(headers) {
+            Ok(ce) => ce,
+            Err(e) => {
+                self.malformed(partition, message, "invalid", &e.to_string());
+                return Ok(());
+            }
+        };
+        let event = match hookfold_events::parse(&ce, message.payload().unwrap_or_default()) {
+            Ok(event) => event,
+            Err(e) => {
+                self.malformed(partition, message, &ce.ty, &e.to_string());
+                return Ok(());
+            }
+        };
+        let key = message.key().unwrap_or_default().to_vec();
+        let state = match states.remove(&key) {
+            Some(state) => state,
+            None => match store.get(&key)? {
+                None => KeyState::default(),
+                Some(bytes) => codec::decode(&bytes).map_err(|source| EngineError::State {
+                    partition,
+                    key: String::from_utf8_lossy(&key).into_owned(),
+                    source,
+                })?,
+            },
+        };
+        let cause = Cause {
+            topic: self.topics.input.clone(),
+            partition,
+            offset: message.offset(),
+            ce_id: ce.id.clone(),
+        };
+        let (state, outputs) = hookfold_rules::apply(state, &event, &cause, &self.rules);
+        states.insert(key, state);
+        let outcome = if outputs.is_empty() {
+            "no_change"
+        } else {
+            "incident"
+        };
+        self.metrics
+            .events
+            .with_label_values(&[&ce.ty, outcome])
+            .inc();
+        for incident in &outputs {
+            self.emit(incident)?;
+        }
+        Ok(())
+    }
+
+    fn emit(&self, incident: &IncidentEvent) -> Result<(), EngineError> {
+        let ce = hookfold_proto::incident_event_headers(incident, PROCESSOR_SOURCE)
+            .map_err(|_| EngineError::Headers(incident.event_id.clone()))?;
+        let mut headers = OwnedHeaders::new_with_capacity(6);
+        for (key, value) in ce.pairs() {
+            headers = headers.insert(Header {
+                key,
+                value: Some(value),
+            });
+        }
+        let transition = Transition::try_from(incident.transition)
+            .map(|t| {
+                t.as_str_name()
+                    .trim_start_matches("TRANSITION_")
+                    .to_ascii_lowercase()
+            })
+            .unwrap_or_else(|_| "unknown".into());
+        tracing::info!(
+            event_id = %incident.event_id,
+            incident_id = %incident.incident_id,
+            dedup_key = %incident.dedup_key,
+            transition = %transition,
+            partition = incident.cause.as_ref().map(|c| c.partition),
+            offset = incident.cause.as_ref().map(|c| c.offset),
+            summary = %incident.summary,
+            "incident event"
+        );
+        self.metrics
+            .incidents
+            .with_label_values(&[&transition])
+            .inc();
+        let value = incident.encode_to_vec();
+        self.send(
+            BaseRecord::to(&self.topics.output)
+                .key(incident.dedup_key.as_str())
+                .payload(value.as_slice())
+                .headers(headers),
+        )
+    }
+
+    fn send<K, P>(&self, mut record: BaseRecord<'_, K, P, ()>) -> Result<(), EngineError>
+    where
+        K: rdkafka::message::ToBytes + ?Sized,
+        P: rdkafka::message::ToBytes + ?Sized,
+    {
+        loop {
+            match self.producer.send(record) {
+                Ok(()) => return Ok(()),
+                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
+                    // The local queue is full of records awaiting acks: let them drain.
+                    record = back;
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+                Err((e, _)) => return Err(EngineError::Produce(e)),
+            }
+        }
+    }
+
+    fn malformed(&self, partition: i32, message: &OwnedMessage, ty: &str, why: &str) {
+        self.metrics
+            .events
+            .with_label_values(&[ty, "malformed"])
+            .inc();
+        tracing::warn!(
+            partition,
+            offset = message.offset(),
+            error = why,
+            "skipping a record that is not a webhook event"
+        );
+    }
+}

@@ -1,0 +1,15 @@
+//! hookfold's processor: a consumer group member that folds webhook events into
+//! per-entity state held in RocksDB (one store per input partition) and emits incident
+//! events, effectively once (see [`engine`]).
+//!
+//! The folding itself is pure and lives in `hookfold-rules`; this crate is the adapter
+//! around it: [`store`] (RocksDB), [`consumer`] and [`engine`] (Kafka), [`tail`].
+
+pub mod codec;
+pub mod config;
+pub mod consumer;
+pub mod engine;
+pub mod http;
+pub mod metrics;
+pub mod store;
+pub mod tail;

@@ -1,0 +1,170 @@
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use hookfold_processor::config::{self, LogFormat, ProcessorConfig};
+use hookfold_processor::engine::Engine;
+use hookfold_processor::metrics::Metrics;
+use hookfold_processor::store::PartitionStore;
+use hookfold_processor::tail::{TailOptions, tail};
+use hookfold_processor::{codec, consumer, http};
+use tracing_subscriber::EnvFilter;
+
+/// Folds hookfold's webhook topic into per-pipeline, per-agent and per-pull-request state
+/// (RocksDB under state_dir) and emits incident events (protobuf) to the incident topic.
+#[derive(Parser, Debug)]
+#[command(version, after_long_help = config::REFERENCE)]
+struct Args {
+    /// Configuration file (TOML). Without it, defaults and HOOKFOLD_* variables only.
+    #[arg(long, short, env = "HOOKFOLD_CONFIG", global = true)]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Consume the webhook topic, fold and emit incidents (the default).
+    Run,
+    /// Print the incident topic as JSON lines (decoded protobuf and ce_* headers).
+    Tail {
+        /// Start at the beginning of the topic (default: only new incidents).
+        #[arg(long)]
+        from_beginning: bool,
+        /// Keep waiting for new incidents (default: stop at the end of the topic; without
+        /// --from-beginning, tail always follows).
+        #[arg(long, short)]
+        follow: bool,
+        /// Topic to read (default: kafka.output_topic).
+        #[arg(long)]
+        topic: Option<String>,
+        /// One line per incident event (transition, dedup key, summary) instead of JSON.
+        #[arg(long)]
+        summary: bool,
+    },
+    /// Print the state in state_dir as JSON lines: partition, key, stored state. Stop the
+    /// processor first (RocksDB allows one process per store).
+    State,
+    /// Check the configuration and exit.
+    Check,
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    let config = match ProcessorConfig::load(args.config.as_deref()) {
+        Ok(config) => config,
+        Err(e) => {
+            eprintln!("hookfold-processor: invalid configuration: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let result = match args.command.unwrap_or(Command::Run) {
+        Command::Run => {
+            init_tracing(config.log_format);
+            run(&config)
+        }
+        Command::Tail {
+            from_beginning,
+            follow,
+            topic,
+            summary,
+        } => {
+            let options = TailOptions {
+                bootstrap_servers: config.kafka.bootstrap_servers.clone(),
+                topic: topic.unwrap_or_else(|| config.kafka.output_topic.clone()),
+                from_beginning,
+                follow: follow || !from_beginning,
+                summary,
+            };
+            tail(&options, &mut std::io::stdout().lock()).map(|_| ())
+        }
+        Command::State => dump_state(&config),
+        Command::Check => {
+            println!(
+                "configuration ok: {} -> {} (changelog {}), group {}, state in {}",
+                config.kafka.input_topic,
+                config.kafka.output_topic,
+                config.kafka.changelog_topic(),
+                config.kafka.group_id,
+                config.state_dir.display()
+            );
+            Ok(())
+        }
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!(error = format!("{e:#}"), "processor stopped");
+            eprintln!("hookfold-processor: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_tracing(format: LogFormat) {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Json => builder.json().init(),
+        LogFormat::Text => builder.init(),
+    }
+}
+
+fn run(config: &ProcessorConfig) -> anyhow::Result<()> {
+    let shutdown = Arc::new(AtomicBool::new(false));
+    for signal in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
+        signal_hook::flag::register(signal, shutdown.clone())
+            .context("installing signal handlers")?;
+    }
+    let metrics = Metrics::new();
+    let ready = Arc::new(AtomicBool::new(false));
+    http::spawn(config.metrics_listen, metrics.clone(), ready.clone())?;
+    tracing::info!(metrics = %config.metrics_listen, "serving /metrics, /healthz, /readyz");
+    ready.store(true, Ordering::SeqCst);
+    consumer::run(config, metrics, shutdown)?;
+    tracing::info!("processor stopped cleanly");
+    Ok(())
+}
+
+fn dump_state(config: &ProcessorConfig) -> anyhow::Result<()> {
+    let prefix = format!("{}-", config.kafka.input_topic);
+    let mut partitions: Vec<i32> = std::fs::read_dir(&config.state_dir)
+        .with_context(|| format!("reading state_dir {}", config.state_dir.display()))?
+        .filter_map(|entry| {
+            entry
+                .ok()?
+                .file_name()
+                .to_str()?
+                .strip_prefix(&prefix)?
+                .parse()
+                .ok()
+        })
+        .collect();
+    partitions.sort();
+    let mut out = std::io::stdout().lock();
+    for partition in partitions {
+        let path = Engine::store_path(&config.state_dir, &config.kafka.input_topic, partition);
+        let store = PartitionStore::open(&path)?;
+        let next_offset = store.next_offset()?;
+        for item in store.states() {
+            let (key, value) = item?;
+            let state = codec::decode(&value)
+                .with_context(|| format!("decoding {}", String::from_utf8_lossy(&key)))?;
+            let line = serde_json::json!({
+                "partition": partition,
+                "next_offset": next_offset,
+                "key": String::from_utf8_lossy(&key),
+                "open_incidents": state.open_incidents().iter().map(|i| i.dedup_key).collect::<Vec<_>>(),
+                "state": state,
+            });
+            use std::io::Write;
+            writeln!(out, "{line}")?;
+        }
+    }
+    Ok(())
+}

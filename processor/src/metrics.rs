@@ -1,0 +1,116 @@
+//! Prometheus metrics of the processor.
+
+use prometheus::{
+    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder,
+};
+
+#[derive(Clone)]
+pub struct Metrics {
+    registry: Registry,
+    /// Input records by `ce_type` and outcome (`incident`, `no_change`, `malformed`).
+    pub events: IntCounterVec,
+    pub incidents: IntCounterVec,
+    pub consumer_lag: IntGaugeVec,
+    pub next_offset: IntGaugeVec,
+    pub batch_commit_seconds: HistogramVec,
+    pub state_keys: IntGaugeVec,
+    pub state_bytes: IntGaugeVec,
+    pub assigned: IntGaugeVec,
+}
+
+fn counter(name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+    IntCounterVec::new(Opts::new(name, help), labels).expect("static metric definition")
+}
+
+fn gauge(name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
+    IntGaugeVec::new(Opts::new(name, help), labels).expect("static metric definition")
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let registry = Registry::new();
+        let events = counter(
+            "hookfold_processor_events_total",
+            "Webhook records folded, by type and outcome (incident, no_change, malformed).",
+            &["type", "outcome"],
+        );
+        let incidents = counter(
+            "hookfold_processor_incidents_total",
+            "Incident events emitted, by transition (created, updated, resolved).",
+            &["transition"],
+        );
+        let consumer_lag = gauge(
+            "hookfold_processor_consumer_lag",
+            "Records on the input partition not yet committed by this processor.",
+            &["partition"],
+        );
+        let next_offset = gauge(
+            "hookfold_processor_next_offset",
+            "Next input offset to read, as committed with the partition's state.",
+            &["partition"],
+        );
+        let batch_commit_seconds = HistogramVec::new(
+            HistogramOpts::new(
+                "hookfold_processor_batch_commit_seconds",
+                "Time to flush a batch's outputs and commit its state, by phase (flush, store).",
+            )
+            .buckets(vec![
+                0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+            ]),
+            &["phase"],
+        )
+        .expect("static metric definition");
+        let state_keys = gauge(
+            "hookfold_processor_state_keys",
+            "Entity keys in the partition's store (RocksDB estimate).",
+            &["partition"],
+        );
+        let state_bytes = gauge(
+            "hookfold_processor_state_bytes",
+            "Live data size of the partition's store (RocksDB estimate).",
+            &["partition"],
+        );
+        let assigned = gauge(
+            "hookfold_processor_partition_assigned",
+            "1 while this processor owns the input partition.",
+            &["partition"],
+        );
+        for collector in [
+            Box::new(events.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(incidents.clone()),
+            Box::new(consumer_lag.clone()),
+            Box::new(next_offset.clone()),
+            Box::new(batch_commit_seconds.clone()),
+            Box::new(state_keys.clone()),
+            Box::new(state_bytes.clone()),
+            Box::new(assigned.clone()),
+        ] {
+            registry
+                .register(collector)
+                .expect("metric names are unique");
+        }
+        Self {
+            registry,
+            events,
+            incidents,
+            consumer_lag,
+            next_offset,
+            batch_commit_seconds,
+            state_keys,
+            state_bytes,
+            assigned,
+        }
+    }
+
+    pub fn render(&self) -> String {
+        let mut out = Vec::new();
+        let _ = TextEncoder::new().encode(&self.registry.gather(), &mut out);
+        String::from_utf8_lossy(&out).into_owned()
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}

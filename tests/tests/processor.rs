@@ -1,0 +1,397 @@
+//! The processor binary against a real broker and real RocksDB: signed webhooks in
+//! through the gateway, incidents out, read and decoded by an independent consumer; and
+//! crash safety under SIGKILL.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::time::Duration;
+
+use hookfold_proto::Message as _;
+use hookfold_proto::v1::{IncidentEvent, ResolutionReason, Transition};
+use hookfold_tests::records::{mixed_story, produce};
+use hookfold_tests::webhooks::{agent_event, bitbucket_signed, build_finished, buildkite_signed};
+use hookfold_tests::{Broker, Gateway, Processor, fixture, headers_of, unique_name};
+use rdkafka::Message;
+use rdkafka::message::OwnedMessage;
+
+const BK_SECRET: &str = "bk-secret";
+const BB_SECRET: &str = "bb-secret";
+
+struct Topics {
+    webhooks: String,
+    incidents: String,
+    group: String,
+}
+
+async fn topics(broker: &Broker, partitions: i32) -> Topics {
+    let topics = Topics {
+        webhooks: unique_name("hookfold.webhooks"),
+        incidents: unique_name("hookfold.incidents"),
+        group: unique_name("hookfold-processor"),
+    };
+    broker
+        .create_topic(&topics.webhooks, partitions)
+        .await
+        .unwrap();
+    broker
+        .create_topic(&topics.incidents, partitions)
+        .await
+        .unwrap();
+    broker
+        .create_topic(&format!("{}.state", topics.group), partitions)
+        .await
+        .unwrap();
+    topics
+}
+
+fn processor_config(t: &Topics, state_dir: &std::path::Path, extra: &str) -> String {
+    format!(
+        r#"
+state_dir = "{}"
+[kafka]
+input_topic = "{}"
+output_topic = "{}"
+group_id = "{}"
+[kafka.properties]
+# tansu answers group requests slowly while it stores a burst of records; a session
+# shorter than this makes the member time out and rejoin over and over.
+"session.timeout.ms" = "30000"
+"heartbeat.interval.ms" = "1000"
+[batch]
+max_records = 100
+max_wait = "20ms"
+{extra}
+"#,
+        state_dir.display(),
+        t.webhooks,
+        t.incidents,
+        t.group
+    )
+}
+
+fn decode(records: &[OwnedMessage]) -> Vec<IncidentEvent> {
+    records
+        .iter()
+        .map(|r| IncidentEvent::decode(r.payload().unwrap_or_default()).expect("IncidentEvent"))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn signed_webhooks_through_the_gateway_become_incidents() {
+    let broker = Broker::start().unwrap();
+    let t = topics(&broker, 3).await;
+    let gateway_config = format!(
+        "[kafka]\ntopic = \"{}\"\n[[sources]]\nid = \"acme-bk\"\nkind = \"buildkite\"\nsecrets = [\"{BK_SECRET}\"]\n[[sources]]\nid = \"acme-bb\"\nkind = \"bitbucket\"\nsecrets = [\"{BB_SECRET}\"]\n",
+        t.webhooks
+    );
+    let gateway = Gateway::start(&gateway_config, &broker.bootstrap, &[])
+        .await
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let mut processor = Processor::start(
+        &processor_config(&t, &dir.path().join("state"), ""),
+        &broker.bootstrap,
+        dir.path(),
+        &[],
+    )
+    .await
+    .unwrap();
+
+    let client = reqwest::Client::new();
+    let bk = gateway.webhook_url("acme-bk");
+    let bb = gateway.webhook_url("acme-bb");
+    let mut posted = 0;
+    for (event, body) in [
+        (
+            "build.finished",
+            build_finished("web", "main", 41, "passed"),
+        ),
+        (
+            "build.finished",
+            build_finished("web", "main", 42, "failed"),
+        ),
+        (
+            "build.finished",
+            build_finished("web", "feature/x", 7, "failed"),
+        ),
+        (
+            "build.finished",
+            build_finished("web", "main", 43, "failed"),
+        ),
+        (
+            "build.finished",
+            build_finished("web", "main", 43, "failed"),
+        ), // repeated delivery
+        (
+            "build.finished",
+            build_finished("web", "main", 44, "passed"),
+        ),
+        (
+            "build.finished",
+            build_finished("web", "main", 40, "failed"),
+        ), // stale, late
+        (
+            "build.finished",
+            build_finished("web", "main", 45, "canceled"),
+        ),
+        ("agent.lost", agent_event("agent.lost", "ci-7", "id-1")),
+        (
+            "agent.connected",
+            agent_event("agent.connected", "ci-7", "id-2"),
+        ),
+        (
+            "agent.disconnected",
+            agent_event("agent.disconnected", "ci-7", "id-1"),
+        ), // superseded id
+    ] {
+        let response = buildkite_signed(client.post(&bk), BK_SECRET, event, &body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 202);
+        posted += 1;
+    }
+    for (file, event, uuid) in [
+        (
+            "bitbucket/pullrequest-created.json",
+            "pullrequest:created",
+            "0f0f0f0f-0000-4000-8000-000000000001",
+        ),
+        (
+            "bitbucket/pullrequest-fulfilled.json",
+            "pullrequest:fulfilled",
+            "0f0f0f0f-0000-4000-8000-000000000002",
+        ),
+        (
+            "bitbucket/pullrequest-created.json",
+            "pullrequest:created",
+            "0f0f0f0f-0000-4000-8000-000000000003",
+        ), // late: stays closed
+    ] {
+        let response = bitbucket_signed(client.post(&bb), BB_SECRET, event, uuid, &fixture(file))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 202);
+        posted += 1;
+    }
+    processor
+        .wait_committed(posted, Duration::from_secs(60))
+        .await
+        .unwrap();
+
+    // Everything is committed, so every output is already acked: read them all.
+    let records = broker.read_all(&t.incidents).unwrap();
+    let events = decode(&records);
+    for (record, event) in records.iter().zip(&events) {
+        let headers = headers_of(record);
+        assert_eq!(
+            record.key(),
+            Some(event.dedup_key.as_bytes()),
+            "key = dedup_key"
+        );
+        assert_eq!(headers["ce_id"], event.event_id);
+        assert_eq!(headers["content-type"], "application/protobuf");
+        let expected_type = match Transition::try_from(event.transition).unwrap() {
+            Transition::Created => "hookfold.incident.created",
+            Transition::Updated => "hookfold.incident.updated",
+            Transition::Resolved => "hookfold.incident.resolved",
+            Transition::Unspecified => panic!("unspecified transition"),
+        };
+        assert_eq!(headers["ce_type"], expected_type);
+    }
+    // Per dedup key, in order (one key is on one partition, so its order is kept).
+    let mut by_key: BTreeMap<&str, Vec<(Transition, ResolutionReason, &str)>> = BTreeMap::new();
+    for event in &events {
+        by_key.entry(&event.dedup_key).or_default().push((
+            Transition::try_from(event.transition).unwrap(),
+            ResolutionReason::try_from(event.resolution_reason)
+                .unwrap_or(ResolutionReason::Unspecified),
+            &event.incident_id,
+        ));
+    }
+    let transitions = |key: &str| -> Vec<Transition> {
+        by_key
+            .get(key)
+            .map(|v| v.iter().map(|t| t.0).collect())
+            .unwrap_or_default()
+    };
+    use Transition::{Created, Resolved, Updated};
+    assert_eq!(
+        transitions("buildkite/acme-bk/pipeline/web/branch/main"),
+        vec![Created, Updated, Resolved]
+    );
+    assert_eq!(
+        transitions("buildkite/acme-bk/pipeline/web/branch/feature/x"),
+        vec![Created],
+        "per-branch scope"
+    );
+    assert_eq!(
+        transitions("buildkite/acme-bk/agent/ci-7"),
+        vec![Created, Resolved]
+    );
+    let pr_key = by_key
+        .keys()
+        .find(|k| k.contains("/pr/"))
+        .copied()
+        .expect("a pull request incident");
+    assert_eq!(transitions(pr_key), vec![Created, Resolved]);
+    assert_eq!(by_key[pr_key][1].1, ResolutionReason::PullRequestMerged);
+    assert_eq!(
+        by_key["buildkite/acme-bk/pipeline/web/branch/main"][2].1,
+        ResolutionReason::BuildPassed
+    );
+    for chain in by_key.values() {
+        assert!(
+            chain.iter().all(|c| c.2 == chain[0].2),
+            "one incident id per open/resolve cycle"
+        );
+    }
+    assert_eq!(events.len(), 8, "{by_key:#?}");
+
+    // `tail` shows the same stream to a person.
+    let output = std::process::Command::new(hookfold_tests::workspace_binary("hookfold-processor"))
+        .args([
+            "--config",
+            processor.config_path.to_str().unwrap(),
+            "tail",
+            "--from-beginning",
+        ])
+        .env("HOOKFOLD_KAFKA__BOOTSTRAP_SERVERS", &broker.bootstrap)
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let lines: Vec<serde_json::Value> = String::from_utf8(output.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), events.len());
+    assert!(
+        lines
+            .iter()
+            .any(|l| l["headers"]["ce_type"] == "hookfold.incident.resolved"),
+        "{lines:?}"
+    );
+    processor
+        .process
+        .terminate(Duration::from_secs(30))
+        .unwrap();
+}
+
+/// Runs the processor over `input_topic` to the end, killing it with SIGKILL whenever the
+/// committed offsets pass one of `kill_at`; returns the outputs and the final state.
+async fn run_processor(
+    broker: &Broker,
+    t: &Topics,
+    total: i64,
+    kill_at: &[i64],
+) -> (Vec<OwnedMessage>, Vec<String>) {
+    let dir = tempfile::tempdir().unwrap();
+    let mut processor = Processor::start(
+        &processor_config(t, &dir.path().join("state"), ""),
+        &broker.bootstrap,
+        dir.path(),
+        &[],
+    )
+    .await
+    .unwrap();
+    for &point in kill_at {
+        processor
+            .wait_committed(point, Duration::from_secs(120))
+            .await
+            .unwrap();
+        processor.process.kill();
+        processor.restart().await.unwrap();
+    }
+    processor
+        .wait_committed(total, Duration::from_secs(180))
+        .await
+        .unwrap();
+    let status = processor
+        .process
+        .terminate(Duration::from_secs(30))
+        .unwrap();
+    assert!(status.success(), "clean stop: {status}");
+    let state = processor.state_dump().unwrap();
+    (broker.read_all(&t.incidents).unwrap(), state)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_at_three_points_loses_nothing_and_repeats_only_identical_events() {
+    const EVENTS: usize = 10_000;
+    let broker = Broker::start().unwrap();
+    let story = mixed_story(EVENTS, 0x5eed);
+    let clean = topics(&broker, 3).await;
+    produce(&broker.bootstrap, &clean.webhooks, &story)
+        .await
+        .unwrap();
+    let crashed = Topics {
+        webhooks: clean.webhooks.clone(),
+        incidents: unique_name("hookfold.incidents"),
+        group: unique_name("hookfold-processor"),
+    };
+    broker.create_topic(&crashed.incidents, 3).await.unwrap();
+    broker
+        .create_topic(&format!("{}.state", crashed.group), 3)
+        .await
+        .unwrap();
+
+    let (clean_out, clean_state) = run_processor(&broker, &clean, EVENTS as i64, &[]).await;
+    let (crash_out, crash_state) =
+        run_processor(&broker, &crashed, EVENTS as i64, &[2_000, 5_000, 8_000]).await;
+
+    let payloads = |records: &[OwnedMessage]| -> HashMap<String, HashSet<Vec<u8>>> {
+        let mut map: HashMap<String, HashSet<Vec<u8>>> = HashMap::new();
+        for record in records {
+            let id = headers_of(record)["ce_id"].clone();
+            map.entry(id)
+                .or_default()
+                .insert(record.payload().unwrap_or_default().to_vec());
+        }
+        map
+    };
+    let clean_ids = payloads(&clean_out);
+    let crash_ids = payloads(&crash_out);
+    assert!(
+        clean_ids.len() > 500,
+        "the story makes incidents ({})",
+        clean_ids.len()
+    );
+    assert_eq!(
+        clean_ids.len(),
+        clean_out.len(),
+        "a clean run emits each event once"
+    );
+    let clean_set: HashSet<&String> = clean_ids.keys().collect();
+    let crash_set: HashSet<&String> = crash_ids.keys().collect();
+    assert_eq!(
+        clean_set.difference(&crash_set).count(),
+        0,
+        "lost events after SIGKILL"
+    );
+    assert_eq!(
+        crash_set.difference(&clean_set).count(),
+        0,
+        "events a clean run does not emit"
+    );
+    for (id, bodies) in &crash_ids {
+        assert_eq!(
+            bodies, &clean_ids[id],
+            "event {id} repeated with different content"
+        );
+    }
+    assert_eq!(
+        crash_state, clean_state,
+        "final state differs from a clean run's"
+    );
+    eprintln!(
+        "clean run: {} outputs; crashed run: {} outputs ({} repeats)",
+        clean_out.len(),
+        crash_out.len(),
+        crash_out.len() - clean_out.len()
+    );
+}
