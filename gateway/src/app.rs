@@ -271,15 +271,13 @@ fn admit(source: &Source, peer: SocketAddr) -> Result<(), Refusal> {
             format!("address {ip} is not allowed to deliver to this source"),
         ));
     }
-    if let Some(bucket) = &source.bucket {
-        if let Err(wait) = bucket.try_take(Instant::now()) {
-            return Err(Refusal::new(
-                StatusCode::TOO_MANY_REQUESTS,
-                "rate_limited",
-                "this source is over its configured rate limit",
-            )
-            .retry_after(wait.as_secs_f64().ceil() as u64));
-        }
+    if let Some(Err(wait)) = source.bucket.as_ref().map(|b| b.try_take(Instant::now())) {
+        return Err(Refusal::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "rate_limited",
+            "this source is over its configured rate limit",
+        )
+        .retry_after(wait.as_secs_f64().ceil() as u64));
     }
     Ok(())
 }

@@ -232,10 +232,10 @@ impl GatewayConfig {
             if source.secrets.iter().any(Secret::is_empty) {
                 return Err(bad("a secret is empty"));
             }
-            if let Some(limit) = source.rate_limit {
-                if !(limit.per_second.is_finite() && limit.per_second > 0.0) || limit.burst == 0 {
-                    return Err(bad("rate_limit needs per_second > 0 and burst >= 1"));
-                }
+            if let Some(limit) = source.rate_limit
+                && (!(limit.per_second.is_finite() && limit.per_second > 0.0) || limit.burst == 0)
+            {
+                return Err(bad("rate_limit needs per_second > 0 and burst >= 1"));
             }
         }
         Ok(())

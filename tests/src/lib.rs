@@ -380,10 +380,10 @@ impl Broker {
             {
                 return Ok(());
             }
-            if let Some((process, ..)) = self.tansu.as_mut() {
-                if let Some(status) = process.exited() {
-                    bail!("tansu exited ({status}):\n{}", process.output());
-                }
+            if let Some((process, ..)) = self.tansu.as_mut()
+                && let Some(status) = process.exited()
+            {
+                bail!("tansu exited ({status}):\n{}", process.output());
             }
             if Instant::now() > deadline {
                 bail!(
@@ -593,10 +593,10 @@ impl Gateway {
             if let Some(status) = process.exited() {
                 bail!("gateway exited ({status}):\n{}", process.output());
             }
-            if let Ok(response) = client.get(format!("{url}/healthz")).send().await {
-                if response.status().is_success() {
-                    break;
-                }
+            if let Ok(response) = client.get(format!("{url}/healthz")).send().await
+                && response.status().is_success()
+            {
+                break;
             }
             if Instant::now() > deadline {
                 bail!(
@@ -812,10 +812,10 @@ impl Processor {
             if let Some(status) = self.process.exited() {
                 bail!("processor exited ({status}):\n{}", self.process.output());
             }
-            if let Ok(sum) = self.metric_sum("hookfold_processor_next_offset").await {
-                if sum >= at_least {
-                    return Ok(sum);
-                }
+            if let Ok(sum) = self.metric_sum("hookfold_processor_next_offset").await
+                && sum >= at_least
+            {
+                return Ok(sum);
             }
             if Instant::now() > deadline {
                 bail!(
