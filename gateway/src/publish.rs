@@ -60,6 +60,8 @@ impl Publisher {
     pub fn new(config: &KafkaConfig, max_body_bytes: usize) -> Result<Self, KafkaError> {
         let mut client = ClientConfig::new();
         client.set("client.id", "hookfold-gateway");
+        // Records of concurrent requests share a batch. Overridable through kafka.properties.
+        client.set("linger.ms", "2");
         for (key, value) in &config.properties {
             client.set(key, value);
         }
@@ -77,8 +79,7 @@ impl Publisher {
             .set(
                 "message.max.bytes",
                 (max_body_bytes + RECORD_OVERHEAD).to_string(),
-            )
-            .set("linger.ms", "2");
+            );
         let producer = client.create()?;
         Ok(Self {
             current: Arc::new(RwLock::new(Current {

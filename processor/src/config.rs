@@ -30,7 +30,7 @@ e.g. HOOKFOLD_KAFKA__BOOTSTRAP_SERVERS=10.0.0.5:9092, HOOKFOLD_STATE_DIR=/var/li
   ack_timeout = "120s"                outputs not acked within this: exit with an error
                                       (a restart resumes from the last committed batch)
   [kafka.properties]                  any librdkafka property for consumer and producer,
-  "security.protocol" = "ssl"         e.g. TLS or SASL settings
+  "fetch.max.bytes" = "52428800"      e.g. fetch sizing (TLS/SASL are not built in yet)
 
   [batch]
   max_records = 1000                  commit after this many records...

@@ -245,11 +245,14 @@ async fn wait_processed(
     }
     let deadline = Instant::now() + timeout;
     loop {
-        let text = reqwest::get(metrics)
-            .await
-            .with_context(|| format!("reading {metrics} (is the processor running?)"))?
-            .text()
-            .await?;
+        // Not answering yet (still starting) counts as nothing folded, until the deadline.
+        let text = match reqwest::get(metrics).await {
+            Ok(response) => response.text().await.unwrap_or_default(),
+            Err(e) if Instant::now() > deadline => {
+                bail!("reading {metrics} (is the processor running?): {e}")
+            }
+            Err(_) => String::new(),
+        };
         let done: f64 = text
             .lines()
             .filter(|l| l.starts_with("hookfold_processor_next_offset{"))
