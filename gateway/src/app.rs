@@ -303,7 +303,14 @@ async fn read_body(state: &AppState, headers: &HeaderMap, body: Body) -> Result<
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|len| len > state.max_body_bytes as u64) {
+    if let Some(len) = declared.filter(|len| *len > state.max_body_bytes as u64) {
+        // Read and drop a moderately oversized body before answering, so that a sender
+        // still writing it reads the 413 instead of a reset connection. A body that is
+        // hugely oversized is refused at once.
+        if len <= 4 * state.max_body_bytes as u64 {
+            let drain = Limited::new(body, 4 * state.max_body_bytes).collect();
+            let _ = tokio::time::timeout(state.body_timeout, drain).await;
+        }
         return Err(too_large());
     }
     let limited = Limited::new(body, state.max_body_bytes);

@@ -965,23 +965,24 @@ pub mod records {
     /// `count` records, each for a key never seen before: failed builds of new pipelines
     /// and lost agents, alternating. Each creates a state and an incident.
     pub fn distinct_keys(count: usize) -> Vec<WebhookRecord> {
-        (0..count)
-            .map(|n| {
-                if n % 2 == 0 {
-                    buildkite(
-                        "acme-bk",
-                        "build.finished",
-                        build_finished(&format!("p{n:07}"), "main", 1, "failed"),
-                    )
-                } else {
-                    buildkite(
-                        "acme-bk",
-                        "agent.lost",
-                        agent_event("agent.lost", &format!("a{n:07}"), &format!("id{n}")),
-                    )
-                }
-            })
-            .collect()
+        (0..count).map(distinct_key).collect()
+    }
+
+    /// Record `n` of [`distinct_keys`].
+    pub fn distinct_key(n: usize) -> WebhookRecord {
+        if n % 2 == 0 {
+            buildkite(
+                "acme-bk",
+                "build.finished",
+                build_finished(&format!("p{n:07}"), "main", 1, "failed"),
+            )
+        } else {
+            buildkite(
+                "acme-bk",
+                "agent.lost",
+                agent_event("agent.lost", &format!("a{n:07}"), &format!("id{n}")),
+            )
+        }
     }
 
     /// Appends the records in order (idempotent producer, acks=all).

@@ -7,9 +7,7 @@ use std::net::TcpStream;
 use std::time::Duration;
 
 use hookfold_tests::webhooks::{agent_event, bitbucket_signed, build_finished, buildkite_signed};
-use hookfold_tests::{
-    Broker, Gateway, Storage, fixture, headers_of, unique_name, unix_now, wait_for,
-};
+use hookfold_tests::{Broker, Gateway, fixture, headers_of, unique_name, unix_now, wait_for};
 use rdkafka::Message;
 use reqwest::StatusCode;
 use sha2::{Digest, Sha256};
@@ -503,88 +501,6 @@ async fn ten_thousand_concurrent_signed_requests_make_ten_thousand_records() {
         missing.len()
     );
     assert_eq!(records.len(), TOTAL, "no record twice");
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn broker_outage_gives_503_never_2xx_and_recovers() {
-    // The broker goes away and comes back. It runs behind a TCP proxy this test owns and
-    // advertises the proxy's address, so every client connection passes through it:
-    // stopping the proxy refuses and cuts them all, as a dead broker does. (Restarting
-    // tansu 0.6.0 itself is not usable here: with SQLite storage, a restarted broker
-    // fails its storage with `UnableToSend` while clients reconnect, and exits.) So this
-    // test always runs its own tansu, even when KAFKA_BOOTSTRAP_SERVERS is set.
-    let proxy_port = hookfold_tests::free_port();
-    let broker = Broker::start_tansu_advertising(Storage::Sqlite, Some(proxy_port)).expect("tansu");
-    let tansu = format!("127.0.0.1:{}", broker.tansu_port().unwrap())
-        .parse()
-        .unwrap();
-    let proxy = hookfold_tests::Proxy::start(proxy_port, tansu)
-        .await
-        .unwrap();
-    let topic = unique_name("hookfold.webhooks");
-    broker.create_topic(&topic, 1).await.unwrap();
-    let gateway = Gateway::start(
-        &config(&topic, ""),
-        &broker.bootstrap,
-        &[("HOOKFOLD_KAFKA__ACK_TIMEOUT", "2s")],
-    )
-    .await
-    .unwrap();
-    let client = reqwest::Client::new();
-    let url = gateway.webhook_url("acme-buildkite");
-    let post = |n: u64| {
-        let body = build_finished("outage", "main", n, "failed");
-        buildkite_signed(client.post(&url), BK_SECRET, "build.finished", &body).send()
-    };
-    let mut acked = vec![accepted_id(post(1).await.unwrap()).await];
-
-    proxy.stop();
-    for n in 2..5 {
-        let response = post(n).await.unwrap();
-        assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
-        assert!(response.headers().contains_key("retry-after"));
-        let body: serde_json::Value = response.json().await.unwrap();
-        assert_eq!(body["error"], "broker_unavailable");
-    }
-    let ready = client
-        .get(format!("{}/readyz", gateway.url))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(ready.status(), StatusCode::SERVICE_UNAVAILABLE);
-
-    proxy.resume().await.unwrap();
-    // Keep delivering (as Buildkite's retries would) until one is accepted; every answer
-    // meanwhile is 202 or 503, never anything else.
-    let mut n = 100;
-    let deadline = std::time::Instant::now() + Duration::from_secs(60);
-    loop {
-        n += 1;
-        let response = post(n).await.unwrap();
-        match response.status() {
-            StatusCode::ACCEPTED => {
-                acked.push(accepted_id(response).await);
-                break;
-            }
-            StatusCode::SERVICE_UNAVAILABLE => {}
-            other => panic!("unexpected {other} while the broker recovers"),
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "gateway did not recover:\n{}",
-            gateway.process.output()
-        );
-    }
-    acked.push(accepted_id(post(1000).await.unwrap()).await);
-    let ids: HashSet<String> = broker
-        .read_all(&topic)
-        .unwrap()
-        .iter()
-        .map(|r| headers_of(r)["ce_id"].clone())
-        .collect();
-    for id in &acked {
-        assert!(ids.contains(id), "acked {id} is not on the topic");
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
