@@ -8,7 +8,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 TOOLS="${HOOKFOLD_TOOLS:-$HOME/.cache/hookfold/tools}"
 BIN="${CARGO_TARGET_DIR:-target}/release"
-EVENTS="${BENCH_EVENTS:-200000}"
+EVENTS="${BENCH_EVENTS:-20000}"
 DISTINCT="${BENCH_DISTINCT:-1000000}"
 PARTITIONS=4
 WORK=$(mktemp -d)
