@@ -137,21 +137,11 @@ impl Engine {
         }
         let store = &self.partitions[&partition];
         let next = store.next_offset()?;
-        let label = partition.to_string();
-        self.metrics.assigned.with_label_values(&[&label]).set(1);
         self.metrics
-            .next_offset
-            .with_label_values(&[&label])
-            .set(next.unwrap_or(0));
-        let (keys, bytes) = store.estimates();
-        self.metrics
-            .state_keys
-            .with_label_values(&[&label])
-            .set(keys as i64);
-        self.metrics
-            .state_bytes
-            .with_label_values(&[&label])
-            .set(bytes as i64);
+            .assigned
+            .with_label_values(&[&partition.to_string()])
+            .set(1);
+        self.record_store_metrics(partition, next.unwrap_or(0), store);
         tracing::info!(partition, next_offset = next, path = %store.path().display(), "partition assigned");
         Ok(next)
     }
@@ -189,6 +179,24 @@ impl Engine {
             || self
                 .pending_since
                 .is_some_and(|since| since.elapsed() >= self.batch.max_wait)
+    }
+
+    /// The partition's committed offset and store size, as metrics.
+    fn record_store_metrics(&self, partition: i32, next_offset: i64, store: &PartitionStore) {
+        let label = partition.to_string();
+        let (keys, bytes) = store.estimates();
+        self.metrics
+            .next_offset
+            .with_label_values(&[&label])
+            .set(next_offset);
+        self.metrics
+            .state_keys
+            .with_label_values(&[&label])
+            .set(keys as i64);
+        self.metrics
+            .state_bytes
+            .with_label_values(&[&label])
+            .set(bytes as i64);
     }
 
     /// Folds, produces, flushes and commits the pending batch.
@@ -275,20 +283,7 @@ impl Engine {
                 encoded.iter().map(|(k, v)| (k.as_slice(), v.as_slice())),
                 next_offset,
             )?;
-            let label = partition.to_string();
-            self.metrics
-                .next_offset
-                .with_label_values(&[&label])
-                .set(next_offset);
-            let (keys, bytes) = store.estimates();
-            self.metrics
-                .state_keys
-                .with_label_values(&[&label])
-                .set(keys as i64);
-            self.metrics
-                .state_bytes
-                .with_label_values(&[&label])
-                .set(bytes as i64);
+            self.record_store_metrics(partition, next_offset, store);
             tracing::debug!(
                 partition,
                 next_offset,

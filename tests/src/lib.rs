@@ -281,7 +281,7 @@ pub enum Storage {
 /// A Kafka-compatible broker for one test.
 pub struct Broker {
     pub bootstrap: String,
-    tansu: Option<(Process, u16, String)>,
+    tansu: Option<(Process, u16)>,
     pub dir: tempfile::TempDir,
     advertised_port: Option<u16>,
 }
@@ -348,13 +348,13 @@ impl Broker {
                 .env("RUST_LOG", "warn"),
             self.dir.path(),
         )?;
-        self.tansu = Some((process, port, storage));
+        self.tansu = Some((process, port));
         self.wait_until_answering(Duration::from_secs(30))
     }
 
     /// The port an owned tansu listens on itself (behind a proxy, not the bootstrap port).
     pub fn tansu_port(&self) -> Option<u16> {
-        self.tansu.as_ref().map(|(_, port, _)| *port)
+        self.tansu.as_ref().map(|(_, port)| *port)
     }
 
     /// Whether this harness started (and may stop) the broker.
@@ -395,25 +395,6 @@ impl Broker {
         }
     }
 
-    /// Stops an owned broker (SIGKILL: as abrupt as a crash).
-    pub fn stop(&mut self) -> Result<()> {
-        let (process, ..) = self
-            .tansu
-            .as_mut()
-            .context("cannot stop a broker this test does not own")?;
-        process.kill();
-        Ok(())
-    }
-
-    /// Starts an owned broker again on the same port and storage.
-    pub fn restart(&mut self) -> Result<()> {
-        let (_, port, storage) = self
-            .tansu
-            .take()
-            .context("cannot restart a broker this test does not own")?;
-        self.spawn_tansu(port, storage)
-    }
-
     /// Creates a topic and waits until its metadata shows every partition.
     pub async fn create_topic(&self, name: &str, partitions: i32) -> Result<()> {
         let admin = self.admin()?;
@@ -452,22 +433,10 @@ impl Broker {
 
     /// How many records the topic holds now (sum of high minus low watermarks).
     pub fn record_count(&self, topic: &str) -> Result<i64> {
-        let consumer = self.consumer()?;
-        let metadata = consumer.fetch_metadata(Some(topic), Duration::from_secs(5))?;
-        let partitions = metadata
-            .topics()
+        Ok(watermarks(&self.bootstrap, topic)?
             .iter()
-            .find(|t| t.name() == topic)
-            .context("topic not in metadata")?
-            .partitions()
-            .len();
-        let mut total = 0;
-        for partition in 0..partitions as i32 {
-            let (low, high) =
-                consumer.fetch_watermarks(topic, partition, Duration::from_secs(5))?;
-            total += high - low;
-        }
-        Ok(total)
+            .map(|(low, high)| high - low)
+            .sum())
     }
 
     fn consumer(&self) -> Result<BaseConsumer> {
@@ -531,6 +500,27 @@ impl Broker {
         }
         Ok(messages)
     }
+}
+
+/// Every partition's (low, high) watermarks of a topic, in partition order.
+pub fn watermarks(bootstrap: &str, topic: &str) -> Result<Vec<(i64, i64)>> {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .create()?;
+    let metadata = consumer.fetch_metadata(Some(topic), Duration::from_secs(10))?;
+    let partitions = metadata
+        .topics()
+        .iter()
+        .find(|t| t.name() == topic)
+        .filter(|t| t.error().is_none())
+        .with_context(|| format!("topic {topic} not found"))?
+        .partitions()
+        .len() as i32;
+    (0..partitions)
+        .map(|partition| {
+            Ok(consumer.fetch_watermarks(topic, partition, Duration::from_secs(10))?)
+        })
+        .collect()
 }
 
 /// A record's headers as name → UTF-8 text.
@@ -970,7 +960,7 @@ pub mod records {
 
     /// Record `n` of [`distinct_keys`].
     pub fn distinct_key(n: usize) -> WebhookRecord {
-        if n % 2 == 0 {
+        if n.is_multiple_of(2) {
             buildkite(
                 "acme-bk",
                 "build.finished",

@@ -139,23 +139,10 @@ async fn main() -> Result<()> {
             Ok(())
         }
         Command::Count { topic } => {
-            let consumer: BaseConsumer = ClientConfig::new()
-                .set("bootstrap.servers", &args.bootstrap)
-                .create()?;
-            let metadata = consumer.fetch_metadata(Some(&topic), Duration::from_secs(10))?;
-            let partitions = metadata
-                .topics()
+            let total: i64 = hookfold_tests::watermarks(&args.bootstrap, &topic)?
                 .iter()
-                .find(|t| t.name() == topic)
-                .context("topic not found")?
-                .partitions()
-                .len();
-            let mut total = 0;
-            for partition in 0..partitions as i32 {
-                let (low, high) =
-                    consumer.fetch_watermarks(&topic, partition, Duration::from_secs(10))?;
-                total += high - low;
-            }
+                .map(|(low, high)| high - low)
+                .sum();
             println!("{total}");
             Ok(())
         }
@@ -226,23 +213,11 @@ async fn wait_processed(
     metrics: &str,
     timeout: Duration,
 ) -> Result<()> {
-    let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", bootstrap)
-        .create()?;
-    let metadata = consumer.fetch_metadata(Some(topic), Duration::from_secs(10))?;
-    let partitions = metadata
-        .topics()
+    // Offsets count from 0 on a topic nothing was deleted from: the high watermarks.
+    let end: i64 = hookfold_tests::watermarks(bootstrap, topic)?
         .iter()
-        .find(|t| t.name() == topic)
-        .context("topic not found")?
-        .partitions()
-        .len();
-    let mut end = 0;
-    for partition in 0..partitions as i32 {
-        end += consumer
-            .fetch_watermarks(topic, partition, Duration::from_secs(10))?
-            .1;
-    }
+        .map(|(_, high)| high)
+        .sum();
     let deadline = Instant::now() + timeout;
     loop {
         // Not answering yet (still starting) counts as nothing folded, until the deadline.
