@@ -2,8 +2,10 @@
 //! [`Engine`], seeks every assigned partition to the offset stored with its state, and
 //! commits a partition's pending batch before giving the partition up.
 
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::thread::JoinHandle;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
@@ -14,13 +16,27 @@ use rdkafka::statistics::Statistics;
 use rdkafka::types::RDKafkaRespErr;
 use rdkafka::{ClientConfig, ClientContext, Offset, TopicPartitionList};
 
+use crate::changelog::{self, ChangelogError, ChangelogSource, RestoreReport};
 use crate::config::ProcessorConfig;
 use crate::engine::{Committed, DeliveryTracker, Engine, Topics};
 use crate::metrics::Metrics;
+use crate::store::PartitionStore;
+
+/// A partition being restored from the changelog on a thread of its own, while the
+/// consumer keeps serving the other partitions (and the group) with this one paused.
+struct Restore {
+    cancel: Arc<AtomicBool>,
+    handle: JoinHandle<Result<(PartitionStore, RestoreReport), ChangelogError>>,
+}
 
 pub struct ProcessorContext {
     engine: Mutex<Engine>,
+    restores: Mutex<BTreeMap<i32, Restore>>,
     input_topic: String,
+    changelog_topic: String,
+    /// Client settings for the changelog readers.
+    changelog_client: ClientConfig,
+    ack_timeout: Duration,
     metrics: Metrics,
     /// An error inside a callback, which cannot return one: the loop stops on it.
     fatal: Mutex<Option<String>>,
@@ -42,6 +58,98 @@ impl ProcessorContext {
 
     fn fatal(&self) -> Option<String> {
         self.fatal.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    fn restores(&self) -> MutexGuard<'_, BTreeMap<i32, Restore>> {
+        self.restores.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Starts restoring `partition` into `store` on a thread of its own.
+    fn start_restore(&self, partition: i32, store: PartitionStore) {
+        let cancel = Arc::new(AtomicBool::new(false));
+        let source_client = self.changelog_client.clone();
+        let topic = self.changelog_topic.clone();
+        let timeout = self.ack_timeout;
+        let metrics = self.metrics.clone();
+        let flag = cancel.clone();
+        let spawned = std::thread::Builder::new()
+            .name(format!("restore-{partition}"))
+            .spawn(move || {
+                let label = partition.to_string();
+                metrics.restoring.with_label_values(&[&label]).set(1);
+                let mut counted = 0u64;
+                let result = changelog::restore(
+                    &store,
+                    ChangelogSource {
+                        client: source_client,
+                        topic: &topic,
+                        partition,
+                        timeout,
+                    },
+                    &flag,
+                    |progress| {
+                        metrics
+                            .restore_records
+                            .with_label_values(&[&label])
+                            .inc_by(progress.records - counted);
+                        counted = progress.records;
+                        metrics
+                            .restore_remaining
+                            .with_label_values(&[&label])
+                            .set(progress.remaining);
+                        let rate =
+                            progress.records as f64 / progress.elapsed.as_secs_f64().max(1e-3);
+                        tracing::info!(
+                            partition,
+                            records = progress.records,
+                            remaining = progress.remaining,
+                            records_per_second = rate as u64,
+                            elapsed_ms = progress.elapsed.as_millis() as u64,
+                            "restoring from the changelog"
+                        );
+                    },
+                );
+                metrics.restoring.with_label_values(&[&label]).set(0);
+                metrics
+                    .restore_remaining
+                    .with_label_values(&[&label])
+                    .set(0);
+                let report = result?;
+                metrics
+                    .restore_records
+                    .with_label_values(&[&label])
+                    .inc_by(report.records - counted);
+                metrics
+                    .restore_seconds
+                    .with_label_values(&[&label])
+                    .set(report.elapsed.as_secs_f64());
+                Ok((store, report))
+            });
+        match spawned {
+            Ok(handle) => {
+                self.restores()
+                    .insert(partition, Restore { cancel, handle });
+            }
+            Err(e) => self.fail(format!(
+                "starting the restore of partition {partition}: {e}"
+            )),
+        }
+    }
+
+    /// Stops and forgets the restores of partitions given up before they finished.
+    fn cancel_restores(&self, partitions: &[i32]) {
+        let cancelled: Vec<Restore> = {
+            let mut restores = self.restores();
+            partitions
+                .iter()
+                .filter_map(|p| restores.remove(p))
+                .collect()
+        };
+        for restore in cancelled {
+            restore.cancel.store(true, Ordering::SeqCst);
+            // The thread notices within one poll (100 ms); its store closes with it.
+            let _ = restore.handle.join();
+        }
     }
 }
 
@@ -78,24 +186,38 @@ impl ConsumerContext for ProcessorContext {
             .collect();
         match err {
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
-                {
-                    let mut engine = self.engine();
-                    for &partition in &partitions {
-                        let offset = match engine.assign(partition) {
-                            Ok(Some(next)) => Offset::Offset(next),
-                            Ok(None) => Offset::Beginning,
-                            Err(e) => {
-                                self.fail(format!(
-                                    "opening the store of partition {partition}: {e}"
-                                ));
-                                Offset::Stored
-                            }
-                        };
-                        if let Err(e) =
-                            tpl.set_partition_offset(&self.input_topic, partition, offset)
-                        {
-                            self.fail(format!("seeking partition {partition}: {e}"));
+                // Every new partition starts paused: its store is first brought up to the
+                // changelog on a thread of its own, then the partition is resumed at the
+                // store's offset (`finish_restores`).
+                self.cancel_restores(&partitions);
+                for &partition in &partitions {
+                    let store = {
+                        let mut engine = self.engine();
+                        match engine.take(partition) {
+                            Some(store) => Ok(store),
+                            None => engine.open(partition),
                         }
+                    };
+                    let offset = match store {
+                        Ok(store) => {
+                            let offset = match store.next_offset() {
+                                Ok(Some(next)) => Offset::Offset(next),
+                                _ => Offset::Beginning,
+                            };
+                            self.metrics
+                                .assigned
+                                .with_label_values(&[&partition.to_string()])
+                                .set(1);
+                            self.start_restore(partition, store);
+                            offset
+                        }
+                        Err(e) => {
+                            self.fail(format!("opening the store of partition {partition}: {e}"));
+                            Offset::Stored
+                        }
+                    };
+                    if let Err(e) = tpl.set_partition_offset(&self.input_topic, partition, offset) {
+                        self.fail(format!("seeking partition {partition}: {e}"));
                     }
                 }
                 let result = if cooperative {
@@ -105,9 +227,20 @@ impl ConsumerContext for ProcessorContext {
                 };
                 if let Err(e) = result {
                     self.fail(format!("assigning partitions {partitions:?}: {e}"));
+                } else if let Err(e) = consumer.pause(tpl) {
+                    self.fail(format!(
+                        "pausing partitions {partitions:?} to restore them: {e}"
+                    ));
                 }
             }
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => {
+                self.cancel_restores(&partitions);
+                for partition in &partitions {
+                    self.metrics
+                        .assigned
+                        .with_label_values(&[&partition.to_string()])
+                        .set(0);
+                }
                 let revoked = self.engine().revoke(&partitions);
                 match revoked {
                     Ok(committed) => commit_offsets(consumer, &self.input_topic, &committed),
@@ -126,6 +259,8 @@ impl ConsumerContext for ProcessorContext {
             }
             other => {
                 tracing::warn!(error = ?other, "rebalance error; dropping the assignment");
+                let all: Vec<i32> = self.restores().keys().copied().collect();
+                self.cancel_restores(&all);
                 let _ = consumer.unassign();
             }
         }
@@ -151,6 +286,97 @@ fn commit_offsets<C: ConsumerContext>(
     }
 }
 
+/// Hands every finished restore's store to the engine and resumes its partition at the
+/// store's offset.
+fn finish_restores(consumer: &BaseConsumer<ProcessorContext>) -> anyhow::Result<()> {
+    let context = consumer.context();
+    let finished: Vec<(i32, Restore)> = {
+        let mut restores = context.restores();
+        let done: Vec<i32> = restores
+            .iter()
+            .filter(|(_, r)| r.handle.is_finished())
+            .map(|(p, _)| *p)
+            .collect();
+        done.into_iter()
+            .filter_map(|p| restores.remove(&p).map(|r| (p, r)))
+            .collect()
+    };
+    for (partition, restore) in finished {
+        let (store, report) = match restore.handle.join() {
+            Ok(Ok(done)) => done,
+            Ok(Err(e)) => {
+                return Err(e).with_context(|| format!("restoring partition {partition}"));
+            }
+            Err(_) => bail!("the restore thread of partition {partition} panicked"),
+        };
+        if report.records > 0 {
+            tracing::info!(
+                partition,
+                records = report.records,
+                states = report.applied,
+                skipped = report.skipped,
+                next_offset = report.next_offset,
+                elapsed_ms = report.elapsed.as_millis() as u64,
+                records_per_second =
+                    (report.records as f64 / report.elapsed.as_secs_f64().max(1e-3)) as u64,
+                "partition restored from the changelog"
+            );
+        }
+        let next = context
+            .engine()
+            .adopt(partition, store)
+            .with_context(|| format!("taking on partition {partition}"))?;
+        let offset = next.map_or(Offset::Beginning, Offset::Offset);
+        consumer
+            .seek(
+                &context.input_topic,
+                partition,
+                offset,
+                Duration::from_secs(10),
+            )
+            .with_context(|| format!("seeking partition {partition} to {offset:?}"))?;
+        let mut tpl = TopicPartitionList::new();
+        tpl.add_partition(&context.input_topic, partition);
+        consumer
+            .resume(&tpl)
+            .with_context(|| format!("resuming partition {partition}"))?;
+    }
+    Ok(())
+}
+
+/// Refuses a changelog that is missing or not co-partitioned with the input: partition `p`
+/// of the changelog holds the state of input partition `p`.
+pub fn check_copartitioned(
+    consumer: &BaseConsumer<impl ConsumerContext>,
+    input: &str,
+    changelog: &str,
+    timeout: Duration,
+) -> anyhow::Result<usize> {
+    let count = |topic: &str| -> anyhow::Result<usize> {
+        let metadata = consumer
+            .fetch_metadata(Some(topic), timeout)
+            .with_context(|| format!("reading the metadata of topic {topic}"))?;
+        match metadata.topics().first() {
+            Some(t) if t.error().is_none() && !t.partitions().is_empty() => {
+                Ok(t.partitions().len())
+            }
+            _ => bail!(
+                "topic {topic} does not exist; create it with `hookfold-processor topics --create`"
+            ),
+        }
+    };
+    let inputs = count(input)?;
+    let states = count(changelog)?;
+    if inputs != states {
+        bail!(
+            "the changelog {changelog} has {states} partitions but the input {input} has {inputs}: \
+             they must be equal (partition p of the changelog holds the state of input partition p); \
+             refusing to run. See `hookfold-processor topics` and docs/OPERATIONS.md"
+        );
+    }
+    Ok(inputs)
+}
+
 const GROUP_COMMIT_INTERVAL: Duration = Duration::from_secs(5);
 
 pub fn client_config(config: &ProcessorConfig) -> ClientConfig {
@@ -162,14 +388,8 @@ pub fn client_config(config: &ProcessorConfig) -> ClientConfig {
     client
 }
 
-/// Runs until `shutdown` is set, or an error the processor cannot recover from.
-pub fn run(
-    config: &ProcessorConfig,
-    metrics: Metrics,
-    shutdown: Arc<AtomicBool>,
-) -> anyhow::Result<()> {
-    std::fs::create_dir_all(&config.state_dir)
-        .with_context(|| format!("creating state_dir {}", config.state_dir.display()))?;
+/// The engine with its producer (acks=all, idempotent), as `run` and `rebuild` use it.
+pub fn new_engine(config: &ProcessorConfig, metrics: Metrics) -> anyhow::Result<Engine> {
     let producer: ThreadedProducer<DeliveryTracker> = client_config(config)
         .set("client.id", "hookfold-processor")
         .set("acks", "all")
@@ -186,18 +406,37 @@ pub fn run(
         output: config.kafka.output_topic.clone(),
         changelog: config.kafka.changelog_topic(),
     };
-    let engine = Engine::new(
+    Ok(Engine::new(
         config.rules.clone(),
         topics,
         &config.state_dir,
         producer,
         config.kafka.ack_timeout,
         config.batch.clone(),
-        metrics.clone(),
-    );
+        metrics,
+    ))
+}
+
+/// Runs until `shutdown` is set, or an error the processor cannot recover from.
+pub fn run(
+    config: &ProcessorConfig,
+    metrics: Metrics,
+    shutdown: Arc<AtomicBool>,
+) -> anyhow::Result<()> {
+    std::fs::create_dir_all(&config.state_dir)
+        .with_context(|| format!("creating state_dir {}", config.state_dir.display()))?;
+    let engine = new_engine(config, metrics.clone())?;
+    let mut changelog_client = client_config(config);
+    changelog_client
+        .set("client.id", "hookfold-processor-restore")
+        .set("group.id", format!("{}.restore", config.kafka.group_id));
     let context = ProcessorContext {
         engine: Mutex::new(engine),
+        restores: Mutex::new(BTreeMap::new()),
         input_topic: config.kafka.input_topic.clone(),
+        changelog_topic: config.kafka.changelog_topic(),
+        changelog_client,
+        ack_timeout: config.kafka.ack_timeout,
         metrics,
         fatal: Mutex::new(None),
     };
@@ -210,6 +449,15 @@ pub fn run(
     {
         consumer_config.set("group.instance.id", instance);
     }
+    if !config
+        .kafka
+        .properties
+        .contains_key("partition.assignment.strategy")
+    {
+        // Incremental: a rebalance moves only the partitions that change owner; the others
+        // keep being processed (and keep their open stores).
+        consumer_config.set("partition.assignment.strategy", "cooperative-sticky");
+    }
     let consumer: BaseConsumer<ProcessorContext> = consumer_config
         .set("client.id", "hookfold-processor")
         .set("group.id", &config.kafka.group_id)
@@ -219,6 +467,12 @@ pub fn run(
         .set("statistics.interval.ms", "5000")
         .create_with_context(context)
         .context("creating the Kafka consumer")?;
+    let partitions = check_copartitioned(
+        &consumer,
+        &config.kafka.input_topic,
+        &config.kafka.changelog_topic(),
+        config.kafka.ack_timeout,
+    )?;
     consumer
         .subscribe(&[&config.kafka.input_topic])
         .with_context(|| format!("subscribing to {}", config.kafka.input_topic))?;
@@ -227,6 +481,7 @@ pub fn run(
         output = %config.kafka.output_topic,
         changelog = %config.kafka.changelog_topic(),
         group = %config.kafka.group_id,
+        partitions,
         state_dir = %config.state_dir.display(),
         "processor started"
     );
@@ -240,6 +495,7 @@ pub fn run(
         if let Some(fatal) = consumer.context().fatal() {
             bail!(fatal);
         }
+        finish_restores(&consumer)?;
         match consumer.poll(Duration::from_millis(20)) {
             Some(Ok(message)) => consumer.context().engine().push(message.detach()),
             Some(Err(KafkaError::PartitionEOF(_))) | None => {}
@@ -276,6 +532,8 @@ pub fn run(
         .context("committing the last batch")?;
     commit_offsets(&consumer, &config.kafka.input_topic, &committed);
     // Leaving the group revokes the partitions (closing their stores) before exiting.
+    let restoring: Vec<i32> = consumer.context().restores().keys().copied().collect();
+    consumer.context().cancel_restores(&restoring);
     consumer.unsubscribe();
     let assigned = consumer.context().engine().assigned();
     if !assigned.is_empty() {

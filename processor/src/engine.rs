@@ -28,14 +28,11 @@ use rdkafka::producer::{BaseRecord, Producer, ProducerContext, ThreadedProducer}
 use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::util::Timeout;
 
+use crate::changelog::{BATCH_MARKER_KEY, NEXT_OFFSET_HEADER, RESET_MARKER_KEY};
 use crate::codec::{self, CodecError};
 use crate::config::BatchConfig;
 use crate::metrics::Metrics;
 use crate::store::{PartitionStore, StoreError};
-
-/// Changelog record header: the input offset the partition's state is at after the
-/// batch that wrote the record (the next offset to read).
-pub const CHANGELOG_NEXT_OFFSET: &str = "hookfold_next_offset";
 
 #[derive(Debug, thiserror::Error)]
 pub enum EngineError {
@@ -58,11 +55,13 @@ pub enum EngineError {
     Headers(String),
 }
 
-/// Counts delivery failures of the records of the current batch.
+/// Counts delivery failures of the records of the current batch, and notes where each
+/// partition's batch marker landed in the changelog.
 #[derive(Default)]
 pub struct DeliveryTracker {
     failed: AtomicU64,
     last_error: Mutex<Option<String>>,
+    markers: Mutex<HashMap<i32, i64>>,
 }
 
 impl ClientContext for DeliveryTracker {}
@@ -70,9 +69,19 @@ impl ClientContext for DeliveryTracker {}
 impl ProducerContext for DeliveryTracker {
     type DeliveryOpaque = ();
     fn delivery(&self, result: &DeliveryResult<'_>, _: Self::DeliveryOpaque) {
-        if let Err((error, _)) = result {
-            self.failed.fetch_add(1, Ordering::SeqCst);
-            *self.last_error.lock().unwrap_or_else(|e| e.into_inner()) = Some(error.to_string());
+        match result {
+            Err((error, _)) => {
+                self.failed.fetch_add(1, Ordering::SeqCst);
+                *self.last_error.lock().unwrap_or_else(|e| e.into_inner()) =
+                    Some(error.to_string());
+            }
+            Ok(message) if message.key() == Some(BATCH_MARKER_KEY) => {
+                self.markers
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .insert(message.partition(), message.offset());
+            }
+            Ok(_) => {}
         }
     }
 }
@@ -93,6 +102,8 @@ pub struct Engine {
     partitions: BTreeMap<i32, PartitionStore>,
     pending: Vec<OwnedMessage>,
     pending_since: Option<Instant>,
+    /// Whether incident events are produced (a rebuild may recompute state only).
+    emit: bool,
     metrics: Metrics,
 }
 
@@ -119,22 +130,51 @@ impl Engine {
             partitions: BTreeMap::new(),
             pending: Vec::new(),
             pending_since: None,
+            emit: true,
             metrics,
         }
+    }
+
+    /// Recompute state without producing incident events (`rebuild` without `--emit`).
+    pub fn without_incident_events(mut self) -> Self {
+        self.emit = false;
+        self
     }
 
     pub fn store_path(state_dir: &Path, input_topic: &str, partition: i32) -> PathBuf {
         state_dir.join(format!("{input_topic}-{partition}"))
     }
 
-    /// Opens the partition's store; returns the offset to resume from (`None`: from the
-    /// beginning of the topic, for a store that has seen nothing).
+    /// Gives up a partition's store without committing (it is handed back by `adopt`).
+    pub fn take(&mut self, partition: i32) -> Option<PartitionStore> {
+        self.partitions.remove(&partition)
+    }
+
+    /// Opens the partition's store without taking the partition on (the store is first
+    /// restored from the changelog, then handed to [`Engine::adopt`]).
+    pub fn open(&self, partition: i32) -> Result<PartitionStore, EngineError> {
+        let path = Self::store_path(&self.state_dir, &self.topics.input, partition);
+        Ok(PartitionStore::open(&path)?)
+    }
+
+    /// Opens the partition's store and takes the partition on; returns the offset to
+    /// resume from (`None`: from the beginning of the topic, for a store that has seen
+    /// nothing).
     pub fn assign(&mut self, partition: i32) -> Result<Option<i64>, EngineError> {
-        if !self.partitions.contains_key(&partition) {
-            let path = Self::store_path(&self.state_dir, &self.topics.input, partition);
-            let store = PartitionStore::open(&path)?;
-            self.partitions.insert(partition, store);
-        }
+        let store = match self.partitions.remove(&partition) {
+            Some(store) => store,
+            None => self.open(partition)?,
+        };
+        self.adopt(partition, store)
+    }
+
+    /// Takes the partition on with its (restored) store; returns the offset to resume from.
+    pub fn adopt(
+        &mut self,
+        partition: i32,
+        store: PartitionStore,
+    ) -> Result<Option<i64>, EngineError> {
+        self.partitions.insert(partition, store);
         let store = &self.partitions[&partition];
         let next = store.next_offset()?;
         self.metrics
@@ -215,6 +255,11 @@ impl Engine {
         }
         let tracker = self.producer.context();
         tracker.failed.store(0, Ordering::SeqCst);
+        tracker
+            .markers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clear();
 
         let mut commits = Vec::new();
         for (partition, messages) in by_partition {
@@ -222,14 +267,15 @@ impl Engine {
                 // Revoked while the records were in flight: the new owner reads them.
                 continue;
             };
-            let from = store.next_offset()?.unwrap_or(0);
+            let mut expected = store.next_offset()?.unwrap_or(0);
             let mut states: HashMap<Vec<u8>, KeyState> = HashMap::new();
             let mut next_offset = None;
             for message in messages {
-                if message.offset() < from {
-                    continue; // already committed (a redelivery after a seek)
+                if message.offset() < expected {
+                    continue; // already folded (a redelivery after a seek)
                 }
-                next_offset = Some(message.offset() + 1);
+                expected = message.offset() + 1;
+                next_offset = Some(expected);
                 self.fold(store, partition, &message, &mut states)?;
             }
             let Some(next_offset) = next_offset else {
@@ -240,48 +286,30 @@ impl Engine {
                 .map(|(key, state)| (key.clone(), codec::encode(state)))
                 .collect();
             for (key, value) in &encoded {
-                let offset = next_offset.to_string();
-                let headers = OwnedHeaders::new().insert(Header {
-                    key: CHANGELOG_NEXT_OFFSET,
-                    value: Some(offset.as_str()),
-                });
-                self.send(
-                    BaseRecord::to(&self.topics.changelog)
-                        .partition(partition)
-                        .key(key.as_slice())
-                        .payload(value.as_slice())
-                        .headers(headers),
-                )?;
+                self.send_changelog(partition, key, Some(value), next_offset)?;
             }
+            // Last: the marker that says the batch is complete (see `changelog`).
+            self.send_changelog(partition, BATCH_MARKER_KEY, None, next_offset)?;
             commits.push((partition, encoded, next_offset));
         }
 
         let started = Instant::now();
-        self.producer
-            .flush(Timeout::After(self.ack_timeout))
-            .map_err(|_| EngineError::FlushTimeout(self.ack_timeout))?;
-        let failed = tracker.failed.load(Ordering::SeqCst);
-        if failed > 0 {
-            let last_error = tracker
-                .last_error
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .clone()
-                .unwrap_or_default();
-            return Err(EngineError::Delivery { failed, last_error });
-        }
+        self.flush()?;
         self.metrics
             .batch_commit_seconds
             .with_label_values(&["flush"])
             .observe(started.elapsed().as_secs_f64());
 
         let started = Instant::now();
+        let markers =
+            std::mem::take(&mut *tracker.markers.lock().unwrap_or_else(|e| e.into_inner()));
         let mut committed = Vec::new();
         for (partition, encoded, next_offset) in commits {
             let store = &self.partitions[&partition];
             store.commit(
                 encoded.iter().map(|(k, v)| (k.as_slice(), v.as_slice())),
                 next_offset,
+                markers.get(&partition).copied(),
             )?;
             self.record_store_metrics(partition, next_offset, store);
             tracing::debug!(
@@ -297,6 +325,57 @@ impl Engine {
             .with_label_values(&["store"])
             .observe(started.elapsed().as_secs_f64());
         Ok(committed)
+    }
+
+    /// Waits until every record produced so far is acked; fails if any was not.
+    fn flush(&self) -> Result<(), EngineError> {
+        let tracker = self.producer.context();
+        self.producer
+            .flush(Timeout::After(self.ack_timeout))
+            .map_err(|_| EngineError::FlushTimeout(self.ack_timeout))?;
+        let failed = tracker.failed.load(Ordering::SeqCst);
+        if failed > 0 {
+            let last_error = tracker
+                .last_error
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .clone()
+                .unwrap_or_default();
+            return Err(EngineError::Delivery { failed, last_error });
+        }
+        Ok(())
+    }
+
+    /// Writes a reset marker to the partition's changelog (a rebuild starts the state over;
+    /// see `changelog`) and waits for its ack.
+    pub fn reset_changelog(&self, partition: i32) -> Result<(), EngineError> {
+        self.producer.context().failed.store(0, Ordering::SeqCst);
+        self.send_changelog(partition, RESET_MARKER_KEY, None, 0)?;
+        self.flush()
+    }
+
+    /// Produces a changelog record. Markers (`value: None`) carry the offset as their value
+    /// too: a record without a value is a tombstone, which compaction would delete.
+    fn send_changelog(
+        &self,
+        partition: i32,
+        key: &[u8],
+        value: Option<&Vec<u8>>,
+        next_offset: i64,
+    ) -> Result<(), EngineError> {
+        let offset = next_offset.to_string();
+        let headers = OwnedHeaders::new().insert(Header {
+            key: NEXT_OFFSET_HEADER,
+            value: Some(offset.as_str()),
+        });
+        let payload = value.map_or(offset.as_bytes(), Vec::as_slice);
+        self.send(
+            BaseRecord::to(&self.topics.changelog)
+                .partition(partition)
+                .key(key)
+                .payload(payload)
+                .headers(headers),
+        )
     }
 
     /// Applies one record to its key's state (loaded on first use in the batch) and
@@ -355,8 +434,10 @@ impl Engine {
             .events
             .with_label_values(&[&ce.ty, outcome])
             .inc();
-        for incident in &outputs {
-            self.emit(incident)?;
+        if self.emit {
+            for incident in &outputs {
+                self.emit(incident)?;
+            }
         }
         Ok(())
     }

@@ -5,11 +5,14 @@
 //! The folding itself is pure and lives in `hookfold-rules`; this crate is the adapter
 //! around it: [`store`] (RocksDB), [`consumer`] and [`engine`] (Kafka), [`tail`].
 
+pub mod changelog;
 pub mod codec;
 pub mod config;
 pub mod consumer;
 pub mod engine;
 pub mod http;
 pub mod metrics;
+pub mod rebuild;
 pub mod store;
 pub mod tail;
+pub mod topics;

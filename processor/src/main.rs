@@ -8,8 +8,10 @@ use clap::{Parser, Subcommand};
 use hookfold_processor::config::{self, LogFormat, ProcessorConfig};
 use hookfold_processor::engine::Engine;
 use hookfold_processor::metrics::Metrics;
+use hookfold_processor::rebuild::{self, RebuildOptions};
 use hookfold_processor::store::PartitionStore;
 use hookfold_processor::tail::{TailOptions, tail};
+use hookfold_processor::topics::{self, TopicOptions};
 use hookfold_processor::{codec, consumer, http};
 use tracing_subscriber::EnvFilter;
 
@@ -50,6 +52,40 @@ enum Command {
     State,
     /// Check the configuration and exit.
     Check,
+    /// Check the webhook, incident and changelog topics (partition counts, the changelog
+    /// compacted and co-partitioned with the webhook topic); with --create, create the
+    /// missing ones. Exits non-zero on a problem.
+    Topics {
+        /// Create missing topics.
+        #[arg(long)]
+        create: bool,
+        /// Partitions of a webhook topic to create (the changelog and incident topics get
+        /// the webhook topic's count).
+        #[arg(long, default_value_t = 6)]
+        partitions: i32,
+        #[arg(long, default_value_t = 1)]
+        replication_factor: i32,
+        /// max.message.bytes of a webhook topic to create: above the gateway's max body.
+        #[arg(long, default_value_t = 2 * 1024 * 1024)]
+        max_message_bytes: u64,
+    },
+    /// Recompute state from the webhook topic (the event log) for some or all partitions:
+    /// after a rules change, or when a store and its changelog are lost. Stop every
+    /// processor of the group first. See docs/OPERATIONS.md.
+    Rebuild {
+        /// Partition to rebuild (repeatable); default: all.
+        #[arg(long = "partition", short)]
+        partitions: Vec<i32>,
+        /// Produce the incident events again (default: recompute state only, emit nothing).
+        #[arg(long, conflicts_with = "no_emit")]
+        emit: bool,
+        /// Emit nothing (the default; for scripts that want to say so).
+        #[arg(long)]
+        no_emit: bool,
+        /// Run even though the consumer group has members.
+        #[arg(long)]
+        force: bool,
+    },
 }
 
 fn main() -> ExitCode {
@@ -82,6 +118,38 @@ fn main() -> ExitCode {
             tail(&options, &mut std::io::stdout().lock()).map(|_| ())
         }
         Command::State => dump_state(&config),
+        Command::Topics {
+            create,
+            partitions,
+            replication_factor,
+            max_message_bytes,
+        } => topics::run(
+            &config,
+            &TopicOptions {
+                create,
+                partitions,
+                replication_factor,
+                max_message_bytes,
+            },
+            &mut std::io::stdout().lock(),
+        ),
+        Command::Rebuild {
+            partitions,
+            emit,
+            no_emit: _,
+            force,
+        } => {
+            init_tracing(config.log_format);
+            rebuild::run(
+                &config,
+                &RebuildOptions {
+                    partitions,
+                    emit,
+                    force,
+                },
+                &mut std::io::stdout().lock(),
+            )
+        }
         Command::Check => {
             println!(
                 "configuration ok: {} -> {} (changelog {}), group {}, state in {}",

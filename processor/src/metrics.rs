@@ -16,6 +16,10 @@ pub struct Metrics {
     pub state_keys: IntGaugeVec,
     pub state_bytes: IntGaugeVec,
     pub assigned: IntGaugeVec,
+    pub restoring: IntGaugeVec,
+    pub restore_records: IntCounterVec,
+    pub restore_remaining: IntGaugeVec,
+    pub restore_seconds: prometheus::GaugeVec,
 }
 
 fn counter(name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -75,6 +79,29 @@ impl Metrics {
             "1 while this processor owns the input partition.",
             &["partition"],
         );
+        let restoring = gauge(
+            "hookfold_processor_restoring",
+            "1 while the partition's store is being restored from the changelog (the partition is paused).",
+            &["partition"],
+        );
+        let restore_records = counter(
+            "hookfold_processor_restore_records_total",
+            "Changelog records read while restoring the partition's store.",
+            &["partition"],
+        );
+        let restore_remaining = gauge(
+            "hookfold_processor_restore_remaining_records",
+            "Changelog records left to read by the running restore of the partition.",
+            &["partition"],
+        );
+        let restore_seconds = prometheus::GaugeVec::new(
+            Opts::new(
+                "hookfold_processor_restore_seconds",
+                "Duration of the partition's last restore from the changelog.",
+            ),
+            &["partition"],
+        )
+        .expect("static metric definition");
         for collector in [
             Box::new(events.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(incidents.clone()),
@@ -84,6 +111,10 @@ impl Metrics {
             Box::new(state_keys.clone()),
             Box::new(state_bytes.clone()),
             Box::new(assigned.clone()),
+            Box::new(restoring.clone()),
+            Box::new(restore_records.clone()),
+            Box::new(restore_remaining.clone()),
+            Box::new(restore_seconds.clone()),
         ] {
             registry
                 .register(collector)
@@ -99,6 +130,10 @@ impl Metrics {
             state_keys,
             state_bytes,
             assigned,
+            restoring,
+            restore_records,
+            restore_remaining,
+            restore_seconds,
         }
     }
 

@@ -8,7 +8,14 @@ use std::path::{Path, PathBuf};
 use rocksdb::{DB, Options, WriteBatch, WriteOptions};
 
 const STATE_PREFIX: &[u8] = b"s/";
+const STATE_END: &[u8] = b"s0"; // the first key after every `s/…` key
 const NEXT_OFFSET: &[u8] = b"m/next_offset";
+/// Offset, in the changelog partition, of the batch marker this store's state matches:
+/// a restore reads the changelog from just after it.
+const CHANGELOG_OFFSET: &[u8] = b"m/changelog_offset";
+/// Present while a restore writes into the store: a store found with it was interrupted
+/// half-way and is wiped (see [`PartitionStore::open`]).
+const RESTORING: &[u8] = b"m/restoring";
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -18,8 +25,14 @@ pub enum StoreError {
         #[source]
         source: rocksdb::Error,
     },
-    #[error("RocksDB at {path}: stored next offset is corrupt")]
+    #[error("RocksDB at {path}: stored offset is corrupt")]
     CorruptOffset { path: PathBuf },
+    #[error("removing the store at {path}: {source}")]
+    Remove {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 pub struct PartitionStore {
@@ -28,7 +41,32 @@ pub struct PartitionStore {
 }
 
 impl PartitionStore {
+    /// Opens (or creates) the store. A store left half-restored by a crash is wiped first:
+    /// its states may be ahead of its offset, so only a full restore can be trusted.
     pub fn open(path: &Path) -> Result<Self, StoreError> {
+        let store = Self::open_raw(path)?;
+        if store.db.get(RESTORING).map_err(|e| store.err(e))?.is_some() {
+            tracing::warn!(path = %path.display(), "store was left half-restored; wiping it");
+            drop(store);
+            Self::destroy(path)?;
+            return Self::open_raw(path);
+        }
+        Ok(store)
+    }
+
+    /// Deletes the store at `path` (nothing to do if there is none).
+    pub fn destroy(path: &Path) -> Result<(), StoreError> {
+        match std::fs::remove_dir_all(path) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(source) => Err(StoreError::Remove {
+                path: path.to_owned(),
+                source,
+            }),
+        }
+    }
+
+    fn open_raw(path: &Path) -> Result<Self, StoreError> {
         let mut options = Options::default();
         options.create_if_missing(true);
         options.set_compression_type(rocksdb::DBCompressionType::Lz4);
@@ -60,7 +98,17 @@ impl PartitionStore {
 
     /// The next input offset to read, or `None` for a store that has processed nothing.
     pub fn next_offset(&self) -> Result<Option<i64>, StoreError> {
-        match self.db.get(NEXT_OFFSET).map_err(|e| self.err(e))? {
+        self.offset(NEXT_OFFSET)
+    }
+
+    /// Where in the changelog partition this store's state was last written (the offset
+    /// of its batch marker), or `None` if unknown.
+    pub fn changelog_offset(&self) -> Result<Option<i64>, StoreError> {
+        self.offset(CHANGELOG_OFFSET)
+    }
+
+    fn offset(&self, name: &[u8]) -> Result<Option<i64>, StoreError> {
+        match self.db.get(name).map_err(|e| self.err(e))? {
             None => Ok(None),
             Some(bytes) => {
                 let array: [u8; 8] =
@@ -80,17 +128,79 @@ impl PartitionStore {
         self.db.get(state_key(key)).map_err(|e| self.err(e))
     }
 
-    /// Writes the states and the next offset atomically.
+    /// Writes the states, the next offset and (if known) the changelog offset atomically.
     pub fn commit<'a>(
         &self,
         states: impl IntoIterator<Item = (&'a [u8], &'a [u8])>,
         next_offset: i64,
+        changelog_offset: Option<i64>,
     ) -> Result<(), StoreError> {
         let mut batch = WriteBatch::default();
         for (key, value) in states {
             batch.put(state_key(key), value);
         }
         batch.put(NEXT_OFFSET, next_offset.to_be_bytes());
+        match changelog_offset {
+            Some(offset) => batch.put(CHANGELOG_OFFSET, offset.to_be_bytes()),
+            None => batch.delete(CHANGELOG_OFFSET),
+        }
+        self.write(batch)
+    }
+
+    /// Marks the store as being restored (see [`PartitionStore::open`]).
+    pub fn begin_restore(&self) -> Result<(), StoreError> {
+        let mut batch = WriteBatch::default();
+        batch.put(RESTORING, b"1");
+        self.write(batch)
+    }
+
+    /// Writes restored states (a `None` value deletes the key) without moving the offsets:
+    /// only [`PartitionStore::finish_restore`] makes them the store's state.
+    pub fn restore_states<'a>(
+        &self,
+        states: impl IntoIterator<Item = (&'a [u8], Option<&'a [u8]>)>,
+    ) -> Result<(), StoreError> {
+        let mut batch = WriteBatch::default();
+        for (key, value) in states {
+            match value {
+                Some(value) => batch.put(state_key(key), value),
+                None => batch.delete(state_key(key)),
+            }
+        }
+        self.write(batch)
+    }
+
+    /// Forgets every state and offset (a rebuild's reset marker in the changelog).
+    pub fn clear(&self) -> Result<(), StoreError> {
+        let mut batch = WriteBatch::default();
+        batch.delete_range(STATE_PREFIX, STATE_END);
+        batch.delete(NEXT_OFFSET);
+        batch.delete(CHANGELOG_OFFSET);
+        self.write(batch)
+    }
+
+    /// Ends a restore at the given offsets, in one write with the last states.
+    pub fn finish_restore<'a>(
+        &self,
+        states: impl IntoIterator<Item = (&'a [u8], Option<&'a [u8]>)>,
+        position: Option<(i64, i64)>,
+    ) -> Result<(), StoreError> {
+        let mut batch = WriteBatch::default();
+        for (key, value) in states {
+            match value {
+                Some(value) => batch.put(state_key(key), value),
+                None => batch.delete(state_key(key)),
+            }
+        }
+        if let Some((next_offset, changelog_offset)) = position {
+            batch.put(NEXT_OFFSET, next_offset.to_be_bytes());
+            batch.put(CHANGELOG_OFFSET, changelog_offset.to_be_bytes());
+        }
+        batch.delete(RESTORING);
+        self.write(batch)
+    }
+
+    fn write(&self, batch: WriteBatch) -> Result<(), StoreError> {
         // The WAL (not fsync) is enough: a process crash keeps it, and a machine crash
         // that loses its tail only rewinds state and offset together, which replays
         // inputs whose outputs then repeat with the same deterministic ids.
@@ -141,7 +251,7 @@ mod tests {
             let store = PartitionStore::open(dir.path()).unwrap();
             assert_eq!(store.next_offset().unwrap(), None);
             store
-                .commit([(&b"acme/pipeline/web"[..], &b"state-1"[..])], 7)
+                .commit([(&b"acme/pipeline/web"[..], &b"state-1"[..])], 7, Some(3))
                 .unwrap();
             store
                 .commit(
@@ -150,11 +260,13 @@ mod tests {
                         (&b"acme/agent/a"[..], &b"agent"[..]),
                     ],
                     9,
+                    None,
                 )
                 .unwrap();
         }
         let store = PartitionStore::open(dir.path()).unwrap();
         assert_eq!(store.next_offset().unwrap(), Some(9));
+        assert_eq!(store.changelog_offset().unwrap(), None);
         assert_eq!(
             store.get(b"acme/pipeline/web").unwrap().as_deref(),
             Some(&b"state-2"[..])
@@ -168,5 +280,44 @@ mod tests {
                 (b"acme/pipeline/web".to_vec(), b"state-2".to_vec()),
             ]
         );
+    }
+
+    #[test]
+    fn an_interrupted_restore_is_wiped_and_a_finished_one_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let store = PartitionStore::open(dir.path()).unwrap();
+            store
+                .commit([(&b"a"[..], &b"old"[..])], 5, Some(10))
+                .unwrap();
+            store.begin_restore().unwrap();
+            store
+                .restore_states([(&b"b"[..], Some(&b"new"[..]))])
+                .unwrap();
+        } // crash before finish_restore
+        {
+            let store = PartitionStore::open(dir.path()).unwrap();
+            assert_eq!(store.next_offset().unwrap(), None);
+            assert_eq!(store.states().count(), 0);
+            store
+                .commit([(&b"a"[..], &b"old"[..])], 5, Some(10))
+                .unwrap();
+            store.begin_restore().unwrap();
+            store.clear().unwrap();
+            store
+                .restore_states([(&b"b"[..], Some(&b"new"[..]))])
+                .unwrap();
+            store
+                .finish_restore(
+                    [(&b"c"[..], Some(&b"c"[..])), (&b"b"[..], None)],
+                    Some((8, 20)),
+                )
+                .unwrap();
+        }
+        let store = PartitionStore::open(dir.path()).unwrap();
+        assert_eq!(store.next_offset().unwrap(), Some(8));
+        assert_eq!(store.changelog_offset().unwrap(), Some(20));
+        let all: Vec<_> = store.states().map(Result::unwrap).collect();
+        assert_eq!(all, vec![(b"c".to_vec(), b"c".to_vec())]);
     }
 }

@@ -706,6 +706,65 @@ pub mod webhooks {
     }
 }
 
+/// The topics and consumer group of one processor deployment under test.
+pub struct Topics {
+    pub webhooks: String,
+    pub incidents: String,
+    pub group: String,
+}
+
+impl Topics {
+    /// Fresh webhook, incident and changelog topics, and a fresh group.
+    pub async fn create(broker: &Broker, partitions: i32) -> Result<Self> {
+        let webhooks = unique_name("hookfold.webhooks");
+        broker.create_topic(&webhooks, partitions).await?;
+        Self::on_input(broker, &webhooks, partitions).await
+    }
+
+    /// Another deployment (group, incident and changelog topics) on an existing webhook
+    /// topic: runs to compare with each other read the same input.
+    pub async fn on_input(broker: &Broker, webhooks: &str, partitions: i32) -> Result<Self> {
+        let topics = Self {
+            webhooks: webhooks.to_owned(),
+            incidents: unique_name("hookfold.incidents"),
+            group: unique_name("hookfold-processor"),
+        };
+        broker.create_topic(&topics.incidents, partitions).await?;
+        broker.create_topic(&topics.changelog(), partitions).await?;
+        Ok(topics)
+    }
+
+    pub fn changelog(&self) -> String {
+        format!("{}.state", self.group)
+    }
+
+    /// A processor configuration for these topics; `extra` is appended (TOML).
+    pub fn processor_config(&self, state_dir: &Path, extra: &str) -> String {
+        format!(
+            r#"
+state_dir = "{}"
+[kafka]
+input_topic = "{}"
+output_topic = "{}"
+group_id = "{}"
+[kafka.properties]
+# tansu answers group requests slowly while it stores a burst of records; a session
+# shorter than this makes the member time out and rejoin over and over.
+"session.timeout.ms" = "30000"
+"heartbeat.interval.ms" = "1000"
+[batch]
+max_records = 100
+max_wait = "20ms"
+{extra}
+"#,
+            state_dir.display(),
+            self.webhooks,
+            self.incidents,
+            self.group
+        )
+    }
+}
+
 /// A running `hookfold-processor`.
 pub struct Processor {
     pub process: Process,
@@ -794,6 +853,42 @@ impl Processor {
             .sum::<f64>() as i64)
     }
 
+    /// A per-partition metric (label `partition`) as partition -> value.
+    pub async fn partition_metric(
+        &self,
+        name: &str,
+    ) -> Result<std::collections::BTreeMap<i32, i64>> {
+        let text = reqwest::get(&self.metrics_url).await?.text().await?;
+        let prefix = format!("{name}{{partition=\"");
+        Ok(text
+            .lines()
+            .filter_map(|l| {
+                let rest = l.strip_prefix(&prefix)?;
+                let (partition, rest) = rest.split_once('"')?;
+                let value = rest.rsplit(' ').next()?.parse::<f64>().ok()?;
+                Some((partition.parse().ok()?, value as i64))
+            })
+            .collect())
+    }
+
+    /// The partitions this processor owns now and the input offset each is committed at.
+    pub async fn owned_offsets(&self) -> Result<std::collections::BTreeMap<i32, i64>> {
+        let assigned = self
+            .partition_metric("hookfold_processor_partition_assigned")
+            .await?;
+        let restoring = self
+            .partition_metric("hookfold_processor_restoring")
+            .await?;
+        let offsets = self
+            .partition_metric("hookfold_processor_next_offset")
+            .await?;
+        Ok(assigned
+            .into_iter()
+            .filter(|(p, a)| *a == 1 && restoring.get(p).copied().unwrap_or(0) == 0)
+            .map(|(p, _)| (p, offsets.get(&p).copied().unwrap_or(0)))
+            .collect())
+    }
+
     /// Waits until the offsets committed with the state add up to `at_least` (on a fresh
     /// topic, the number of records folded), failing early if the process dies.
     pub async fn wait_committed(&mut self, at_least: i64, timeout: Duration) -> Result<i64> {
@@ -838,6 +933,58 @@ impl Processor {
         lines.sort();
         Ok(lines)
     }
+}
+
+/// Incident records by `ce_id`, with every distinct payload seen under that id.
+pub fn outputs_by_id(
+    records: &[OwnedMessage],
+) -> HashMap<String, std::collections::HashSet<Vec<u8>>> {
+    let mut map: HashMap<String, std::collections::HashSet<Vec<u8>>> = HashMap::new();
+    for record in records {
+        let id = headers_of(record).get("ce_id").cloned().unwrap_or_default();
+        map.entry(id)
+            .or_default()
+            .insert(record.payload().unwrap_or_default().to_vec());
+    }
+    map
+}
+
+/// Checks `actual` against a `reference` run's incident records: the same set of event
+/// ids, and an id repeated only with the reference's exact payload. Returns the number of
+/// repeats in `actual`.
+pub fn assert_same_incidents(reference: &[OwnedMessage], actual: &[OwnedMessage]) -> Result<usize> {
+    let reference_ids = outputs_by_id(reference);
+    let actual_ids = outputs_by_id(actual);
+    if reference_ids.len() != reference.len() {
+        bail!(
+            "the reference run repeated events: {} records, {} ids",
+            reference.len(),
+            reference_ids.len()
+        );
+    }
+    let lost: Vec<&String> = reference_ids
+        .keys()
+        .filter(|id| !actual_ids.contains_key(*id))
+        .collect();
+    let extra: Vec<&String> = actual_ids
+        .keys()
+        .filter(|id| !reference_ids.contains_key(*id))
+        .collect();
+    if !lost.is_empty() || !extra.is_empty() {
+        bail!(
+            "{} event(s) lost (e.g. {:?}), {} event(s) the reference does not have (e.g. {:?})",
+            lost.len(),
+            lost.first(),
+            extra.len(),
+            extra.first()
+        );
+    }
+    for (id, payloads) in &actual_ids {
+        if payloads != &reference_ids[id] {
+            bail!("event {id} was emitted with content that differs from the reference");
+        }
+    }
+    Ok(actual.len() - reference.len())
 }
 
 fn tail_of(text: &str) -> String {

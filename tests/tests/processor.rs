@@ -9,64 +9,12 @@ use hookfold_proto::Message as _;
 use hookfold_proto::v1::{IncidentEvent, ResolutionReason, Transition};
 use hookfold_tests::records::{mixed_story, produce};
 use hookfold_tests::webhooks::{agent_event, bitbucket_signed, build_finished, buildkite_signed};
-use hookfold_tests::{Broker, Gateway, Processor, fixture, headers_of, unique_name};
+use hookfold_tests::{Broker, Gateway, Processor, Topics, fixture, headers_of};
 use rdkafka::Message;
 use rdkafka::message::OwnedMessage;
 
 const BK_SECRET: &str = "bk-secret";
 const BB_SECRET: &str = "bb-secret";
-
-struct Topics {
-    webhooks: String,
-    incidents: String,
-    group: String,
-}
-
-async fn topics(broker: &Broker, partitions: i32) -> Topics {
-    let topics = Topics {
-        webhooks: unique_name("hookfold.webhooks"),
-        incidents: unique_name("hookfold.incidents"),
-        group: unique_name("hookfold-processor"),
-    };
-    broker
-        .create_topic(&topics.webhooks, partitions)
-        .await
-        .unwrap();
-    broker
-        .create_topic(&topics.incidents, partitions)
-        .await
-        .unwrap();
-    broker
-        .create_topic(&format!("{}.state", topics.group), partitions)
-        .await
-        .unwrap();
-    topics
-}
-
-fn processor_config(t: &Topics, state_dir: &std::path::Path, extra: &str) -> String {
-    format!(
-        r#"
-state_dir = "{}"
-[kafka]
-input_topic = "{}"
-output_topic = "{}"
-group_id = "{}"
-[kafka.properties]
-# tansu answers group requests slowly while it stores a burst of records; a session
-# shorter than this makes the member time out and rejoin over and over.
-"session.timeout.ms" = "30000"
-"heartbeat.interval.ms" = "1000"
-[batch]
-max_records = 100
-max_wait = "20ms"
-{extra}
-"#,
-        state_dir.display(),
-        t.webhooks,
-        t.incidents,
-        t.group
-    )
-}
 
 fn decode(records: &[OwnedMessage]) -> Vec<IncidentEvent> {
     records
@@ -78,7 +26,7 @@ fn decode(records: &[OwnedMessage]) -> Vec<IncidentEvent> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn signed_webhooks_through_the_gateway_become_incidents() {
     let broker = Broker::start().unwrap();
-    let t = topics(&broker, 3).await;
+    let t = Topics::create(&broker, 3).await.unwrap();
     let gateway_config = format!(
         "[kafka]\ntopic = \"{}\"\n[[sources]]\nid = \"acme-bk\"\nkind = \"buildkite\"\nsecrets = [\"{BK_SECRET}\"]\n[[sources]]\nid = \"acme-bb\"\nkind = \"bitbucket\"\nsecrets = [\"{BB_SECRET}\"]\n",
         t.webhooks
@@ -88,7 +36,7 @@ async fn signed_webhooks_through_the_gateway_become_incidents() {
         .unwrap();
     let dir = tempfile::tempdir().unwrap();
     let mut processor = Processor::start(
-        &processor_config(&t, &dir.path().join("state"), ""),
+        &t.processor_config(&dir.path().join("state"), ""),
         &broker.bootstrap,
         dir.path(),
         &[],
@@ -292,7 +240,7 @@ async fn run_processor(
 ) -> (Vec<OwnedMessage>, Vec<String>) {
     let dir = tempfile::tempdir().unwrap();
     let mut processor = Processor::start(
-        &processor_config(t, &dir.path().join("state"), ""),
+        &t.processor_config(&dir.path().join("state"), ""),
         &broker.bootstrap,
         dir.path(),
         &[],
@@ -325,20 +273,11 @@ async fn sigkill_at_three_points_loses_nothing_and_repeats_only_identical_events
     const EVENTS: usize = 10_000;
     let broker = Broker::start().unwrap();
     let story = mixed_story(EVENTS, 0x5eed);
-    let clean = topics(&broker, 3).await;
+    let clean = Topics::create(&broker, 3).await.unwrap();
     produce(&broker.bootstrap, &clean.webhooks, &story)
         .await
         .unwrap();
-    let crashed = Topics {
-        webhooks: clean.webhooks.clone(),
-        incidents: unique_name("hookfold.incidents"),
-        group: unique_name("hookfold-processor"),
-    };
-    broker.create_topic(&crashed.incidents, 3).await.unwrap();
-    broker
-        .create_topic(&format!("{}.state", crashed.group), 3)
-        .await
-        .unwrap();
+    let crashed = Topics::on_input(&broker, &clean.webhooks, 3).await.unwrap();
 
     let (clean_out, clean_state) = run_processor(&broker, &clean, EVENTS as i64, &[]).await;
     let (crash_out, crash_state) =

@@ -61,6 +61,7 @@ fn main() -> anyhow::Result<()> {
         store.commit(
             encoded.iter().map(|(k, v)| (k.as_slice(), v.as_slice())),
             ((batch_no + 1) * 1000) as i64,
+            None,
         )?;
     }
     let seconds = started.elapsed().as_secs_f64();

@@ -1,0 +1,326 @@
+//! Several processors in one group against a real broker: partitions move between them
+//! with their state (restored from the changelog), and the outcome is the one a single
+//! processor gives: the same incident events (a repeat only as an identical record) and
+//! the same final state.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use hookfold_tests::records::{WebhookRecord, mixed_story, produce};
+use hookfold_tests::{Broker, Processor, Topics, assert_same_incidents};
+use rdkafka::message::OwnedMessage;
+
+/// A single processor over the whole input: what every other arrangement must equal.
+async fn reference_run(
+    broker: &Broker,
+    webhooks: &str,
+    partitions: i32,
+    total: i64,
+    extra: &str,
+) -> (Vec<OwnedMessage>, Vec<String>) {
+    let t = Topics::on_input(broker, webhooks, partitions)
+        .await
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let mut processor = Processor::start(
+        &t.processor_config(&dir.path().join("state"), extra),
+        &broker.bootstrap,
+        dir.path(),
+        &[],
+    )
+    .await
+    .unwrap();
+    processor
+        .wait_committed(total, Duration::from_secs(600))
+        .await
+        .unwrap();
+    let status = processor
+        .process
+        .terminate(Duration::from_secs(60))
+        .unwrap();
+    assert!(
+        status.success(),
+        "reference processor stopped cleanly: {status}"
+    );
+    let state = processor.state_dump().unwrap();
+    (broker.read_all(&t.incidents).unwrap(), state)
+}
+
+/// Input offsets committed by the given processors, over the partitions each owns (and is
+/// not restoring) right now.
+async fn committed(processors: &[&Processor]) -> BTreeMap<i32, i64> {
+    let mut owned = BTreeMap::new();
+    for processor in processors {
+        if let Ok(offsets) = processor.owned_offsets().await {
+            for (partition, offset) in offsets {
+                let at: &mut i64 = owned.entry(partition).or_default();
+                *at = (*at).max(offset);
+            }
+        }
+    }
+    owned
+}
+
+/// Waits until `check` holds for the processors' owned offsets, failing early if one dies.
+async fn wait_until(
+    what: &str,
+    processors: &mut [&mut Processor],
+    timeout: Duration,
+    check: impl Fn(&BTreeMap<i32, i64>) -> bool,
+) -> BTreeMap<i32, i64> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        for processor in processors.iter_mut() {
+            if let Some(status) = processor.process.exited() {
+                panic!(
+                    "a processor exited ({status}):\n{}",
+                    processor.process.output()
+                );
+            }
+        }
+        let refs: Vec<&Processor> = processors.iter().map(|p| &**p).collect();
+        let owned = committed(&refs).await;
+        if check(&owned) {
+            return owned;
+        }
+        if Instant::now() > deadline {
+            let logs: Vec<String> = processors.iter().map(|p| p.process.output()).collect();
+            panic!(
+                "timed out after {timeout:?} waiting for {what}; owned offsets {owned:?}\n{}",
+                logs.join("\n----\n")
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn sum(owned: &BTreeMap<i32, i64>) -> i64 {
+    owned.values().sum()
+}
+
+async fn start(t: &Topics, broker: &Broker, dir: &Path, extra: &str) -> Processor {
+    std::fs::create_dir_all(dir).unwrap();
+    Processor::start(
+        &t.processor_config(&dir.join("state"), extra),
+        &broker.bootstrap,
+        dir,
+        &[],
+    )
+    .await
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deleted_state_dir_is_restored_from_the_changelog() {
+    const FIRST: usize = 1_500;
+    const TOTAL: usize = 3_000;
+    let broker = Broker::start().unwrap();
+    let story = mixed_story(TOTAL, 0xd1e);
+    let t = Topics::create(&broker, 3).await.unwrap();
+    produce(&broker.bootstrap, &t.webhooks, &story[..FIRST])
+        .await
+        .unwrap();
+
+    let dir = tempfile::tempdir().unwrap();
+    let mut processor = start(&t, &broker, dir.path(), "").await;
+    processor
+        .wait_committed(FIRST as i64, Duration::from_secs(300))
+        .await
+        .unwrap();
+    let status = processor
+        .process
+        .terminate(Duration::from_secs(60))
+        .unwrap();
+    assert!(status.success(), "clean stop: {status}");
+    std::fs::remove_dir_all(dir.path().join("state")).unwrap();
+
+    produce(&broker.bootstrap, &t.webhooks, &story[FIRST..])
+        .await
+        .unwrap();
+    processor.restart().await.unwrap();
+    processor
+        .wait_committed(TOTAL as i64, Duration::from_secs(300))
+        .await
+        .unwrap();
+    let restored = processor
+        .metric_sum("hookfold_processor_restore_records_total")
+        .await
+        .unwrap();
+    assert!(
+        restored > 0,
+        "the empty state_dir was restored from the changelog"
+    );
+    let status = processor
+        .process
+        .terminate(Duration::from_secs(60))
+        .unwrap();
+    assert!(status.success(), "clean stop: {status}");
+    let state = processor.state_dump().unwrap();
+    let outputs = broker.read_all(&t.incidents).unwrap();
+
+    let (reference_out, reference_state) =
+        reference_run(&broker, &t.webhooks, 3, TOTAL as i64, "").await;
+    let repeats = assert_same_incidents(&reference_out, &outputs).unwrap();
+    // A clean stop commits everything, and the restore resumes exactly there: folding the
+    // first half again (no restore) would repeat every one of its incident events.
+    assert_eq!(repeats, 0, "events repeated after a restore");
+    assert_eq!(
+        state, reference_state,
+        "restored state differs from a single run's"
+    );
+    assert!(
+        reference_state.len() > 20,
+        "the story has state ({})",
+        reference_state.len()
+    );
+}
+
+/// The 1 → 3 → 1 scale-out while events flow, with one of the three killed by SIGKILL in
+/// the middle of the rebalance that brings them in, and restarted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_to_three_to_one_processors_with_a_sigkill_equal_a_single_processor() {
+    const PARTITIONS: i32 = 6;
+    let total: usize = std::env::var("HOOKFOLD_SCALE_EVENTS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(50_000);
+    // Bigger batches than the default test configuration: 50,000 events through tansu.
+    let extra_config = |t: &Topics, dir: &Path| {
+        t.processor_config(&dir.join("state"), "").replace(
+            "max_records = 100\nmax_wait = \"20ms\"",
+            "max_records = 500\nmax_wait = \"50ms\"",
+        )
+    };
+    let broker = Broker::start().unwrap();
+    let story: Vec<WebhookRecord> = mixed_story(total, 0x5ca1e);
+    let t = Topics::create(&broker, PARTITIONS).await.unwrap();
+
+    // The events arrive over the whole run, in chunks, while processors come and go.
+    let feeder = {
+        let bootstrap = broker.bootstrap.clone();
+        let topic = t.webhooks.clone();
+        let story = story.clone();
+        tokio::spawn(async move {
+            for chunk in story.chunks(1_000) {
+                produce(&bootstrap, &topic, chunk).await.unwrap();
+            }
+        })
+    };
+
+    let root = tempfile::tempdir().unwrap();
+    let dirs: Vec<_> = (1..=3).map(|n| root.path().join(format!("p{n}"))).collect();
+    let spawn = |n: usize| {
+        std::fs::create_dir_all(&dirs[n]).unwrap();
+        let config = extra_config(&t, &dirs[n]);
+        let bootstrap = broker.bootstrap.clone();
+        let dir = dirs[n].clone();
+        async move {
+            Processor::start(&config, &bootstrap, &dir, &[])
+                .await
+                .unwrap()
+        }
+    };
+    let mut p1 = spawn(0).await;
+    let quarter = (total / 5) as i64;
+    wait_until(
+        "one processor to fold the first fifth",
+        &mut [&mut p1],
+        Duration::from_secs(600),
+        |o| o.len() == PARTITIONS as usize && sum(o) >= quarter,
+    )
+    .await;
+
+    // 1 -> 3, and SIGKILL one newcomer as soon as it has been handed partitions.
+    let mut p2 = spawn(1).await;
+    let mut p3 = spawn(2).await;
+    let deadline = Instant::now() + Duration::from_secs(180);
+    loop {
+        let assigned = p2
+            .partition_metric("hookfold_processor_partition_assigned")
+            .await
+            .unwrap_or_default();
+        if assigned.values().any(|&a| a == 1) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "p2 never got a partition:\n{}",
+            p2.process.output()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    p2.process.kill();
+    p2.restart().await.unwrap();
+    let spread = wait_until(
+        "three processors to share the partitions and fold three fifths",
+        &mut [&mut p1, &mut p2, &mut p3],
+        Duration::from_secs(600),
+        |o| o.len() == PARTITIONS as usize && sum(o) >= 3 * quarter,
+    )
+    .await;
+    for (name, p) in [("p1", &p1), ("p2", &p2), ("p3", &p3)] {
+        let owned = p.owned_offsets().await.unwrap();
+        eprintln!("{name} owns {:?}", owned.keys().collect::<Vec<_>>());
+        assert!(!owned.is_empty(), "{name} got no partition: {spread:?}");
+    }
+
+    // 3 -> 1: the two leave cleanly; p1 takes everything back, restoring what they did.
+    for p in [&mut p2, &mut p3] {
+        let status = p.process.terminate(Duration::from_secs(60)).unwrap();
+        assert!(status.success(), "clean stop: {status}");
+    }
+    feeder.await.unwrap();
+    wait_until(
+        "p1 to own every partition and fold every event",
+        &mut [&mut p1],
+        Duration::from_secs(600),
+        |o| o.len() == PARTITIONS as usize && sum(o) >= total as i64,
+    )
+    .await;
+    let restored = p1
+        .metric_sum("hookfold_processor_restore_records_total")
+        .await
+        .unwrap();
+    assert!(restored > 0, "p1 restored the partitions it got back");
+    let status = p1.process.terminate(Duration::from_secs(60)).unwrap();
+    assert!(status.success(), "clean stop: {status}");
+    let state = p1.state_dump().unwrap();
+    let outputs = broker.read_all(&t.incidents).unwrap();
+
+    let single = Topics::on_input(&broker, &t.webhooks, PARTITIONS)
+        .await
+        .unwrap();
+    let single_dir = root.path().join("single");
+    std::fs::create_dir_all(&single_dir).unwrap();
+    let mut single_processor = Processor::start(
+        &extra_config(&single, &single_dir),
+        &broker.bootstrap,
+        &single_dir,
+        &[],
+    )
+    .await
+    .unwrap();
+    single_processor
+        .wait_committed(total as i64, Duration::from_secs(900))
+        .await
+        .unwrap();
+    let status = single_processor
+        .process
+        .terminate(Duration::from_secs(60))
+        .unwrap();
+    assert!(status.success(), "clean stop: {status}");
+    let reference_state = single_processor.state_dump().unwrap();
+    let reference_out = broker.read_all(&single.incidents).unwrap();
+
+    let repeats = assert_same_incidents(&reference_out, &outputs).unwrap();
+    assert_eq!(
+        state, reference_state,
+        "final state differs from a single processor's"
+    );
+    eprintln!(
+        "{total} events; single processor: {} incident events; 1->3->1 with a SIGKILL: {} ({repeats} identical repeats); {restored} changelog records restored by p1",
+        reference_out.len(),
+        outputs.len()
+    );
+}
