@@ -61,8 +61,10 @@ broker() {
     cd - >/dev/null
   fi
   "$BIN/hookfold-dev" wait-broker --timeout-secs 60
-  "$BIN/hookfold-dev" topics "hookfold.webhooks:$PARTITIONS" "hookfold.incidents:$PARTITIONS" \
-    "hookfold-processor.state:$PARTITIONS:compact"
+  # The processor's own provisioning: webhook and incident topics, and the changelog
+  # compacted and co-partitioned with the webhook topic (checked if they exist).
+  "$BIN/hookfold-processor" --config deploy/local/processor.toml \
+    topics --create --partitions "$PARTITIONS"
 }
 
 up() {

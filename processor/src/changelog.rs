@@ -50,7 +50,7 @@ pub enum ChangelogError {
         source: KafkaError,
     },
     #[error(
-        "changelog {topic}[{partition}]: no record for {waited:?} while {remaining} remain before offset {high}"
+        "changelog {topic}[{partition}]: no record for {waited:?} while {remaining} remain before offset {high} (last error: {last_error})"
     )]
     Stalled {
         topic: String,
@@ -58,6 +58,7 @@ pub enum ChangelogError {
         waited: Duration,
         remaining: i64,
         high: i64,
+        last_error: String,
     },
     #[error("restore of {topic}[{partition}] cancelled (partition revoked)")]
     Cancelled { topic: String, partition: i32 },
@@ -299,6 +300,7 @@ pub fn restore(
     let mut replay = Replay::new(local);
     let mut last_record = Instant::now();
     let mut last_progress = Instant::now();
+    let mut last_error = None;
     let mut next = start;
     while next < high {
         if cancel.load(Ordering::SeqCst) {
@@ -316,21 +318,26 @@ pub fn restore(
             });
             last_progress = Instant::now();
         }
+        if last_record.elapsed() > source.timeout {
+            return Err(ChangelogError::Stalled {
+                topic: topic.to_owned(),
+                partition,
+                waited: source.timeout,
+                remaining: high - next,
+                high,
+                last_error: last_error.unwrap_or_else(|| "none".into()),
+            });
+        }
         let message = match consumer.poll(Duration::from_millis(100)) {
-            None => {
-                if last_record.elapsed() > source.timeout {
-                    return Err(ChangelogError::Stalled {
-                        topic: topic.to_owned(),
-                        partition,
-                        waited: source.timeout,
-                        remaining: high - next,
-                        high,
-                    });
-                }
+            None => continue,
+            Some(Err(KafkaError::PartitionEOF(_))) => break,
+            // Consumer errors are reports (librdkafka reconnects and retries); only a
+            // partition that stays silent fails the restore.
+            Some(Err(e)) => {
+                tracing::warn!(topic, partition, error = %e, "reading the changelog");
+                last_error = Some(e.to_string());
                 continue;
             }
-            Some(Err(KafkaError::PartitionEOF(_))) => break,
-            Some(Err(e)) => return Err(kafka(e)),
             Some(Ok(message)) => message,
         };
         last_record = Instant::now();

@@ -801,6 +801,20 @@ impl Processor {
         Ok(processor)
     }
 
+    /// Writes the configuration without starting anything (for commands like `topics`;
+    /// `restart` starts it).
+    pub fn configure(config: &str, bootstrap: &str, dir: &Path) -> Result<Self> {
+        let config_path = dir.join("processor.toml");
+        std::fs::write(&config_path, config)?;
+        Ok(Self {
+            process: Process::spawn_placeholder(),
+            metrics_url: String::new(),
+            config_path,
+            env: vec![("HOOKFOLD_KAFKA__BOOTSTRAP_SERVERS".into(), bootstrap.into())],
+            dir: dir.to_owned(),
+        })
+    }
+
     /// Sets an environment variable for the next (re)start.
     pub fn set_env(&mut self, key: &str, value: &str) {
         self.env.retain(|(k, _)| k != key);
@@ -912,14 +926,23 @@ impl Processor {
         }
     }
 
-    /// `hookfold-processor state`: the stored state as sorted JSON lines (stop it first).
-    pub fn state_dump(&self) -> Result<Vec<String>> {
+    /// Runs another `hookfold-processor` command (`topics`, `rebuild`, `state`, ...) with
+    /// this processor's configuration and environment, plus `env`.
+    pub fn command(&self, args: &[&str], env: &[(&str, &str)]) -> Result<std::process::Output> {
         let mut command = Command::new(workspace_binary("hookfold-processor"));
-        command.arg("--config").arg(&self.config_path).arg("state");
+        command.arg("--config").arg(&self.config_path).args(args);
         for (key, value) in &self.env {
             command.env(key, value);
         }
-        let output = command.output()?;
+        for (key, value) in env {
+            command.env(key, value);
+        }
+        Ok(command.output()?)
+    }
+
+    /// `hookfold-processor state`: the stored state as sorted JSON lines (stop it first).
+    pub fn state_dump(&self) -> Result<Vec<String>> {
+        let output = self.command(&["state"], &[])?;
         if !output.status.success() {
             bail!(
                 "state dump failed: {}",

@@ -181,7 +181,7 @@ async fn a_deleted_state_dir_is_restored_from_the_changelog() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_to_three_to_one_processors_with_a_sigkill_equal_a_single_processor() {
     const PARTITIONS: i32 = 6;
-    let total: usize = std::env::var("HOOKFOLD_SCALE_EVENTS")
+    let total: usize = std::env::var("SCALING_TEST_EVENTS")
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(50_000);
