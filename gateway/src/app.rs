@@ -17,7 +17,7 @@ use axum::extract::{ConnectInfo, Path, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use hookfold_proto::cloudevents::{self, CloudEventHeaders, SourceKind};
+use hookfold_proto::cloudevents::SourceKind;
 use http_body_util::{BodyExt, LengthLimitError, Limited};
 use ipnet::IpNet;
 use serde_json::{Value, json};
@@ -430,13 +430,13 @@ async fn append(
     };
     let id = routing::event_id(&source.id, event, body, request_uuid);
     tracing::Span::current().record("ce_id", id.as_str());
-    let ce = CloudEventHeaders {
-        id: id.clone(),
-        source: cloudevents::webhook_source(&source.id),
-        ty: cloudevents::webhook_type(source.kind, event),
-        time: now_rfc3339(),
-        content_type: cloudevents::CONTENT_TYPE_JSON.into(),
-    };
+    let ce = routing::webhook_headers(
+        &source.id,
+        source.kind,
+        event,
+        id.clone(),
+        routing::now_rfc3339(),
+    );
     let started = Instant::now();
     let result = state
         .publisher
@@ -470,12 +470,6 @@ async fn append(
             .retry_after(1))
         }
     }
-}
-
-fn now_rfc3339() -> String {
-    time::OffsetDateTime::now_utc()
-        .format(&time::format_description::well_known::Rfc3339)
-        .unwrap_or_else(|_| "1970-01-01T00:00:00Z".into())
 }
 
 async fn readyz(State(state): State<Arc<AppState>>) -> Response {

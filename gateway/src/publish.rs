@@ -39,6 +39,18 @@ impl PublishError {
     }
 }
 
+/// The record headers for CloudEvents attributes, `ce_specversion` first.
+pub fn kafka_headers(headers: &CloudEventHeaders) -> OwnedHeaders {
+    let mut out = OwnedHeaders::new_with_capacity(6);
+    for (key, value) in headers.pairs() {
+        out = out.insert(Header {
+            key,
+            value: Some(value),
+        });
+    }
+    out
+}
+
 /// The producer and how many times it has been replaced.
 struct Current {
     producer: FutureProducer,
@@ -57,7 +69,9 @@ pub struct Publisher {
 const RECORD_OVERHEAD: usize = 64 * 1024;
 
 impl Publisher {
-    pub fn new(config: &KafkaConfig, max_body_bytes: usize) -> Result<Self, KafkaError> {
+    /// The producer's client settings. Public so that the broker-ceiling benchmark runs
+    /// a producer configured exactly like the gateway's.
+    pub fn client_config(config: &KafkaConfig, max_body_bytes: usize) -> ClientConfig {
         let mut client = ClientConfig::new();
         client.set("client.id", "hookfold-gateway");
         // Records of concurrent requests share a batch. Overridable through kafka.properties.
@@ -80,6 +94,11 @@ impl Publisher {
                 "message.max.bytes",
                 (max_body_bytes + RECORD_OVERHEAD).to_string(),
             );
+        client
+    }
+
+    pub fn new(config: &KafkaConfig, max_body_bytes: usize) -> Result<Self, KafkaError> {
+        let client = Self::client_config(config, max_body_bytes);
         let producer = client.create()?;
         Ok(Self {
             current: Arc::new(RwLock::new(Current {
@@ -146,17 +165,10 @@ impl Publisher {
 
     /// Resolves once the broker has the record (acks=all), or fails.
     pub async fn publish(&self, record: WebhookRecord<'_>) -> Result<(i32, i64), PublishError> {
-        let mut headers = OwnedHeaders::new_with_capacity(6);
-        for (key, value) in record.headers.pairs() {
-            headers = headers.insert(Header {
-                key,
-                value: Some(value),
-            });
-        }
         let kafka_record = FutureRecord::to(&self.topic)
             .key(record.key)
             .payload(record.body)
-            .headers(headers);
+            .headers(kafka_headers(record.headers));
         // Timeout::Never on the local queue: message.timeout.ms already bounds the wait.
         let (producer, generation) = self.producer();
         match producer.send(kafka_record, Timeout::Never).await {

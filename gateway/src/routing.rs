@@ -1,7 +1,7 @@
-//! What a webhook becomes on the topic: its routing key and its CloudEvents id.
-//! Pure functions over the already-authenticated request.
+//! What a webhook becomes on the topic: its routing key, its CloudEvents id and headers.
+//! Pure functions over the already-authenticated request (and the clock, for `ce_time`).
 
-use hookfold_proto::cloudevents::SourceKind;
+use hookfold_proto::cloudevents::{self, CloudEventHeaders, SourceKind};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
@@ -56,6 +56,31 @@ pub fn event_id(source_id: &str, event: &str, body: &[u8], request_uuid: Option<
     hex::encode(digest.finalize())
 }
 
+/// The CloudEvents headers of a webhook record (`ce_time` is the receipt time, RFC 3339).
+/// The gateway writes exactly these; the broker-ceiling benchmark writes them too.
+pub fn webhook_headers(
+    source_id: &str,
+    kind: SourceKind,
+    event: &str,
+    id: String,
+    time: String,
+) -> CloudEventHeaders {
+    CloudEventHeaders {
+        id,
+        source: cloudevents::webhook_source(source_id),
+        ty: cloudevents::webhook_type(kind, event),
+        time,
+        content_type: cloudevents::CONTENT_TYPE_JSON.into(),
+    }
+}
+
+/// Now, as a `ce_time` value.
+pub fn now_rfc3339() -> String {
+    time::OffsetDateTime::now_utc()
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_else(|_| "1970-01-01T00:00:00Z".into())
+}
+
 fn is_usable_delivery_id(id: &str) -> bool {
     !id.is_empty()
         && id.len() <= 128
@@ -108,6 +133,34 @@ mod tests {
         assert_eq!(
             routing_key("bb", SourceKind::Bitbucket, "repo:push", &json!({})),
             "bb/org"
+        );
+    }
+
+    #[test]
+    fn record_headers() {
+        let headers = webhook_headers(
+            "bk",
+            SourceKind::Buildkite,
+            "build.finished",
+            "abc".into(),
+            "2026-11-22T10:00:00Z".into(),
+        );
+        assert_eq!(
+            headers.pairs(),
+            [
+                ("ce_specversion", "1.0"),
+                ("ce_id", "abc"),
+                ("ce_source", "/sources/bk"),
+                ("ce_type", "buildkite.build.finished"),
+                ("ce_time", "2026-11-22T10:00:00Z"),
+                ("content-type", "application/json"),
+            ]
+        );
+        let now = now_rfc3339();
+        assert!(
+            time::OffsetDateTime::parse(&now, &time::format_description::well_known::Rfc3339)
+                .is_ok(),
+            "{now}"
         );
     }
 
