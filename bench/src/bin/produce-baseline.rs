@@ -1,62 +1,144 @@
-//! The broker ceiling: the raw rate of an rdkafka producer with the gateway's settings
-//! (acks=all, idempotent, linger 2 ms) sending the same payload, with the same number of
-//! records in flight as the HTTP load has connections, each awaiting its own ack, the way
-//! a gateway request does.
+//! The broker ceiling: the raw rate of an rdkafka producer sending exactly the records the
+//! gateway writes for the benchmark's load, with nothing else to do.
+//!
+//! Like for like with the gateway, by construction:
+//! - the producer's settings come from the gateway's own configuration file, through the
+//!   gateway's `Publisher::client_config` (acks=all, idempotent, linger, limits and any
+//!   `kafka.properties`);
+//! - the records are the gateway's: the same bodies (those written by `webhook-bodies`,
+//!   which the wrk load posts), cycled through in the same order, so the same routing keys
+//!   and the same spread over partitions; the routing key and `ce_id` from the gateway's
+//!   routing functions, and the six CloudEvents headers built by the same code, with a
+//!   fresh `ce_time` per record as the gateway does;
+//! - as many records in flight as the HTTP load has connections, each awaiting its own
+//!   ack, the way a gateway request does.
+//!
+//! What it leaves out is the gateway's own work: HTTP, authentication, the JSON parse.
+//! `--without-headers` sends the same records without their headers; that is a reference
+//! figure only (the gateway must write the headers), showing what they cost the broker.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use anyhow::Context;
+use anyhow::{Context, bail};
 use clap::Parser;
-use rdkafka::ClientConfig;
+use hookfold_gateway::config::GatewayConfig;
+use hookfold_gateway::publish::{Publisher, kafka_headers};
+use hookfold_gateway::routing;
+use hookfold_proto::cloudevents::SourceKind;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::util::Timeout;
 
 #[derive(Parser)]
 struct Args {
+    /// The gateway's configuration file: Kafka settings, topic and sources.
     #[arg(long)]
-    bootstrap: String,
+    config: std::path::PathBuf,
+    /// The source the load posts to.
     #[arg(long)]
-    topic: String,
+    source: String,
+    /// The event name the load sends (`X-Buildkite-Event` / `X-Event-Key`).
     #[arg(long)]
-    payload: std::path::PathBuf,
+    event: String,
+    /// The directory written by `webhook-bodies`.
+    #[arg(long)]
+    bodies: std::path::PathBuf,
     #[arg(long, default_value_t = 64)]
     concurrency: usize,
     #[arg(long, default_value_t = 15)]
     seconds: u64,
+    /// Reference only: send the records without their CloudEvents headers.
+    #[arg(long)]
+    without_headers: bool,
+}
+
+/// One of the load's bodies, with what the gateway derives from it.
+struct Body {
+    bytes: Vec<u8>,
+    key: String,
+    id: String,
+}
+
+fn load_bodies(args: &Args, source_id: &str, kind: SourceKind) -> anyhow::Result<Vec<Body>> {
+    let index = std::fs::read_to_string(args.bodies.join("requests.tsv"))
+        .context("reading requests.tsv")?;
+    let mut bodies = Vec::new();
+    for line in index.lines().filter(|l| !l.is_empty()) {
+        let name = line.split('\t').next().unwrap_or_default();
+        let bytes =
+            std::fs::read(args.bodies.join(name)).with_context(|| format!("reading {name}"))?;
+        let parsed: serde_json::Value =
+            serde_json::from_slice(&bytes).with_context(|| format!("{name} is not JSON"))?;
+        bodies.push(Body {
+            key: routing::routing_key(source_id, kind, &args.event, &parsed),
+            id: routing::event_id(source_id, &args.event, &bytes, None),
+            bytes,
+        });
+    }
+    if bodies.is_empty() {
+        bail!("no bodies in {}", args.bodies.display());
+    }
+    Ok(bodies)
 }
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    let payload = Arc::new(std::fs::read(&args.payload).context("reading the payload")?);
-    let producer: FutureProducer = ClientConfig::new()
-        .set("bootstrap.servers", &args.bootstrap)
-        .set("acks", "all")
-        .set("enable.idempotence", "true")
-        .set("linger.ms", "2")
-        .set("message.timeout.ms", "5000")
-        .create()?;
+    let config = GatewayConfig::load(Some(&args.config)).context("reading the gateway config")?;
+    let source = config
+        .sources
+        .iter()
+        .find(|s| s.id == args.source)
+        .with_context(|| format!("no source {} in the config", args.source))?;
+    let kind: SourceKind = source.kind.into();
+    let bodies = Arc::new(load_bodies(&args, &source.id, kind)?);
+    let producer: FutureProducer =
+        Publisher::client_config(&config.kafka, config.max_body_bytes).create()?;
+    let topic = Arc::new(config.kafka.topic.clone());
+    let source_id = Arc::new(source.id.clone());
+    let event = Arc::new(args.event.clone());
+    // Warm-up, as the gateway has one: the first send waits for the connection, the
+    // metadata and the idempotent producer id (about a second against tansu).
+    producer
+        .send(
+            FutureRecord::to(&topic)
+                .key(&bodies[0].key)
+                .payload(bodies[0].bytes.as_slice()),
+            Timeout::Never,
+        )
+        .await
+        .map_err(|(e, _)| e)
+        .context("warm-up record")?;
+    // One sequence shared by all workers, as wrk's connections share their thread's.
+    let next = Arc::new(AtomicUsize::new(0));
     let stop = Arc::new(AtomicBool::new(false));
     let started = Instant::now();
     let mut tasks = Vec::new();
-    for worker in 0..args.concurrency {
-        let (producer, payload, stop, topic) = (
-            producer.clone(),
-            payload.clone(),
-            stop.clone(),
-            args.topic.clone(),
-        );
+    for _ in 0..args.concurrency {
+        let (producer, bodies, next, stop) =
+            (producer.clone(), bodies.clone(), next.clone(), stop.clone());
+        let (topic, source_id, event) = (topic.clone(), source_id.clone(), event.clone());
+        let without_headers = args.without_headers;
         tasks.push(tokio::spawn(async move {
             let mut latencies = Vec::new();
             let mut errors = 0u64;
-            let key = format!("bench/pipeline/p{}", worker % 50);
             while !stop.load(Ordering::Relaxed) {
+                let body = &bodies[next.fetch_add(1, Ordering::Relaxed) % bodies.len()];
                 let sent = Instant::now();
-                let record = FutureRecord::to(&topic)
-                    .key(&key)
-                    .payload(payload.as_slice());
+                let mut record = FutureRecord::to(&topic)
+                    .key(&body.key)
+                    .payload(body.bytes.as_slice());
+                if !without_headers {
+                    let headers = routing::webhook_headers(
+                        &source_id,
+                        kind,
+                        &event,
+                        body.id.clone(),
+                        routing::now_rfc3339(),
+                    );
+                    record = record.headers(kafka_headers(&headers));
+                }
                 match producer.send(record, Timeout::Never).await {
                     Ok(_) => latencies.push(sent.elapsed()),
                     Err(_) => errors += 1,
