@@ -60,7 +60,7 @@ fmt:
     cargo fmt --all
 
 # Every benchmark
-bench: bench-gateway bench-processor
+bench: bench-gateway bench-processor bench-restore
 
 # Gateway throughput and latency against the bare-HTTP and raw-producer ceilings
 bench-gateway: tools
@@ -71,3 +71,8 @@ bench-gateway: tools
 bench-processor: tools
     cargo build --release --workspace --bins
     scripts/bench-processor.sh
+
+# Restore rate from the changelog and time to the first event with 1,000,000 keys, against a plain read
+bench-restore: tools
+    cargo build --release --workspace --bins
+    scripts/bench-restore.sh

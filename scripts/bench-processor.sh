@@ -6,30 +6,12 @@
 # and agents. Writes the figures into docs/BENCHMARKS.md between the processor markers.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-TOOLS="${HOOKFOLD_TOOLS:-$HOME/.cache/hookfold/tools}"
-BIN="${CARGO_TARGET_DIR:-target}/release"
+. scripts/bench-lib.sh
 EVENTS="${BENCH_EVENTS:-20000}"
 DISTINCT="${BENCH_DISTINCT:-1000000}"
 PARTITIONS=4
-WORK=$(mktemp -d)
-PIDS=()
-cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$WORK"; }
-trap cleanup EXIT
 say() { printf '\033[1mbench-processor:\033[0m %s\n' "$*" >&2; }
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-
-if [ -n "${KAFKA_BOOTSTRAP_SERVERS:-}" ]; then
-  KAFKA="$KAFKA_BOOTSTRAP_SERVERS"; BROKER="Kafka at $KAFKA"
-else
-  port=$(free_port); KAFKA="127.0.0.1:$port"; BROKER="tansu 0.6.0, SQLite storage"
-  # Not memory://: tansu 0.6.0's memory engine keeps only the first record of a batch.
-  # tansu reads the URL's path as relative, hence the cd.
-  (cd "$WORK" && RUST_LOG=warn exec "$TOOLS/bin/tansu" broker --storage-engine sqlite://tansu.db \
-    --listener-url "tcp://$KAFKA" --advertised-listener-url "tcp://$KAFKA" >"$WORK/tansu.log" 2>&1) &
-  PIDS+=($!)
-fi
-export KAFKA_BOOTSTRAP_SERVERS="$KAFKA"
-"$BIN/hookfold-dev" wait-broker --timeout-secs 60
+start_bench_broker
 RUN="bench.$(date +%s)"
 
 # run_processor NAME INPUT COUNT -> "seconds rss_kb state_bytes"
@@ -105,16 +87,5 @@ many records here), at {d_rate:,.0f} events/s:
 PY
 )
 echo "$report"
-python3 - "$report" <<'PY'
-import sys, pathlib, re
-path = pathlib.Path("docs/BENCHMARKS.md")
-text = path.read_text()
-start, end = "<!-- bench-processor:start -->", "<!-- bench-processor:end -->"
-block = f"{start}\n{sys.argv[1]}\n{end}"
-if start in text:
-    text = re.sub(re.escape(start) + ".*?" + re.escape(end), lambda _: block, text, flags=re.S)
-else:
-    text += f"\n## Processor (`just bench-processor`)\n\n{block}\n"
-path.write_text(text)
-PY
+write_benchmark processor "Processor (\`just bench-processor\`)" "$report"
 say "written to docs/BENCHMARKS.md"

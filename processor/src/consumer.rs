@@ -25,6 +25,7 @@ use crate::store::PartitionStore;
 /// A partition being restored from the changelog on a thread of its own, while the
 /// consumer keeps serving the other partitions (and the group) with this one paused.
 struct Restore {
+    assigned_at: std::time::Instant,
     cancel: Arc<AtomicBool>,
     handle: JoinHandle<Result<(PartitionStore, RestoreReport), ChangelogError>>,
 }
@@ -127,8 +128,14 @@ impl ProcessorContext {
             });
         match spawned {
             Ok(handle) => {
-                self.restores()
-                    .insert(partition, Restore { cancel, handle });
+                self.restores().insert(
+                    partition,
+                    Restore {
+                        assigned_at: std::time::Instant::now(),
+                        cancel,
+                        handle,
+                    },
+                );
             }
             Err(e) => self.fail(format!(
                 "starting the restore of partition {partition}: {e}"
@@ -322,10 +329,13 @@ fn finish_restores(consumer: &BaseConsumer<ProcessorContext>) -> anyhow::Result<
                 "partition restored from the changelog"
             );
         }
-        let next = context
-            .engine()
-            .adopt(partition, store)
-            .with_context(|| format!("taking on partition {partition}"))?;
+        let next = {
+            let mut engine = context.engine();
+            engine.await_first_event(partition, restore.assigned_at);
+            engine
+                .adopt(partition, store)
+                .with_context(|| format!("taking on partition {partition}"))?
+        };
         let offset = next.map_or(Offset::Beginning, Offset::Offset);
         consumer
             .seek(

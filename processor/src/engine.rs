@@ -104,6 +104,8 @@ pub struct Engine {
     pending_since: Option<Instant>,
     /// Whether incident events are produced (a rebuild may recompute state only).
     emit: bool,
+    /// When each partition was assigned, until its first batch after that is committed.
+    assigned_at: HashMap<i32, Instant>,
     metrics: Metrics,
 }
 
@@ -131,6 +133,7 @@ impl Engine {
             pending: Vec::new(),
             pending_since: None,
             emit: true,
+            assigned_at: HashMap::new(),
             metrics,
         }
     }
@@ -143,6 +146,12 @@ impl Engine {
 
     pub fn store_path(state_dir: &Path, input_topic: &str, partition: i32) -> PathBuf {
         state_dir.join(format!("{input_topic}-{partition}"))
+    }
+
+    /// Notes when `partition` was assigned: the first batch committed for it after that is
+    /// reported as the time from assignment to the first processed event.
+    pub fn await_first_event(&mut self, partition: i32, assigned_at: Instant) {
+        self.assigned_at.insert(partition, assigned_at);
     }
 
     /// Gives up a partition's store without committing (it is handed back by `adopt`).
@@ -195,6 +204,7 @@ impl Engine {
                     .assigned
                     .with_label_values(&[&partition.to_string()])
                     .set(0);
+                self.assigned_at.remove(partition);
                 tracing::info!(
                     partition,
                     "partition revoked: batch committed, store closed"
@@ -318,6 +328,19 @@ impl Engine {
                 keys = encoded.len(),
                 "batch committed"
             );
+            if let Some(assigned_at) = self.assigned_at.remove(&partition) {
+                let seconds = assigned_at.elapsed().as_secs_f64();
+                self.metrics
+                    .first_event_seconds
+                    .with_label_values(&[&partition.to_string()])
+                    .set(seconds);
+                tracing::info!(
+                    partition,
+                    next_offset,
+                    ms_since_assignment = (seconds * 1000.0) as u64,
+                    "first events processed since the partition was assigned"
+                );
+            }
             committed.push((partition, next_offset));
         }
         self.metrics

@@ -20,6 +20,7 @@ pub struct Metrics {
     pub restore_records: IntCounterVec,
     pub restore_remaining: IntGaugeVec,
     pub restore_seconds: prometheus::GaugeVec,
+    pub first_event_seconds: prometheus::GaugeVec,
 }
 
 fn counter(name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -102,6 +103,14 @@ impl Metrics {
             &["partition"],
         )
         .expect("static metric definition");
+        let first_event_seconds = prometheus::GaugeVec::new(
+            Opts::new(
+                "hookfold_processor_assignment_to_first_event_seconds",
+                "Time from the partition's last assignment to its first committed batch (restore included).",
+            ),
+            &["partition"],
+        )
+        .expect("static metric definition");
         for collector in [
             Box::new(events.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(incidents.clone()),
@@ -115,6 +124,7 @@ impl Metrics {
             Box::new(restore_records.clone()),
             Box::new(restore_remaining.clone()),
             Box::new(restore_seconds.clone()),
+            Box::new(first_event_seconds.clone()),
         ] {
             registry
                 .register(collector)
@@ -134,6 +144,7 @@ impl Metrics {
             restore_records,
             restore_remaining,
             restore_seconds,
+            first_event_seconds,
         }
     }
 

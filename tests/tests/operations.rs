@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use hookfold_tests::records::{mixed_story, produce};
+use hookfold_tests::records::{mixed_story, produce_with};
 use hookfold_tests::{Broker, Processor, Topics, assert_same_incidents, unique_name};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 
@@ -28,12 +28,13 @@ fn partitions(broker: &Broker, topic: &str) -> usize {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn topics_creates_checks_and_refuses_a_changelog_that_is_not_copartitioned() {
-    let broker = Broker::start().unwrap();
+    let broker = Broker::start_in_memory().unwrap();
     let dir = tempfile::tempdir().unwrap();
     let t = Topics {
         webhooks: unique_name("hookfold.webhooks"),
         incidents: unique_name("hookfold.incidents"),
         group: unique_name("hookfold-processor"),
+        properties: broker.producer_properties.clone(),
     };
     let processor = Processor::configure(
         &t.processor_config(&dir.path().join("state"), ""),
@@ -92,12 +93,17 @@ async fn topics_creates_checks_and_refuses_a_changelog_that_is_not_copartitioned
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rebuild_recomputes_state_under_new_rules_and_the_changelog_carries_it() {
     const EVENTS: usize = 2_000;
-    let broker = Broker::start().unwrap();
+    let broker = Broker::start_in_memory().unwrap();
     let story = mixed_story(EVENTS, 0x0b5);
     let t = Topics::create(&broker, 2).await.unwrap();
-    produce(&broker.bootstrap, &t.webhooks, &story)
-        .await
-        .unwrap();
+    produce_with(
+        &broker.bootstrap,
+        &broker.producer_properties,
+        &t.webhooks,
+        &story,
+    )
+    .await
+    .unwrap();
     let new_rules = [("HOOKFOLD_RULES__BUILDS__SCOPE", "pipeline")];
 
     // The deployment under default rules.

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use hookfold_proto::Message as _;
 use hookfold_proto::v1::{IncidentEvent, ResolutionReason, Transition};
-use hookfold_tests::records::{mixed_story, produce};
+use hookfold_tests::records::{mixed_story, produce_with};
 use hookfold_tests::webhooks::{agent_event, bitbucket_signed, build_finished, buildkite_signed};
 use hookfold_tests::{Broker, Gateway, Processor, Topics, fixture, headers_of};
 use rdkafka::Message;
@@ -271,12 +271,17 @@ async fn run_processor(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_at_three_points_loses_nothing_and_repeats_only_identical_events() {
     const EVENTS: usize = 10_000;
-    let broker = Broker::start().unwrap();
+    let broker = Broker::start_in_memory().unwrap();
     let story = mixed_story(EVENTS, 0x5eed);
     let clean = Topics::create(&broker, 3).await.unwrap();
-    produce(&broker.bootstrap, &clean.webhooks, &story)
-        .await
-        .unwrap();
+    produce_with(
+        &broker.bootstrap,
+        &broker.producer_properties,
+        &clean.webhooks,
+        &story,
+    )
+    .await
+    .unwrap();
     let crashed = Topics::on_input(&broker, &clean.webhooks, 3).await.unwrap();
 
     let (clean_out, clean_state) = run_processor(&broker, &clean, EVENTS as i64, &[]).await;

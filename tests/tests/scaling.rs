@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use hookfold_tests::records::{WebhookRecord, mixed_story, produce};
+use hookfold_tests::records::{WebhookRecord, mixed_story, produce_with};
 use hookfold_tests::{Broker, Processor, Topics, assert_same_incidents};
 use rdkafka::message::OwnedMessage;
 
@@ -115,12 +115,17 @@ async fn start(t: &Topics, broker: &Broker, dir: &Path, extra: &str) -> Processo
 async fn a_deleted_state_dir_is_restored_from_the_changelog() {
     const FIRST: usize = 1_500;
     const TOTAL: usize = 3_000;
-    let broker = Broker::start().unwrap();
+    let broker = Broker::start_in_memory().unwrap();
     let story = mixed_story(TOTAL, 0xd1e);
     let t = Topics::create(&broker, 3).await.unwrap();
-    produce(&broker.bootstrap, &t.webhooks, &story[..FIRST])
-        .await
-        .unwrap();
+    produce_with(
+        &broker.bootstrap,
+        &broker.producer_properties,
+        &t.webhooks,
+        &story[..FIRST],
+    )
+    .await
+    .unwrap();
 
     let dir = tempfile::tempdir().unwrap();
     let mut processor = start(&t, &broker, dir.path(), "").await;
@@ -135,9 +140,14 @@ async fn a_deleted_state_dir_is_restored_from_the_changelog() {
     assert!(status.success(), "clean stop: {status}");
     std::fs::remove_dir_all(dir.path().join("state")).unwrap();
 
-    produce(&broker.bootstrap, &t.webhooks, &story[FIRST..])
-        .await
-        .unwrap();
+    produce_with(
+        &broker.bootstrap,
+        &broker.producer_properties,
+        &t.webhooks,
+        &story[FIRST..],
+    )
+    .await
+    .unwrap();
     processor.restart().await.unwrap();
     processor
         .wait_committed(TOTAL as i64, Duration::from_secs(300))
@@ -192,18 +202,21 @@ async fn one_to_three_to_one_processors_with_a_sigkill_equal_a_single_processor(
             "max_records = 500\nmax_wait = \"50ms\"",
         )
     };
-    let broker = Broker::start().unwrap();
+    let broker = Broker::start_in_memory().unwrap();
     let story: Vec<WebhookRecord> = mixed_story(total, 0x5ca1e);
     let t = Topics::create(&broker, PARTITIONS).await.unwrap();
 
     // The events arrive over the whole run, in chunks, while processors come and go.
     let feeder = {
         let bootstrap = broker.bootstrap.clone();
+        let properties = broker.producer_properties.clone();
         let topic = t.webhooks.clone();
         let story = story.clone();
         tokio::spawn(async move {
             for chunk in story.chunks(1_000) {
-                produce(&bootstrap, &topic, chunk).await.unwrap();
+                produce_with(&bootstrap, &properties, &topic, chunk)
+                    .await
+                    .unwrap();
             }
         })
     };

@@ -1,0 +1,165 @@
+//! For the restore benchmark (`just bench-restore`):
+//! - `fill`: writes a changelog partition as the processor would have left it after folding
+//!   N distinct keys (half new pipelines with a failed build, half lost agents; the states
+//!   are computed by the processor's own parsing, rules and codec), ending with a batch
+//!   marker at input offset 0 (the input topic is empty);
+//! - `read`: the baseline, a plain consumer reading the partition from start to end.
+
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use clap::{Parser, Subcommand};
+use hookfold_processor::changelog::{BATCH_MARKER_KEY, NEXT_OFFSET_HEADER};
+use hookfold_processor::codec;
+use hookfold_rules::{Cause, KeyState, Rules};
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::producer::{BaseRecord, Producer, ThreadedProducer};
+use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
+
+#[derive(Parser)]
+struct Args {
+    #[arg(long)]
+    bootstrap: String,
+    #[arg(long)]
+    topic: String,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    Fill {
+        #[arg(long, default_value_t = 1_000_000)]
+        keys: usize,
+    },
+    Read,
+}
+
+fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    match args.command {
+        Command::Fill { keys } => fill(&args.bootstrap, &args.topic, keys),
+        Command::Read => read(&args.bootstrap, &args.topic),
+    }
+}
+
+fn headers(next_offset: &str) -> OwnedHeaders {
+    OwnedHeaders::new().insert(Header {
+        key: NEXT_OFFSET_HEADER,
+        value: Some(next_offset),
+    })
+}
+
+/// Client properties from `BENCH_KAFKA_PROPERTIES` (`key=value,key=value`).
+fn client() -> ClientConfig {
+    let mut config = ClientConfig::new();
+    for pair in std::env::var("BENCH_KAFKA_PROPERTIES")
+        .unwrap_or_default()
+        .split(',')
+    {
+        if let Some((key, value)) = pair.split_once('=') {
+            config.set(key.trim(), value.trim());
+        }
+    }
+    config
+}
+
+fn fill(bootstrap: &str, topic: &str, keys: usize) -> anyhow::Result<()> {
+    let producer: ThreadedProducer<_> = client()
+        .set("bootstrap.servers", bootstrap)
+        .set("acks", "all")
+        .set("linger.ms", "50")
+        .set("batch.size", "1000000")
+        .set("queue.buffering.max.messages", "200000")
+        .set("message.timeout.ms", "600000")
+        .create()?;
+    let rules = Rules::default();
+    let started = Instant::now();
+    let mut bytes = 0usize;
+    for n in 0..keys {
+        let record = hookfold_tests::records::distinct_key(n);
+        let event = hookfold_events::parse(&record.headers, &record.body)?;
+        let cause = Cause {
+            topic: "bench".into(),
+            partition: 0,
+            offset: n as i64,
+            ce_id: record.headers.id.clone(),
+        };
+        let (state, _) = hookfold_rules::apply(KeyState::default(), &event, &cause, &rules);
+        let value = codec::encode(&state);
+        bytes += value.len() + record.key.len();
+        let mut base = BaseRecord::to(topic)
+            .partition(0)
+            .key(record.key.as_bytes())
+            .payload(value.as_slice())
+            .headers(headers("0"));
+        loop {
+            match producer.send(base) {
+                Ok(()) => break,
+                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
+                    base = back;
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+                Err((e, _)) => return Err(e).context("producing"),
+            }
+        }
+        if n > 0 && n % 100_000 == 0 {
+            eprintln!("changelog-fill: {n} of {keys} states queued");
+        }
+    }
+    producer
+        .send(
+            BaseRecord::to(topic)
+                .partition(0)
+                .key(BATCH_MARKER_KEY)
+                .payload("0")
+                .headers(headers("0")),
+        )
+        .map_err(|(e, _)| e)?;
+    producer
+        .flush(Duration::from_secs(600))
+        .context("flushing")?;
+    println!(
+        "RESULT {} {} {:.3}",
+        keys + 1,
+        bytes,
+        started.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
+fn read(bootstrap: &str, topic: &str) -> anyhow::Result<()> {
+    let consumer: BaseConsumer = client()
+        .set("bootstrap.servers", bootstrap)
+        .set("group.id", "changelog-read-baseline")
+        .set("enable.auto.commit", "false")
+        .set("enable.partition.eof", "true")
+        .create()?;
+    let started = Instant::now();
+    let (low, high) = consumer.fetch_watermarks(topic, 0, Duration::from_secs(30))?;
+    let mut tpl = TopicPartitionList::new();
+    tpl.add_partition_offset(topic, 0, Offset::Offset(low))?;
+    consumer.assign(&tpl)?;
+    let mut records = 0u64;
+    let mut next = low;
+    let mut last = Instant::now();
+    while next < high {
+        match consumer.poll(Duration::from_millis(100)) {
+            Some(Ok(message)) => {
+                records += 1;
+                next = message.offset() + 1;
+                last = Instant::now();
+            }
+            Some(Err(KafkaError::PartitionEOF(_))) => break,
+            Some(Err(e)) => eprintln!("changelog-read: {e}"),
+            None if last.elapsed() > Duration::from_secs(60) => {
+                bail!("no record for 60 s at offset {next} of {high}")
+            }
+            None => {}
+        }
+    }
+    println!("RESULT {records} {:.3}", started.elapsed().as_secs_f64());
+    Ok(())
+}
