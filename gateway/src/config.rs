@@ -174,7 +174,8 @@ impl GatewayConfig {
             figment = figment.merge(Toml::file_exact(file));
         }
         let mut config: GatewayConfig = figment
-            .merge(Env::prefixed("HOOKFOLD_").split("__"))
+            // HOOKFOLD_CONFIG names the file (--config), it is not a key.
+            .merge(Env::prefixed("HOOKFOLD_").ignore(&["CONFIG"]).split("__"))
             .extract()
             .map_err(Box::new)?;
         config.resolve_secret_env(|name| std::env::var(name).ok())?;

@@ -234,6 +234,82 @@ pub struct RestoreReport {
     pub next_offset: Option<i64>,
 }
 
+/// The input offset a changelog partition says its state is at: the next offset of its
+/// last batch marker (`None`: no marker, or a reset after the last one). Reads backwards
+/// from the end in growing steps, so it usually reads only a few records.
+pub fn last_position(source: &ChangelogSource<'_>) -> Result<Option<i64>, ChangelogError> {
+    let (topic, partition) = (source.topic, source.partition);
+    let kafka = |source: KafkaError| ChangelogError::Kafka {
+        topic: topic.to_owned(),
+        partition,
+        source,
+    };
+    let consumer: BaseConsumer = source
+        .client
+        .clone()
+        .set("enable.auto.commit", "false")
+        .set("enable.partition.eof", "true")
+        .create()
+        .map_err(kafka)?;
+    let (low, high) = consumer
+        .fetch_watermarks(topic, partition, source.timeout)
+        .map_err(kafka)?;
+    let mut back = 64;
+    loop {
+        let start = (high - back).max(low);
+        let mut tpl = TopicPartitionList::new();
+        tpl.add_partition_offset(topic, partition, Offset::Offset(start))
+            .map_err(kafka)?;
+        consumer.assign(&tpl).map_err(kafka)?;
+        let mut found: Option<Option<i64>> = None;
+        let mut next = start;
+        let mut last_record = Instant::now();
+        while next < high {
+            if last_record.elapsed() > source.timeout {
+                return Err(ChangelogError::Stalled {
+                    topic: topic.to_owned(),
+                    partition,
+                    waited: source.timeout,
+                    remaining: high - next,
+                    high,
+                    last_error: "none".into(),
+                });
+            }
+            match consumer.poll(Duration::from_millis(100)) {
+                Some(Ok(message)) => {
+                    last_record = Instant::now();
+                    next = message.offset() + 1;
+                    let key = message.key().unwrap_or_default();
+                    if key == RESET_MARKER_KEY {
+                        found = Some(None);
+                    } else if key == BATCH_MARKER_KEY {
+                        let header = message.headers().and_then(|headers| {
+                            headers
+                                .iter()
+                                .find(|h| h.key == NEXT_OFFSET_HEADER)
+                                .and_then(|h| h.value)
+                        });
+                        if let ChangelogRecord::Batch { next_offset } =
+                            ChangelogRecord::read(message.offset(), key, None, header)?
+                        {
+                            found = Some(Some(next_offset));
+                        }
+                    }
+                }
+                Some(Err(KafkaError::PartitionEOF(_))) => break,
+                Some(Err(_)) | None => {}
+            }
+        }
+        if let Some(position) = found {
+            return Ok(position);
+        }
+        if start == low {
+            return Ok(None);
+        }
+        back *= 64;
+    }
+}
+
 /// What to read a changelog partition with.
 pub struct ChangelogSource<'a> {
     pub client: ClientConfig,

@@ -151,7 +151,8 @@ impl ProcessorConfig {
             figment = figment.merge(Toml::file_exact(file));
         }
         let config: ProcessorConfig = figment
-            .merge(Env::prefixed("HOOKFOLD_").split("__"))
+            // HOOKFOLD_CONFIG names the file (--config), it is not a key.
+            .merge(Env::prefixed("HOOKFOLD_").ignore(&["CONFIG"]).split("__"))
             .extract()
             .map_err(Box::new)?;
         config.validate()?;
@@ -169,7 +170,11 @@ impl ProcessorConfig {
                 return Err(ConfigError::Invalid(format!("{name} is empty")));
             }
         }
-        if k.input_topic == k.output_topic || k.input_topic == k.changelog_topic() {
+        let changelog = k.changelog_topic();
+        if k.input_topic == k.output_topic
+            || k.input_topic == changelog
+            || k.output_topic == changelog
+        {
             return Err(ConfigError::Invalid(
                 "the input, output and changelog topics must differ".into(),
             ));

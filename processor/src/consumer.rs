@@ -41,6 +41,8 @@ pub struct ProcessorContext {
     metrics: Metrics,
     /// An error inside a callback, which cannot return one: the loop stops on it.
     fatal: Mutex<Option<String>>,
+    /// Whether the group has given this member its (possibly empty) first assignment.
+    assigned_once: AtomicBool,
 }
 
 impl ProcessorContext {
@@ -193,6 +195,7 @@ impl ConsumerContext for ProcessorContext {
             .collect();
         match err {
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
+                self.assigned_once.store(true, Ordering::SeqCst);
                 // Every new partition starts paused: its store is first brought up to the
                 // changelog on a thread of its own, then the partition is resumed at the
                 // store's offset (`finish_restores`).
@@ -427,11 +430,13 @@ pub fn new_engine(config: &ProcessorConfig, metrics: Metrics) -> anyhow::Result<
     ))
 }
 
-/// Runs until `shutdown` is set, or an error the processor cannot recover from.
+/// Runs until `shutdown` is set, or an error the processor cannot recover from. `ready`
+/// is true while the processor is in the group with every assigned partition restored.
 pub fn run(
     config: &ProcessorConfig,
     metrics: Metrics,
     shutdown: Arc<AtomicBool>,
+    ready: Arc<AtomicBool>,
 ) -> anyhow::Result<()> {
     std::fs::create_dir_all(&config.state_dir)
         .with_context(|| format!("creating state_dir {}", config.state_dir.display()))?;
@@ -449,6 +454,7 @@ pub fn run(
         ack_timeout: config.kafka.ack_timeout,
         metrics,
         fatal: Mutex::new(None),
+        assigned_once: AtomicBool::new(false),
     };
     let mut consumer_config = client_config(config);
     if let Some(instance) = config
@@ -506,6 +512,11 @@ pub fn run(
             bail!(fatal);
         }
         finish_restores(&consumer)?;
+        ready.store(
+            consumer.context().assigned_once.load(Ordering::SeqCst)
+                && consumer.context().restores().is_empty(),
+            Ordering::SeqCst,
+        );
         match consumer.poll(Duration::from_millis(20)) {
             Some(Ok(message)) => consumer.context().engine().push(message.detach()),
             Some(Err(KafkaError::PartitionEOF(_))) | None => {}
@@ -534,6 +545,7 @@ pub fn run(
             last_group_commit = std::time::Instant::now();
         }
     }
+    ready.store(false, Ordering::SeqCst);
     tracing::info!("shutting down: committing the last batch");
     let committed = consumer
         .context()

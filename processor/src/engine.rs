@@ -104,6 +104,9 @@ pub struct Engine {
     pending_since: Option<Instant>,
     /// Whether incident events are produced (a rebuild may recompute state only).
     emit: bool,
+    /// Without `emit`: per partition, the offset from which incident events are produced
+    /// anyway (records no processor had folded before a rebuild).
+    emit_from: HashMap<i32, i64>,
     /// When each partition was assigned, until its first batch after that is committed.
     assigned_at: HashMap<i32, Instant>,
     metrics: Metrics,
@@ -133,15 +136,23 @@ impl Engine {
             pending: Vec::new(),
             pending_since: None,
             emit: true,
+            emit_from: HashMap::new(),
             assigned_at: HashMap::new(),
             metrics,
         }
     }
 
-    /// Recompute state without producing incident events (`rebuild` without `--emit`).
+    /// Recompute state without producing incident events (`rebuild` without `--emit`),
+    /// except for records at or after [`Engine::emit_from`].
     pub fn without_incident_events(mut self) -> Self {
         self.emit = false;
         self
+    }
+
+    /// Without incident events, still produce those of `partition`'s records from `offset`
+    /// on: they were never folded before, so nobody has seen their incidents.
+    pub fn emit_from(&mut self, partition: i32, offset: i64) {
+        self.emit_from.insert(partition, offset);
     }
 
     pub fn store_path(state_dir: &Path, input_topic: &str, partition: i32) -> PathBuf {
@@ -200,10 +211,18 @@ impl Engine {
         let committed = self.commit()?;
         for partition in partitions {
             if self.partitions.remove(partition).is_some() {
-                self.metrics
-                    .assigned
-                    .with_label_values(&[&partition.to_string()])
-                    .set(0);
+                let label = partition.to_string();
+                self.metrics.assigned.with_label_values(&[&label]).set(0);
+                // Another processor reports the partition now; stale values here would
+                // add up wrong in sums over the group.
+                for gauge in [
+                    &self.metrics.next_offset,
+                    &self.metrics.state_keys,
+                    &self.metrics.state_bytes,
+                    &self.metrics.consumer_lag,
+                ] {
+                    let _ = gauge.remove_label_values(&[&label]);
+                }
                 self.assigned_at.remove(partition);
                 tracing::info!(
                     partition,
@@ -457,7 +476,12 @@ impl Engine {
             .events
             .with_label_values(&[&ce.ty, outcome])
             .inc();
-        if self.emit {
+        let emit = self.emit
+            || self
+                .emit_from
+                .get(&partition)
+                .is_some_and(|&from| message.offset() >= from);
+        if emit {
             for incident in &outputs {
                 self.emit(incident)?;
             }

@@ -48,7 +48,10 @@ pub fn spawn(listen: SocketAddr, metrics: Metrics, ready: Arc<AtomicBool>) -> an
                                 if ready.load(Ordering::SeqCst) {
                                     (StatusCode::OK, "ready")
                                 } else {
-                                    (StatusCode::SERVICE_UNAVAILABLE, "starting")
+                                    (
+                                        StatusCode::SERVICE_UNAVAILABLE,
+                                        "not ready: joining the group or restoring partitions",
+                                    )
                                 }
                             }
                         }),

@@ -1,7 +1,7 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::AtomicBool;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
@@ -193,8 +193,7 @@ fn run(config: &ProcessorConfig) -> anyhow::Result<()> {
     let ready = Arc::new(AtomicBool::new(false));
     http::spawn(config.metrics_listen, metrics.clone(), ready.clone())?;
     tracing::info!(metrics = %config.metrics_listen, "serving /metrics, /healthz, /readyz");
-    ready.store(true, Ordering::SeqCst);
-    consumer::run(config, metrics, shutdown)?;
+    consumer::run(config, metrics, shutdown, ready)?;
     tracing::info!("processor stopped cleanly");
     Ok(())
 }

@@ -4,8 +4,10 @@
 //! Per partition: the local store is deleted, a reset marker goes to the changelog (every
 //! processor that restores the partition afterwards starts over from nothing there), and
 //! the partition is folded from its first record to the end it had when the rebuild began,
-//! through the same engine as `run` (states to the store and the changelog; incident events
-//! only with `--emit`).
+//! through the same engine as `run` (states to the store and the changelog). Incident events:
+//! all of them with `--emit`; without it, only those of records after the position the
+//! processors had reached (the local store's or the changelog's last batch marker), which
+//! nobody has seen yet.
 
 use std::io::Write;
 use std::time::{Duration, Instant};
@@ -15,6 +17,7 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::KafkaError;
 use rdkafka::{Offset, TopicPartitionList};
 
+use crate::changelog::{ChangelogSource, last_position};
 use crate::config::ProcessorConfig;
 use crate::consumer::{check_copartitioned, client_config, new_engine};
 use crate::engine::Engine;
@@ -86,8 +89,16 @@ pub fn run(
         engine = engine.without_incident_events();
     }
     for partition in partitions {
-        rebuild_partition(config, &mut engine, &reader, partition, timeout, out)
-            .with_context(|| format!("rebuilding partition {partition}"))?;
+        rebuild_partition(
+            config,
+            &mut engine,
+            &reader,
+            partition,
+            options.emit,
+            timeout,
+            out,
+        )
+        .with_context(|| format!("rebuilding partition {partition}"))?;
     }
     Ok(())
 }
@@ -97,6 +108,7 @@ fn rebuild_partition(
     engine: &mut Engine,
     reader: &BaseConsumer,
     partition: i32,
+    emit_all: bool,
     timeout: Duration,
     out: &mut impl Write,
 ) -> anyhow::Result<()> {
@@ -106,6 +118,38 @@ fn rebuild_partition(
         .fetch_watermarks(topic, partition, timeout)
         .context("reading the watermarks")?;
     let path = Engine::store_path(&config.state_dir, topic, partition);
+    if !emit_all {
+        // How far the processors had got: the incident events of records after that were
+        // never emitted, so the rebuild emits them (it would lose them otherwise).
+        let local = if path.exists() {
+            PartitionStore::open(&path)?.next_offset()?
+        } else {
+            None
+        };
+        let mut client = client_config(config);
+        client.set("group.id", format!("{}.rebuild", config.kafka.group_id));
+        let changelog = last_position(&ChangelogSource {
+            client,
+            topic: &config.kafka.changelog_topic(),
+            partition,
+            timeout,
+        })?;
+        match local.max(changelog) {
+            Some(from) => {
+                engine.emit_from(partition, from);
+                writeln!(
+                    out,
+                    "partition {partition}: processors had folded up to offset {from}; \
+                     incident events of later records are emitted"
+                )?;
+            }
+            None => writeln!(
+                out,
+                "partition {partition}: no stored position (no local store, no batch marker in \
+                 the changelog): emitting no incident events (use --emit to emit them all)"
+            )?,
+        }
+    }
     PartitionStore::destroy(&path)?;
     engine.reset_changelog(partition)?;
     engine.assign(partition)?;
