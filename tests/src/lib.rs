@@ -73,8 +73,16 @@ pub fn fixture(path: &str) -> Vec<u8> {
     std::fs::read(&full).unwrap_or_else(|e| panic!("reading fixture {}: {e}", full.display()))
 }
 
-/// A binary of this workspace, built by `cargo build --bins` (which `just test` runs).
+/// A binary of this workspace, built by `cargo build --bins` (which `just test` runs), or
+/// the one in `TEST_BIN_DIR` when set: a private copy, for a target directory shared
+/// with other worktrees (whose builds overwrite the same binary names). Not `HOOKFOLD_*`:
+/// the children inherit the environment, and the binaries read `HOOKFOLD_*` as config.
 pub fn workspace_binary(name: &str) -> PathBuf {
+    if let Some(dir) = std::env::var_os("TEST_BIN_DIR") {
+        let path = Path::new(&dir).join(name);
+        assert!(path.exists(), "{} is missing", path.display());
+        return path;
+    }
     // Test executables live in target/<profile>/deps; the binaries one level up.
     let exe = std::env::current_exe().expect("test executable path");
     let dir = exe
@@ -461,67 +469,66 @@ impl Broker {
             .sum())
     }
 
-    fn consumer(&self) -> Result<BaseConsumer> {
-        Ok(ClientConfig::new()
-            .set("bootstrap.servers", &self.bootstrap)
-            .set("group.id", unique_name("hookfold-test-reader"))
-            .set("enable.auto.commit", "false")
-            .set("enable.partition.eof", "false")
-            .create()?)
-    }
-
     /// Every record on the topic, read from the beginning by an independent consumer (no
     /// group coordination: it assigns itself every partition) up to the high watermarks
     /// as they are when called.
     pub fn read_all(&self, topic: &str) -> Result<Vec<OwnedMessage>> {
-        let consumer = self.consumer()?;
-        let metadata = consumer.fetch_metadata(Some(topic), Duration::from_secs(5))?;
-        let partitions = metadata
-            .topics()
-            .iter()
-            .find(|t| t.name() == topic)
-            .context("topic not in metadata")?
-            .partitions()
-            .len() as i32;
-        let mut assignment = TopicPartitionList::new();
-        let mut remaining = HashMap::new();
-        for partition in 0..partitions {
-            let (low, high) =
-                consumer.fetch_watermarks(topic, partition, Duration::from_secs(5))?;
-            if high > low {
-                assignment.add_partition_offset(topic, partition, Offset::Beginning)?;
-                remaining.insert(partition, high);
-            }
-        }
-        if remaining.is_empty() {
-            return Ok(Vec::new());
-        }
-        consumer.assign(&assignment)?;
-        let mut messages = Vec::new();
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while !remaining.is_empty() {
-            if Instant::now() > deadline {
-                bail!(
-                    "reading {topic}: partitions {remaining:?} did not reach their high watermark"
-                );
-            }
-            match consumer.poll(Duration::from_millis(200)) {
-                Some(Ok(message)) => {
-                    let partition = message.partition();
-                    if remaining
-                        .get(&partition)
-                        .is_some_and(|high| message.offset() + 1 >= *high)
-                    {
-                        remaining.remove(&partition);
-                    }
-                    messages.push(message.detach());
-                }
-                Some(Err(e)) => bail!("reading {topic}: {e}"),
-                None => {}
-            }
-        }
-        Ok(messages)
+        read_all(&self.bootstrap, topic)
     }
+}
+
+/// [`Broker::read_all`] for any Kafka (e.g. librdkafka's mock cluster): every record on
+/// the topic from the beginning up to the high watermarks as they are when called.
+pub fn read_all(bootstrap: &str, topic: &str) -> Result<Vec<OwnedMessage>> {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("group.id", unique_name("hookfold-test-reader"))
+        .set("enable.auto.commit", "false")
+        .set("enable.partition.eof", "false")
+        .create()?;
+    let metadata = consumer.fetch_metadata(Some(topic), Duration::from_secs(5))?;
+    let partitions = metadata
+        .topics()
+        .iter()
+        .find(|t| t.name() == topic)
+        .context("topic not in metadata")?
+        .partitions()
+        .len() as i32;
+    let mut assignment = TopicPartitionList::new();
+    let mut remaining = HashMap::new();
+    for partition in 0..partitions {
+        let (low, high) = consumer.fetch_watermarks(topic, partition, Duration::from_secs(5))?;
+        if high > low {
+            assignment.add_partition_offset(topic, partition, Offset::Beginning)?;
+            remaining.insert(partition, high);
+        }
+    }
+    if remaining.is_empty() {
+        return Ok(Vec::new());
+    }
+    consumer.assign(&assignment)?;
+    let mut messages = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !remaining.is_empty() {
+        if Instant::now() > deadline {
+            bail!("reading {topic}: partitions {remaining:?} did not reach their high watermark");
+        }
+        match consumer.poll(Duration::from_millis(200)) {
+            Some(Ok(message)) => {
+                let partition = message.partition();
+                if remaining
+                    .get(&partition)
+                    .is_some_and(|high| message.offset() + 1 >= *high)
+                {
+                    remaining.remove(&partition);
+                }
+                messages.push(message.detach());
+            }
+            Some(Err(e)) => bail!("reading {topic}: {e}"),
+            None => {}
+        }
+    }
+    Ok(messages)
 }
 
 /// Every partition's (low, high) watermarks of a topic, in partition order.
