@@ -45,8 +45,10 @@ pub enum EngineError {
         #[source]
         source: CodecError,
     },
-    #[error("the broker did not acknowledge {failed} record(s) of a batch: {last_error}")]
-    Delivery { failed: u64, last_error: String },
+    #[error(
+        "the broker did not acknowledge {failed} record(s) of a batch; the first: {first_error}"
+    )]
+    Delivery { failed: u64, first_error: String },
     #[error("the producer did not drain within {0:?}: the broker is unreachable or too slow")]
     FlushTimeout(Duration),
     #[error("producing: {0}")]
@@ -60,8 +62,21 @@ pub enum EngineError {
 #[derive(Default)]
 pub struct DeliveryTracker {
     failed: AtomicU64,
-    last_error: Mutex<Option<String>>,
+    /// The first failure of the batch: later ones are often its consequences (e.g. the
+    /// producer being torn down).
+    first_error: Mutex<Option<String>>,
     markers: Mutex<HashMap<i32, i64>>,
+}
+
+impl DeliveryTracker {
+    fn reset(&self) {
+        self.failed.store(0, Ordering::SeqCst);
+        *self.first_error.lock().unwrap_or_else(|e| e.into_inner()) = None;
+        self.markers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clear();
+    }
 }
 
 impl ClientContext for DeliveryTracker {}
@@ -70,10 +85,14 @@ impl ProducerContext for DeliveryTracker {
     type DeliveryOpaque = ();
     fn delivery(&self, result: &DeliveryResult<'_>, _: Self::DeliveryOpaque) {
         match result {
-            Err((error, _)) => {
+            Err((error, message)) => {
                 self.failed.fetch_add(1, Ordering::SeqCst);
-                *self.last_error.lock().unwrap_or_else(|e| e.into_inner()) =
-                    Some(error.to_string());
+                self.first_error
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .get_or_insert_with(|| {
+                        format!("to {}[{}]: {error}", message.topic(), message.partition())
+                    });
             }
             Ok(message) if message.key() == Some(BATCH_MARKER_KEY) => {
                 self.markers
@@ -224,10 +243,7 @@ impl Engine {
                     let _ = gauge.remove_label_values(&[&label]);
                 }
                 self.assigned_at.remove(partition);
-                tracing::info!(
-                    partition,
-                    "partition revoked: batch committed, store closed"
-                );
+                tracing::info!(partition, "partition revoked, store closed");
             }
         }
         Ok(committed)
@@ -283,12 +299,7 @@ impl Engine {
                 .push(message);
         }
         let tracker = self.producer.context();
-        tracker.failed.store(0, Ordering::SeqCst);
-        tracker
-            .markers
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clear();
+        tracker.reset();
 
         let mut commits = Vec::new();
         for (partition, messages) in by_partition {
@@ -317,12 +328,17 @@ impl Engine {
             for (key, value) in &encoded {
                 self.send_changelog(partition, key, Some(value), next_offset)?;
             }
-            // Last: the marker that says the batch is complete (see `changelog`).
-            self.send_changelog(partition, BATCH_MARKER_KEY, None, next_offset)?;
             commits.push((partition, encoded, next_offset));
         }
 
+        // Only once every incident event and state of the batch is acked do the markers say
+        // the batch is complete (see `changelog`): a marker acked beside a refused incident
+        // event would let a restore skip the inputs whose events were lost.
         let started = Instant::now();
+        self.flush()?;
+        for (partition, _, next_offset) in &commits {
+            self.send_changelog(*partition, BATCH_MARKER_KEY, None, *next_offset)?;
+        }
         self.flush()?;
         self.metrics
             .batch_commit_seconds
@@ -377,13 +393,16 @@ impl Engine {
             .map_err(|_| EngineError::FlushTimeout(self.ack_timeout))?;
         let failed = tracker.failed.load(Ordering::SeqCst);
         if failed > 0 {
-            let last_error = tracker
-                .last_error
+            let first_error = tracker
+                .first_error
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
                 .clone()
                 .unwrap_or_default();
-            return Err(EngineError::Delivery { failed, last_error });
+            return Err(EngineError::Delivery {
+                failed,
+                first_error,
+            });
         }
         Ok(())
     }
@@ -391,7 +410,7 @@ impl Engine {
     /// Writes a reset marker to the partition's changelog (a rebuild starts the state over;
     /// see `changelog`) and waits for its ack.
     pub fn reset_changelog(&self, partition: i32) -> Result<(), EngineError> {
-        self.producer.context().failed.store(0, Ordering::SeqCst);
+        self.producer.context().reset();
         self.send_changelog(partition, RESET_MARKER_KEY, None, 0)?;
         self.flush()
     }
