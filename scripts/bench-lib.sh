@@ -8,15 +8,19 @@ cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; rm -r
 trap cleanup EXIT
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 
-# Sets KAFKA (bootstrap servers) and BROKER (a description for the report).
+# Sets KAFKA (bootstrap servers) and BROKER (a description for the report). With the
+# argument `memory`, tansu keeps records in memory: its memory engine keeps only the first
+# record of a batch, so every producer must then send one record per batch
+# (batch.num.messages=1), but it serves reads from far behind the end, which SQLite does not.
 start_bench_broker() {
+  local storage="sqlite://tansu.db" described="SQLite storage"
+  if [ "${1:-}" = memory ]; then storage="memory://tansu/"; described="memory storage, one record per batch"; fi
   if [ -n "${KAFKA_BOOTSTRAP_SERVERS:-}" ]; then
     KAFKA="$KAFKA_BOOTSTRAP_SERVERS"; BROKER="Kafka at $KAFKA"
   else
-    local port; port=$(free_port); KAFKA="127.0.0.1:$port"; BROKER="tansu 0.6.0, SQLite storage"
-    # Not memory://: tansu 0.6.0's memory engine keeps only the first record of a batch.
+    local port; port=$(free_port); KAFKA="127.0.0.1:$port"; BROKER="tansu 0.6.0, $described"
     # tansu reads the URL's path as relative, hence the cd.
-    (cd "$WORK" && RUST_LOG=warn exec "$TOOLS/bin/tansu" broker --storage-engine sqlite://tansu.db \
+    (cd "$WORK" && RUST_LOG=warn exec "$TOOLS/bin/tansu" broker --storage-engine "$storage" \
       --listener-url "tcp://$KAFKA" --advertised-listener-url "tcp://$KAFKA" >"$WORK/tansu.log" 2>&1) &
     PIDS+=($!)
   fi
