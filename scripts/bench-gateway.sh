@@ -19,31 +19,41 @@ CONNECTIONS="${BENCH_CONNECTIONS:-64}"
 PIPELINES="${BENCH_PIPELINES:-100}"
 WORK=$(mktemp -d)
 PIDS=()
-cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$WORK"; }
+cleanup() { for p in "${PIDS[@]+"${PIDS[@]}"}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$WORK"; }
 trap cleanup EXIT
 say() { printf '\033[1mbench-gateway:\033[0m %s\n' "$*" >&2; }
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 
-BROKER_PID="" # only when the broker is ours, for its CPU time
-if [ -n "${KAFKA_BOOTSTRAP_SERVERS:-}" ]; then
-  KAFKA="$KAFKA_BOOTSTRAP_SERVERS"; BROKER="Kafka at $KAFKA"
-else
-  port=$(free_port); KAFKA="127.0.0.1:$port"; BROKER="tansu 0.6.0, SQLite storage"
-  # Not memory://: tansu 0.6.0's memory engine keeps only the first record of a batch.
-  # tansu reads the URL's path as relative, hence the cd.
-  (cd "$WORK" && RUST_LOG=warn exec "$TOOLS/bin/tansu" broker --storage-engine sqlite://tansu.db \
-    --listener-url "tcp://$KAFKA" --advertised-listener-url "tcp://$KAFKA" >"$WORK/tansu.log" 2>&1) &
-  BROKER_PID=$!; PIDS+=($BROKER_PID)
-fi
-export KAFKA_BOOTSTRAP_SERVERS="$KAFKA"
-"$BIN/hookfold-dev" wait-broker --timeout-secs 60
-TOPIC="bench.webhooks.$(date +%s)"
-"$BIN/hookfold-dev" topics "$TOPIC:4"
-
 SECRET="bench-secret"
 BODIES="$WORK/bodies"
-GW_PORT=$(free_port); BASE_PORT=$(free_port)
-cat >"$WORK/gateway.toml" <<TOML
+BROKER_PID="" # only when the broker is ours, for its CPU time
+if [ -n "${KAFKA_BOOTSTRAP_SERVERS:-}" ]; then
+  EXTERNAL="$KAFKA_BOOTSTRAP_SERVERS"; BROKER="Kafka at $EXTERNAL"
+else
+  EXTERNAL=""; BROKER="tansu 0.6.0, SQLite storage"
+fi
+
+# Each broker phase (gateway, broker ceiling, reference) gets a fresh tansu with an empty
+# database, so that none runs on records a previous phase wrote (tansu's SQLite storage
+# slows down as it fills) and the order of the phases favours none. With an external
+# Kafka, each phase gets a fresh topic instead. Sets KAFKA, TOPIC and the gateway config.
+fresh_broker() { # phase name
+  if [ -n "$EXTERNAL" ]; then
+    KAFKA="$EXTERNAL"
+  else
+    local dir="$WORK/broker-$1" port
+    mkdir -p "$dir"; port=$(free_port); KAFKA="127.0.0.1:$port"
+    # Not memory://: tansu 0.6.0's memory engine keeps only the first record of a batch.
+    # tansu reads the URL's path as relative, hence the cd.
+    (cd "$dir" && RUST_LOG=warn exec "$TOOLS/bin/tansu" broker --storage-engine sqlite://tansu.db \
+      --listener-url "tcp://$KAFKA" --advertised-listener-url "tcp://$KAFKA" >"$dir/tansu.log" 2>&1) &
+    BROKER_PID=$!; PIDS+=($BROKER_PID)
+  fi
+  "$BIN/hookfold-dev" --bootstrap "$KAFKA" wait-broker --timeout-secs 60
+  TOPIC="bench.webhooks.$(date +%s).$1"
+  "$BIN/hookfold-dev" --bootstrap "$KAFKA" topics "$TOPIC:4"
+  GW_PORT=$(free_port)
+  cat >"$WORK/gateway.toml" <<TOML
 listen = "127.0.0.1:$GW_PORT"
 [kafka]
 bootstrap_servers = "$KAFKA"
@@ -53,13 +63,14 @@ id = "bench"
 kind = "buildkite"
 secrets = ["$SECRET"]
 TOML
-RUST_LOG=warn "$BIN/hookfold-gateway" --config "$WORK/gateway.toml" >"$WORK/gateway.log" 2>&1 &
-GW_PID=$!; PIDS+=($GW_PID)
-"$BIN/http-baseline" --listen "127.0.0.1:$BASE_PORT" >"$WORK/baseline.log" 2>&1 &
-BASE_PID=$!; PIDS+=($BASE_PID)
-for url in "http://127.0.0.1:$GW_PORT/readyz" "http://127.0.0.1:$BASE_PORT/"; do
-  for _ in $(seq 1 300); do curl -s -o /dev/null "$url" && break; sleep 0.1; done
-done
+}
+stop() { # pid: stop a process of ours, wait for it and forget it
+  local p rest=()
+  kill "$1" 2>/dev/null || true; wait "$1" 2>/dev/null || true
+  for p in "${PIDS[@]+"${PIDS[@]}"}"; do [ "$p" = "$1" ] || rest+=("$p"); done
+  PIDS=(${rest[@]+"${rest[@]}"})
+}
+wait_url() { for _ in $(seq 1 300); do curl -s -o /dev/null "$1" && return; sleep 0.1; done; }
 
 cat >"$WORK/post.lua" <<'LUA'
 -- Each thread posts the signed bodies listed in requests.tsv in turn.
@@ -121,17 +132,34 @@ run_producer() { # extra args -> RESULT and CPU lines
     --event build.finished --bodies "$BODIES" --concurrency "$CONNECTIONS" --seconds "$SECONDS_PER_RUN" "$@"
 }
 
-say "warm-up"
-BENCH_SECONDS=3 run_wrk "http://127.0.0.1:$GW_PORT/webhooks/bench" >/dev/null
 say "HTTP ceiling: bare axum 202, ${SECONDS_PER_RUN}s, $CONNECTIONS connections"
+BASE_PORT=$(free_port)
+"$BIN/http-baseline" --listen "127.0.0.1:$BASE_PORT" >"$WORK/baseline.log" 2>&1 &
+BASE_PID=$!; PIDS+=($BASE_PID)
+wait_url "http://127.0.0.1:$BASE_PORT/"
+BENCH_SECONDS=3 run_wrk "http://127.0.0.1:$BASE_PORT/webhooks/bench" >/dev/null # warm-up
 { read -r _ b_n b_s b_p50 b_p99 b_err; read -r _ b_cpu; } < <(SERVER_PID=$BASE_PID run_wrk "http://127.0.0.1:$BASE_PORT/webhooks/bench")
+stop "$BASE_PID"
+
 say "gateway: signed build.finished for $PIPELINES pipelines into $BROKER"
+fresh_broker gateway
+RUST_LOG=warn "$BIN/hookfold-gateway" --config "$WORK/gateway.toml" >"$WORK/gateway.log" 2>&1 &
+GW_PID=$!; PIDS+=($GW_PID)
+wait_url "http://127.0.0.1:$GW_PORT/readyz"
+BENCH_SECONDS=3 run_wrk "http://127.0.0.1:$GW_PORT/webhooks/bench" >/dev/null # warm-up
 { read -r _ g_n g_s g_p50 g_p99 g_err; read -r _ g_cpu; } < <(SERVER_PID=$GW_PID run_wrk "http://127.0.0.1:$GW_PORT/webhooks/bench")
 RSS_KB=$(awk '/VmHWM/ {print $2}' "/proc/$GW_PID/status")
+stop "$GW_PID"; [ -n "$BROKER_PID" ] && stop "$BROKER_PID"
+
 say "broker ceiling: the gateway's records from a raw producer, $CONNECTIONS in flight"
+fresh_broker ceiling # the producer warms up for 3 s too
 { read -r _ p_n p_s p_p50 p_p99 p_err; read -r _ p_cpu; } < <(run_producer)
+[ -n "$BROKER_PID" ] && stop "$BROKER_PID"
+
 say "reference: the same records without their headers"
+fresh_broker reference
 { read -r _ r_n r_s r_p50 r_p99 r_err; read -r _ r_cpu; } < <(run_producer --without-headers)
+[ -n "$BROKER_PID" ] && stop "$BROKER_PID"
 
 BODY_BYTES=$(cat "$BODIES"/body-*.json | wc -c)
 report=$(python3 - "$b_n $b_s $b_p50 $b_p99 $b_err" "$g_n $g_s $g_p50 $g_p99 $g_err" \
@@ -153,14 +181,15 @@ which = "HTTP" if b["rate"] <= p["rate"] else "broker"
 ratio = g["rate"] / ceiling
 def row(what, x, ratio_text):
     return f"| {what} | {x['rate']:,.0f} | {x['p50']:.2f} | {x['p99']:.2f} | {x['err']} | {ratio_text} |"
-def split(c, load, server):
+def split(c, load, server, broker=True):
     text = f"{load} {c[0]:.0f}%" + (f", {server} {c[1]:.0f}%" if server else "")
-    return text + (f", tansu {c[2]:.0f}%" if ours else "")
+    return text + (f", tansu {c[2]:.0f}%" if ours and broker else "")
 print(f"""Run {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M UTC} on {os.cpu_count()} cores; {broker}; wrk -t2 -c{conns} -d{secs}s;
 signed `build.finished` bodies for {pipelines} pipelines (so {pipelines} routing keys over the topic's 4 partitions), posted
 in turn, {body_bytes / pipelines:.0f} bytes on average, HMAC-SHA256 verified on every request. The broker ceiling
 sends the very records the gateway writes for them (same bodies, keys and six `ce_*` headers) with
-the gateway's producer settings (acks=all, idempotent, linger 2 ms).
+the gateway's producer settings (acks=all, idempotent, linger 2 ms). Each broker phase starts on a
+fresh, empty broker and warms up for 3 s first.
 
 | what | requests/s | p50 ms | p99 ms | errors | ratio to the lower ceiling |
 |---|---:|---:|---:|---:|---:|
@@ -171,7 +200,7 @@ the gateway's producer settings (acks=all, idempotent, linger 2 ms).
 
 The lower ceiling is the {which} one. Gateway / lower ceiling = **{ratio:.0%}** (target: at least 60%).
 Gateway peak RSS (VmHWM) after the run: {rss_kb/1024:.1f} MiB.
-CPU, in percent of one core, during the HTTP ceiling run: {split(b_cpu, "wrk", "axum")}; the gateway
+CPU, in percent of one core, during the HTTP ceiling run: {split(b_cpu, "wrk", "axum", broker=False)}; the gateway
 run: {split(g_cpu, "wrk", "gateway")}; the broker ceiling: {split(p_cpu, "producer", None)}; the
 reference: {split(r_cpu, "producer", None)}.""")
 PY

@@ -18,7 +18,7 @@
 //! figure only (the gateway must write the headers), showing what they cost the broker.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
@@ -48,10 +48,18 @@ struct Args {
     concurrency: usize,
     #[arg(long, default_value_t = 15)]
     seconds: u64,
+    /// Sending, unmeasured, before the measured seconds: the gateway's run has a wrk
+    /// warm-up of the same length.
+    #[arg(long, default_value_t = 3)]
+    warmup_seconds: u64,
     /// Reference only: send the records without their CloudEvents headers.
     #[arg(long)]
     without_headers: bool,
 }
+
+const WARMING_UP: u8 = 0;
+const MEASURING: u8 = 1;
+const STOPPED: u8 = 2;
 
 /// One of the load's bodies, with what the gateway derives from it.
 struct Body {
@@ -98,32 +106,28 @@ async fn main() -> anyhow::Result<()> {
     let topic = Arc::new(config.kafka.topic.clone());
     let source_id = Arc::new(source.id.clone());
     let event = Arc::new(args.event.clone());
-    // Warm-up, as the gateway has one: the first send waits for the connection, the
-    // metadata and the idempotent producer id (about a second against tansu).
-    producer
-        .send(
-            FutureRecord::to(&topic)
-                .key(&bodies[0].key)
-                .payload(bodies[0].bytes.as_slice()),
-            Timeout::Never,
-        )
-        .await
-        .map_err(|(e, _)| e)
-        .context("warm-up record")?;
     // One sequence shared by all workers, as wrk's connections share their thread's.
     let next = Arc::new(AtomicUsize::new(0));
-    let stop = Arc::new(AtomicBool::new(false));
-    let started = Instant::now();
+    // WARMING_UP, then MEASURING, then STOPPED.
+    let phase = Arc::new(AtomicU8::new(WARMING_UP));
     let mut tasks = Vec::new();
     for _ in 0..args.concurrency {
-        let (producer, bodies, next, stop) =
-            (producer.clone(), bodies.clone(), next.clone(), stop.clone());
+        let (producer, bodies, next, phase) = (
+            producer.clone(),
+            bodies.clone(),
+            next.clone(),
+            phase.clone(),
+        );
         let (topic, source_id, event) = (topic.clone(), source_id.clone(), event.clone());
         let without_headers = args.without_headers;
         tasks.push(tokio::spawn(async move {
             let mut latencies = Vec::new();
             let mut errors = 0u64;
-            while !stop.load(Ordering::Relaxed) {
+            loop {
+                let measured = match phase.load(Ordering::Relaxed) {
+                    STOPPED => break,
+                    current => current == MEASURING,
+                };
                 let body = &bodies[next.fetch_add(1, Ordering::Relaxed) % bodies.len()];
                 let sent = Instant::now();
                 let mut record = FutureRecord::to(&topic)
@@ -140,19 +144,26 @@ async fn main() -> anyhow::Result<()> {
                     record = record.headers(kafka_headers(&headers));
                 }
                 match producer.send(record, Timeout::Never).await {
-                    Ok(_) => latencies.push(sent.elapsed()),
-                    Err(_) => errors += 1,
+                    Ok(_) if measured => latencies.push(sent.elapsed()),
+                    Ok(_) => {}
+                    Err(_) if measured => errors += 1,
+                    // The first sends wait for the connection, the metadata and the
+                    // idempotent producer id; a warm-up failure is a failure all the same.
+                    Err((e, _)) => return Err(anyhow::anyhow!("warm-up record failed: {e}")),
                 }
             }
-            (latencies, errors)
+            Ok((latencies, errors))
         }));
     }
+    tokio::time::sleep(Duration::from_secs(args.warmup_seconds)).await;
+    let started = Instant::now();
+    phase.store(MEASURING, Ordering::Relaxed);
     tokio::time::sleep(Duration::from_secs(args.seconds)).await;
-    stop.store(true, Ordering::Relaxed);
+    phase.store(STOPPED, Ordering::Relaxed);
     let mut latencies = Vec::new();
     let mut errors = 0;
     for task in tasks {
-        let (l, e) = task.await?;
+        let (l, e) = task.await??;
         latencies.extend(l);
         errors += e;
     }
