@@ -466,7 +466,10 @@ mod tests {
         }
     }
 
-    fn written(write: Option<Write>) -> (Vec<(String, String)>, Option<(i64, i64)>) {
+    /// The states (as text) and position of a `Write::States`.
+    type Written = (Vec<(String, String)>, Option<(i64, i64)>);
+
+    fn written(write: Option<Write>) -> Written {
         match write {
             Some(Write::States { states, position }) => (
                 states
