@@ -45,7 +45,11 @@ wait_http() { # name url
     alive "$1" || { say "$1 exited; its log:"; tail -n 30 "$LOGS/$1.log" >&2; exit 1; }
     sleep 0.1
   done
-  say "$1 did not answer $2 within 30 s; its log:"; tail -n 30 "$LOGS/$1.log" >&2; exit 1
+  say "$1 did not answer $2 within 30 s; its log:"; tail -n 30 "$LOGS/$1.log" >&2
+  if grep -q "another partition assignment strategy" "$LOGS/$1.log"; then
+    say "the local broker's data holds the group with an older assignment strategy: just down && rm -rf .data && just up"
+  fi
+  exit 1
 }
 
 broker() {

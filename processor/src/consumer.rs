@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, RebalanceProtocol};
-use rdkafka::error::KafkaError;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::producer::ThreadedProducer;
 use rdkafka::statistics::Statistics;
 use rdkafka::types::RDKafkaRespErr;
@@ -520,6 +520,19 @@ pub fn run(
         match consumer.poll(Duration::from_millis(20)) {
             Some(Ok(message)) => consumer.context().engine().push(message.detach()),
             Some(Err(KafkaError::PartitionEOF(_))) | None => {}
+            Some(Err(
+                e @ KafkaError::MessageConsumption(RDKafkaErrorCode::InconsistentGroupProtocol),
+            )) => {
+                // Not retried away by waiting alone: another assignment strategy holds the group.
+                tracing::warn!(
+                    error = %e,
+                    group = %config.kafka.group_id,
+                    "consumer error: the group is held by members using another partition \
+                     assignment strategy (this processor uses cooperative-sticky unless \
+                     partition.assignment.strategy is set); stop them, or use another group.id \
+                     (tansu keeps an empty group's old strategy across restarts: see OPERATIONS.md, Upgrades)"
+                )
+            }
             Some(Err(e)) => tracing::warn!(error = %e, "consumer error"),
         }
         let committed = {

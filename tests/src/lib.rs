@@ -62,10 +62,18 @@ pub fn unique_name(prefix: &str) -> String {
 }
 
 /// `../shared/fixtures` beside the repository (override with `HOOKFOLD_FIXTURES`).
+/// The path is fixed at build time; a binary run from another checkout (a shared
+/// target directory) falls back to `../shared/fixtures` from the working directory.
 pub fn fixtures_dir() -> PathBuf {
-    std::env::var_os("HOOKFOLD_FIXTURES")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/fixtures"))
+    if let Some(dir) = std::env::var_os("HOOKFOLD_FIXTURES") {
+        return PathBuf::from(dir);
+    }
+    let built = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/fixtures");
+    let here = Path::new("../shared/fixtures");
+    if !built.is_dir() && here.is_dir() {
+        return here.to_path_buf();
+    }
+    built
 }
 
 pub fn fixture(path: &str) -> Vec<u8> {
