@@ -11,7 +11,8 @@ bin := env_var_or_default("CARGO_TARGET_DIR", justfile_directory() + "/target") 
 default:
     @just --list
 
-# Install what is missing: Debian packages, just, tansu (cached in ~/.cache/hookfold)
+# Install what is missing: Debian packages (JDK 17, Maven, ...), just, the Apache Kafka jars
+# (cached in ~/.cache/hookfold)
 tools:
     scripts/install-tools.sh
 
@@ -19,7 +20,7 @@ tools:
 build:
     cargo build --workspace --bins
 
-# Start tansu on 127.0.0.1:9092 (SQLite under .data/) and create the topics
+# Start Apache Kafka (KRaft) on 127.0.0.1:9092 (data in .data/kafka/) and create the topics
 broker: tools build
     scripts/stack.sh broker
 
@@ -45,7 +46,7 @@ demo: up
     @echo
     @echo "Full records: {{bin}}/hookfold-processor -c deploy/local/processor.toml tail --from-beginning"
 
-# Run every test: unit, property and end to end (against tansu, or KAFKA_BOOTSTRAP_SERVERS)
+# Run every test: unit, property and end to end (against Apache Kafka, or KAFKA_BOOTSTRAP_SERVERS)
 test: tools
     cargo build --workspace --bins
     cargo test --workspace --no-fail-fast

@@ -1,42 +1,100 @@
 #!/usr/bin/env bash
 # Installs what hookfold's build, tests and local stack need, when missing:
 #   - Debian packages: clang/libclang (RocksDB bindings), cmake and friends (librdkafka),
-#     kcat (an independent Kafka client), protobuf-compiler (protoc --decode), wrk (bench);
+#     kcat (an independent Kafka client), protobuf-compiler (protoc --decode), wrk (bench),
+#     OpenJDK 17 and Maven (to fetch and run Apache Kafka);
 #   - just (the command runner), from crates.io;
-#   - tansu 0.6.0 (the Kafka-compatible broker), from crates.io.
-# Cargo-installed tools go to $HOOKFOLD_TOOLS (default ~/.cache/hookfold/tools), outside
-# the repository, so a fresh clone on the same machine reuses them (a cold tansu build
-# takes about 11 minutes).
+#   - Apache Kafka (the broker), the version pinned in scripts/kafka/pom.xml: its jars from
+#     Maven Central into ~/.cache/hookfold/kafka/<version>/libs.
+# Everything goes to ~/.cache/hookfold (HOOKFOLD_TOOLS for cargo-installed tools), outside
+# the repository, so a fresh clone on the same machine reuses it.
+#
+# `install-tools.sh kafka` installs only the Kafka jars (what `just broker` needs);
+# `install-tools.sh --background-kafka` fetches them in the background and returns, so the
+# download overlaps a compile (`wait-kafka` then waits for it).
 set -euo pipefail
+cd "$(dirname "$0")/.."
 
-TOOLS="${HOOKFOLD_TOOLS:-$HOME/.cache/hookfold/tools}"
-TANSU_VERSION="0.6.0"
+CACHE="${HOOKFOLD_CACHE:-$HOME/.cache/hookfold}"
+TOOLS="${HOOKFOLD_TOOLS:-$CACHE/tools}"
 JUST_VERSION="1.59.0"
-mkdir -p "$TOOLS/bin"
+KAFKA_VERSION="$(sed -n 's:.*<kafka.version>\(.*\)</kafka.version>.*:\1:p' scripts/kafka/pom.xml)"
+KAFKA_HOME="$CACHE/kafka/$KAFKA_VERSION"
+mkdir -p "$TOOLS/bin" "$CACHE/kafka"
 export PATH="$TOOLS/bin:$HOME/.cargo/bin:$PATH"
 
 say() { printf '\033[1minstall-tools:\033[0m %s\n' "$*" >&2; }
 
-packages=(clang libclang-dev cmake pkg-config build-essential zlib1g-dev kcat protobuf-compiler wrk curl)
-missing=()
-for p in "${packages[@]}"; do
-  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
-done
-if ((${#missing[@]})); then
-  say "installing Debian packages: ${missing[*]}"
-  SUDO=""
-  [ "$(id -u)" -eq 0 ] || SUDO="sudo"
-  $SUDO apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
-fi
+debian_packages() {
+  local packages=(clang libclang-dev cmake pkg-config build-essential zlib1g-dev kcat
+    protobuf-compiler libprotobuf-dev wrk curl openjdk-17-jdk-headless maven)
+  local missing=() p
+  for p in "${packages[@]}"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+  done
+  # A JDK and Maven installed some other way are fine too.
+  if command -v java >/dev/null && java -version 2>&1 | grep -qE 'version "(1[7-9]|2[0-9])'; then
+    missing=("${missing[@]/openjdk-17-jdk-headless}")
+  fi
+  command -v mvn >/dev/null && missing=("${missing[@]/maven}")
+  local wanted=()
+  for p in "${missing[@]}"; do [ -n "$p" ] && wanted+=("$p"); done
+  if ((${#wanted[@]})); then
+    say "installing Debian packages: ${wanted[*]}"
+    local sudo=""
+    [ "$(id -u)" -eq 0 ] || sudo="sudo"
+    $sudo apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${wanted[@]}" >/dev/null
+  fi
+}
 
+kafka_installed() { [ -f "$KAFKA_HOME/libs/.complete" ]; }
+
+kafka_jars() {
+  kafka_installed && return 0
+  say "fetching Apache Kafka $KAFKA_VERSION from Maven Central into $KAFKA_HOME (about a minute, once per machine)"
+  local tmp="$KAFKA_HOME/libs.partial"
+  rm -rf "$tmp"
+  mkdir -p "$tmp"
+  # Maven's own cache also lives under ~/.cache/hookfold, so nothing lands in the clone.
+  mvn -q -B -f scripts/kafka/pom.xml -Dmaven.repo.local="$CACHE/m2" \
+    dependency:copy-dependencies -DincludeScope=runtime -DoutputDirectory="$tmp"
+  ls "$tmp"/kafka_2.13-"$KAFKA_VERSION".jar >/dev/null
+  touch "$tmp/.complete"
+  rm -rf "$KAFKA_HOME/libs"
+  mv "$tmp" "$KAFKA_HOME/libs"
+}
+
+case "${1:-all}" in
+  kafka)
+    kafka_jars
+    exit 0
+    ;;
+  --background-kafka)
+    debian_packages
+    kafka_installed || (kafka_jars >"$CACHE/kafka/install.log" 2>&1 || echo failed >>"$CACHE/kafka/install.log") &
+    exit 0
+    ;;
+  wait-kafka)
+    for _ in $(seq 1 600); do
+      kafka_installed && exit 0
+      if grep -q '^failed$' "$CACHE/kafka/install.log" 2>/dev/null; then
+        say "fetching Apache Kafka failed:"; cat "$CACHE/kafka/install.log" >&2; exit 1
+      fi
+      pgrep -f "hookfold-kafka-broker|scripts/kafka/pom.xml" >/dev/null || break
+      sleep 0.5
+    done
+    kafka_jars
+    exit 0
+    ;;
+  all) ;;
+  *) echo "usage: $0 [all|kafka|--background-kafka|wait-kafka]" >&2; exit 2 ;;
+esac
+
+debian_packages
 if ! command -v just >/dev/null 2>&1; then
   say "installing just $JUST_VERSION into $TOOLS (about a minute)"
   cargo install just --version "$JUST_VERSION" --locked --root "$TOOLS" --quiet
 fi
-
-if ! "$TOOLS/bin/tansu" --version 2>/dev/null | grep -q "$TANSU_VERSION"; then
-  say "building tansu $TANSU_VERSION into $TOOLS (about 11 minutes, once per machine)"
-  cargo install tansu --version "$TANSU_VERSION" --features dynostore,libsql --locked --root "$TOOLS" --quiet
-fi
-say "tools ready: just $(just --version | cut -d' ' -f2), $("$TOOLS/bin/tansu" --version 2>/dev/null | head -1)"
+kafka_jars
+say "tools ready: just $(just --version | cut -d' ' -f2), $(java -version 2>&1 | head -1), Apache Kafka $KAFKA_VERSION ($KAFKA_HOME/libs)"

@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # The local stack behind `just broker`, `just up`, `just down` and `just status`.
 # Processes run in the background; pids in .data/run, logs in .data/logs.
-# With KAFKA_BOOTSTRAP_SERVERS set, no tansu is started: that Kafka is used instead.
+# The broker is Apache Kafka (KRaft, one node) on 127.0.0.1:9092 with its data in .data/kafka/,
+# kept across down/up. With HOOKFOLD_EXTERNAL_KAFKA=1 and KAFKA_BOOTSTRAP_SERVERS set, no
+# broker is started: that Kafka is used instead.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -46,9 +48,6 @@ wait_http() { # name url
     sleep 0.1
   done
   say "$1 did not answer $2 within 30 s; its log:"; tail -n 30 "$LOGS/$1.log" >&2
-  if grep -q "another partition assignment strategy" "$LOGS/$1.log"; then
-    say "the local broker's data holds the group with an older assignment strategy: just down && rm -rf .data && just up"
-  fi
   exit 1
 }
 
@@ -56,13 +55,8 @@ broker() {
   if [ -n "${HOOKFOLD_EXTERNAL_KAFKA:-}" ]; then
     say "using the Kafka at $KAFKA"
   else
-    # tansu reads the URL's path as relative (it drops the leading '/'): run it in .data/.
-    cd "$DATA"
-    start tansu "$TOOLS/bin/tansu" broker \
-      --storage-engine "sqlite://tansu.db" \
-      --listener-url "tcp://127.0.0.1:$BROKER_PORT" \
-      --advertised-listener-url "tcp://127.0.0.1:$BROKER_PORT"
-    cd - >/dev/null
+    # Formats .data/kafka on first use, starts the JVM detached, waits until it answers.
+    "$BIN/hookfold-dev" kafka start --data-dir "$DATA/kafka" --port "$BROKER_PORT"
   fi
   "$BIN/hookfold-dev" wait-broker --timeout-secs 60
   # The processor's own provisioning: webhook and incident topics, and the changelog
@@ -83,11 +77,14 @@ up() {
 down() {
   stop gateway
   stop processor
-  stop tansu
+  [ -n "${HOOKFOLD_EXTERNAL_KAFKA:-}" ] || "$BIN/hookfold-dev" kafka stop --data-dir "$DATA/kafka"
 }
 
 status() {
-  for name in tansu gateway processor; do
+  if [ -z "${HOOKFOLD_EXTERNAL_KAFKA:-}" ]; then
+    echo "  kafka: $("$BIN/hookfold-dev" kafka status --data-dir "$DATA/kafka" || true) (log .data/kafka/node-1/kafka.log)"
+  fi
+  for name in gateway processor; do
     if alive "$name"; then echo "  $name: running (pid $(cat "$RUN/$name.pid"))"; else echo "  $name: stopped"; fi
   done
   echo "  broker:   $KAFKA"

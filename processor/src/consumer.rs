@@ -523,15 +523,15 @@ pub fn run(
             Some(Err(
                 e @ KafkaError::MessageConsumption(RDKafkaErrorCode::InconsistentGroupProtocol),
             )) => {
-                // Repeats until the members with the other strategy leave (on tansu, never):
-                // say why, and what to do.
+                // Repeats until the members with the other strategy leave: say why, and
+                // what to do.
                 tracing::warn!(
                     error = %e,
                     group = %config.kafka.group_id,
                     "consumer error: the group is held by members using another partition \
                      assignment strategy (this processor uses cooperative-sticky unless \
                      partition.assignment.strategy is set); stop them, or use another group.id \
-                     (tansu keeps an empty group's old strategy across restarts: see OPERATIONS.md, Assignment strategy)"
+                     (see OPERATIONS.md, Assignment strategy)"
                 )
             }
             Some(Err(e)) => tracing::warn!(error = %e, "consumer error"),

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use hookfold_proto::Message as _;
 use hookfold_proto::v1::{IncidentEvent, ResolutionReason, Transition};
-use hookfold_tests::records::{mixed_story, produce_with};
+use hookfold_tests::records::{mixed_story, produce};
 use hookfold_tests::webhooks::{agent_event, bitbucket_signed, build_finished, buildkite_signed};
 use hookfold_tests::{Broker, Gateway, Processor, Topics, fixture, headers_of};
 use rdkafka::Message;
@@ -35,14 +35,7 @@ async fn signed_webhooks_through_the_gateway_become_incidents() {
         .await
         .unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let mut processor = Processor::start(
-        &t.processor_config(&dir.path().join("state"), ""),
-        &broker.bootstrap,
-        dir.path(),
-        &[],
-    )
-    .await
-    .unwrap();
+    let mut processor = t.processor(&broker, dir.path()).start().await.unwrap();
 
     let client = reqwest::Client::new();
     let bk = gateway.webhook_url("acme-bk");
@@ -239,14 +232,7 @@ async fn run_processor(
     kill_at: &[i64],
 ) -> (Vec<OwnedMessage>, Vec<String>) {
     let dir = tempfile::tempdir().unwrap();
-    let mut processor = Processor::start(
-        &t.processor_config(&dir.path().join("state"), ""),
-        &broker.bootstrap,
-        dir.path(),
-        &[],
-    )
-    .await
-    .unwrap();
+    let mut processor = t.processor(broker, dir.path()).start().await.unwrap();
     for &point in kill_at {
         processor
             .wait_committed(point, Duration::from_secs(120))
@@ -271,17 +257,12 @@ async fn run_processor(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_at_three_points_loses_nothing_and_repeats_only_identical_events() {
     const EVENTS: usize = 10_000;
-    let broker = Broker::start_in_memory().unwrap();
+    let broker = Broker::start().unwrap();
     let story = mixed_story(EVENTS, 0x5eed);
     let clean = Topics::create(&broker, 3).await.unwrap();
-    produce_with(
-        &broker.bootstrap,
-        &broker.producer_properties,
-        &clean.webhooks,
-        &story,
-    )
-    .await
-    .unwrap();
+    produce(&broker.bootstrap, &clean.webhooks, &story)
+        .await
+        .unwrap();
     let crashed = Topics::on_input(&broker, &clean.webhooks, 3).await.unwrap();
 
     let (clean_out, clean_state) = run_processor(&broker, &clean, EVENTS as i64, &[]).await;

@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use hookfold_tests::records::{WebhookRecord, mixed_story, produce_with};
+use hookfold_tests::records::{WebhookRecord, mixed_story, produce};
 use hookfold_tests::{Broker, Processor, Topics, assert_same_incidents};
 use rdkafka::message::OwnedMessage;
 
@@ -17,20 +17,12 @@ async fn reference_run(
     webhooks: &str,
     partitions: i32,
     total: i64,
-    extra: &str,
 ) -> (Vec<OwnedMessage>, Vec<String>) {
     let t = Topics::on_input(broker, webhooks, partitions)
         .await
         .unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let mut processor = Processor::start(
-        &t.processor_config(&dir.path().join("state"), extra),
-        &broker.bootstrap,
-        dir.path(),
-        &[],
-    )
-    .await
-    .unwrap();
+    let mut processor = t.processor(broker, dir.path()).start().await.unwrap();
     processor
         .wait_committed(total, Duration::from_secs(600))
         .await
@@ -99,36 +91,23 @@ fn sum(owned: &BTreeMap<i32, i64>) -> i64 {
     owned.values().sum()
 }
 
-async fn start(t: &Topics, broker: &Broker, dir: &Path, extra: &str) -> Processor {
-    std::fs::create_dir_all(dir).unwrap();
-    Processor::start(
-        &t.processor_config(&dir.join("state"), extra),
-        &broker.bootstrap,
-        dir,
-        &[],
-    )
-    .await
-    .unwrap()
+async fn start(t: &Topics, broker: &Broker, dir: &Path) -> Processor {
+    t.processor(broker, dir).start().await.unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_deleted_state_dir_is_restored_from_the_changelog() {
     const FIRST: usize = 1_500;
     const TOTAL: usize = 3_000;
-    let broker = Broker::start_in_memory().unwrap();
+    let broker = Broker::start().unwrap();
     let story = mixed_story(TOTAL, 0xd1e);
     let t = Topics::create(&broker, 3).await.unwrap();
-    produce_with(
-        &broker.bootstrap,
-        &broker.producer_properties,
-        &t.webhooks,
-        &story[..FIRST],
-    )
-    .await
-    .unwrap();
+    produce(&broker.bootstrap, &t.webhooks, &story[..FIRST])
+        .await
+        .unwrap();
 
     let dir = tempfile::tempdir().unwrap();
-    let mut processor = start(&t, &broker, dir.path(), "").await;
+    let mut processor = start(&t, &broker, dir.path()).await;
     processor
         .wait_committed(FIRST as i64, Duration::from_secs(300))
         .await
@@ -140,14 +119,9 @@ async fn a_deleted_state_dir_is_restored_from_the_changelog() {
     assert!(status.success(), "clean stop: {status}");
     std::fs::remove_dir_all(dir.path().join("state")).unwrap();
 
-    produce_with(
-        &broker.bootstrap,
-        &broker.producer_properties,
-        &t.webhooks,
-        &story[FIRST..],
-    )
-    .await
-    .unwrap();
+    produce(&broker.bootstrap, &t.webhooks, &story[FIRST..])
+        .await
+        .unwrap();
     processor.restart().await.unwrap();
     processor
         .wait_committed(TOTAL as i64, Duration::from_secs(300))
@@ -170,7 +144,7 @@ async fn a_deleted_state_dir_is_restored_from_the_changelog() {
     let outputs = broker.read_all(&t.incidents).unwrap();
 
     let (reference_out, reference_state) =
-        reference_run(&broker, &t.webhooks, 3, TOTAL as i64, "").await;
+        reference_run(&broker, &t.webhooks, 3, TOTAL as i64).await;
     let repeats = assert_same_incidents(&reference_out, &outputs).unwrap();
     // A clean stop commits everything, and the restore resumes exactly there: folding the
     // first half again (no restore) would repeat every one of its incident events.
@@ -195,26 +169,18 @@ async fn one_to_three_to_one_processors_with_a_sigkill_equal_a_single_processor(
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(50_000);
-    // Bigger batches than the default test configuration: 50,000 events through tansu.
-    let extra_config = |t: &Topics, dir: &Path| {
-        t.processor_config(&dir.join("state"), "").replace(
-            "max_records = 100\nmax_wait = \"20ms\"",
-            "max_records = 500\nmax_wait = \"50ms\"",
-        )
-    };
-    let broker = Broker::start_in_memory().unwrap();
+    let broker = Broker::start().unwrap();
     let story: Vec<WebhookRecord> = mixed_story(total, 0x5ca1e);
     let t = Topics::create(&broker, PARTITIONS).await.unwrap();
 
     // The events arrive over the whole run, in chunks, while processors come and go.
     let feeder = {
         let bootstrap = broker.bootstrap.clone();
-        let properties = broker.producer_properties.clone();
         let topic = t.webhooks.clone();
         let story = story.clone();
         tokio::spawn(async move {
             for chunk in story.chunks(1_000) {
-                produce_with(&bootstrap, &properties, &topic, chunk)
+                produce(&bootstrap, &topic, chunk)
                     .await
                     .unwrap();
             }
@@ -224,15 +190,8 @@ async fn one_to_three_to_one_processors_with_a_sigkill_equal_a_single_processor(
     let root = tempfile::tempdir().unwrap();
     let dirs: Vec<_> = (1..=3).map(|n| root.path().join(format!("p{n}"))).collect();
     let spawn = |n: usize| {
-        std::fs::create_dir_all(&dirs[n]).unwrap();
-        let config = extra_config(&t, &dirs[n]);
-        let bootstrap = broker.bootstrap.clone();
-        let dir = dirs[n].clone();
-        async move {
-            Processor::start(&config, &bootstrap, &dir, &[])
-                .await
-                .unwrap()
-        }
+        let setup = t.processor(&broker, &dirs[n]);
+        async move { setup.start().await.unwrap() }
     };
     let mut p1 = spawn(0).await;
     let quarter = (total / 5) as i64;
@@ -305,15 +264,7 @@ async fn one_to_three_to_one_processors_with_a_sigkill_equal_a_single_processor(
         .await
         .unwrap();
     let single_dir = root.path().join("single");
-    std::fs::create_dir_all(&single_dir).unwrap();
-    let mut single_processor = Processor::start(
-        &extra_config(&single, &single_dir),
-        &broker.bootstrap,
-        &single_dir,
-        &[],
-    )
-    .await
-    .unwrap();
+    let mut single_processor = single.processor(&broker, &single_dir).start().await.unwrap();
     single_processor
         .wait_committed(total as i64, Duration::from_secs(900))
         .await

@@ -1,5 +1,5 @@
-//! Developer tooling behind `just`: wait for a broker, create topics, post the demo story.
-//! Works the same against tansu and Apache Kafka.
+//! Developer tooling behind `just`: run the local Apache Kafka, wait for a broker, create
+//! topics, post the demo story. Everything but `kafka` works against any Kafka.
 
 use std::time::{Duration, Instant};
 
@@ -29,6 +29,9 @@ struct Args {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Run a local Apache Kafka (KRaft, broker and controller in one JVM) in the background.
+    #[command(subcommand)]
+    Kafka(KafkaCommand),
     /// Wait until the broker answers a metadata request.
     WaitBroker {
         #[arg(long, default_value_t = 60)]
@@ -98,10 +101,98 @@ enum Command {
     },
 }
 
+#[derive(Subcommand)]
+enum KafkaCommand {
+    /// Format the data directory (first time only), start the node and wait until it
+    /// answers. Its log is <data-dir>/node-1/kafka.log.
+    Start {
+        #[arg(long, default_value = ".data/kafka")]
+        data_dir: std::path::PathBuf,
+        #[arg(long, default_value_t = 9092)]
+        port: u16,
+        /// Nodes in the cluster (3 for a failover cluster on ports PORT..PORT+2).
+        #[arg(long, default_value_t = 1)]
+        nodes: usize,
+        /// JVM heap (-Xmx/-Xms).
+        #[arg(long, env = "HOOKFOLD_KAFKA_HEAP", default_value = "512m")]
+        heap: String,
+    },
+    /// Stop it: SIGTERM (a controlled shutdown), SIGKILL after the timeout. Data is kept.
+    Stop {
+        #[arg(long, default_value = ".data/kafka")]
+        data_dir: std::path::PathBuf,
+        #[arg(long, default_value_t = 60)]
+        timeout_secs: u64,
+    },
+    /// Say whether it runs (exit 1 if not).
+    Status {
+        #[arg(long, default_value = ".data/kafka")]
+        data_dir: std::path::PathBuf,
+    },
+}
+
+fn kafka(command: KafkaCommand) -> Result<()> {
+    use hookfold_tests::kafka::{self, ClusterSpec, KafkaCluster, Lifetime};
+    match command {
+        KafkaCommand::Start {
+            data_dir,
+            port,
+            nodes,
+            heap,
+        } => {
+            if let Some(pid) = kafka::detached_running(&data_dir) {
+                eprintln!("Apache Kafka already runs from {} (pid {pid})", data_dir.display());
+                return Ok(());
+            }
+            let data_dir = std::path::absolute(&data_dir)?;
+            let mut spec = ClusterSpec::new(nodes, &data_dir);
+            spec.ports = (0..nodes as u16).map(|i| port + i).collect();
+            spec.heap = heap;
+            spec.lifetime = Lifetime::Detached;
+            let started = Instant::now();
+            eprintln!(
+                "starting Apache Kafka {} ({} node(s), heap {}) in {}",
+                kafka::pinned_version(),
+                nodes,
+                spec.heap,
+                data_dir.display()
+            );
+            let cluster = KafkaCluster::start(&spec)?;
+            eprintln!(
+                "Apache Kafka answers on {} after {:.1} s (log: {})",
+                cluster.bootstrap(),
+                started.elapsed().as_secs_f64(),
+                cluster.nodes[0].log_path().display()
+            );
+            Ok(())
+        }
+        KafkaCommand::Stop {
+            data_dir,
+            timeout_secs,
+        } => {
+            if kafka::stop_detached(&data_dir, Duration::from_secs(timeout_secs))? {
+                eprintln!("Apache Kafka stopped (data kept in {})", data_dir.display());
+            }
+            Ok(())
+        }
+        KafkaCommand::Status { data_dir } => match kafka::detached_running(&data_dir) {
+            Some(pid) => {
+                println!("running (pid {pid})");
+                Ok(())
+            }
+            None => {
+                println!("stopped");
+                std::process::exit(1)
+            }
+        },
+    }
+}
+
 #[tokio::main]
 async fn main() -> Result<()> {
     let args = Args::parse();
     match args.command {
+        Command::Kafka(command) => kafka(command),
         Command::WaitBroker { timeout_secs } => {
             wait_broker(&args.bootstrap, Duration::from_secs(timeout_secs))
         }
@@ -261,7 +352,7 @@ async fn create_topics(bootstrap: &str, specs: &[String]) -> Result<()> {
             .context("partitions")?;
         let compact = matches!(parts.next(), Some("compact"));
         // Room for the gateway's largest body (1 MiB by default) plus key and headers.
-        let mut topic = NewTopic::new(name, partitions, TopicReplication::Fixed(1))
+        let mut topic = NewTopic::new(name, partitions, TopicReplication::Fixed(-1))
             .set("max.message.bytes", "2097152");
         if compact {
             topic = topic.set("cleanup.policy", "compact");

@@ -1,0 +1,203 @@
+//! Topics of a test: creating them, reading them back with an independent consumer, and
+//! the set of topics and group one processor deployment uses.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use rdkafka::ClientConfig;
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::{Headers, Message, OwnedMessage};
+use rdkafka::{Offset, TopicPartitionList};
+
+use crate::broker::Broker;
+use crate::{unique_name, wait_for};
+
+/// Creates a topic with the broker's default replication factor and `configs`, and waits
+/// until its metadata shows every partition. Room for the gateway's largest body (1 MiB by
+/// default) plus key and headers: Apache Kafka's default limit is only 1 MiB + 12 bytes.
+pub async fn create_topic(
+    bootstrap: &str,
+    name: &str,
+    partitions: i32,
+    configs: &[(&str, &str)],
+) -> Result<()> {
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .create()?;
+    let mut topic = NewTopic::new(name, partitions, TopicReplication::Fixed(-1))
+        .set("max.message.bytes", "2097152");
+    for (key, value) in configs {
+        topic = topic.set(key, value);
+    }
+    let results = admin
+        .create_topics(
+            [&topic],
+            &AdminOptions::new().operation_timeout(Some(Duration::from_secs(30))),
+        )
+        .await
+        .context("CreateTopics request")?;
+    for result in results {
+        if let Err((topic, code)) = result {
+            bail!("creating topic {topic}: {code}");
+        }
+    }
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .create()?;
+    wait_for(
+        &format!("topic {name} in metadata"),
+        Duration::from_secs(30),
+        || {
+            let metadata = consumer
+                .fetch_metadata(Some(name), Duration::from_secs(2))
+                .ok()?;
+            let topic = metadata.topics().iter().find(|t| t.name() == name)?;
+            (topic.error().is_none()
+                && topic.partitions().len() == partitions as usize
+                && topic.partitions().iter().all(|p| p.leader() >= 0))
+            .then_some(())
+        },
+    )
+}
+
+/// [`Broker::read_all`] for any Kafka (e.g. librdkafka's mock cluster): every record on
+/// the topic from the beginning up to the high watermarks as they are when called.
+pub fn read_all(bootstrap: &str, topic: &str) -> Result<Vec<OwnedMessage>> {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("group.id", unique_name("hookfold-test-reader"))
+        .set("enable.auto.commit", "false")
+        .set("enable.partition.eof", "false")
+        .create()?;
+    let metadata = consumer.fetch_metadata(Some(topic), Duration::from_secs(5))?;
+    let partitions = metadata
+        .topics()
+        .iter()
+        .find(|t| t.name() == topic)
+        .context("topic not in metadata")?
+        .partitions()
+        .len() as i32;
+    let mut assignment = TopicPartitionList::new();
+    let mut remaining = HashMap::new();
+    for partition in 0..partitions {
+        let (low, high) = consumer.fetch_watermarks(topic, partition, Duration::from_secs(5))?;
+        if high > low {
+            assignment.add_partition_offset(topic, partition, Offset::Beginning)?;
+            remaining.insert(partition, high);
+        }
+    }
+    if remaining.is_empty() {
+        return Ok(Vec::new());
+    }
+    consumer.assign(&assignment)?;
+    let mut messages = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !remaining.is_empty() {
+        if Instant::now() > deadline {
+            bail!("reading {topic}: partitions {remaining:?} did not reach their high watermark");
+        }
+        match consumer.poll(Duration::from_millis(200)) {
+            Some(Ok(message)) => {
+                let partition = message.partition();
+                if remaining
+                    .get(&partition)
+                    .is_some_and(|high| message.offset() + 1 >= *high)
+                {
+                    remaining.remove(&partition);
+                }
+                messages.push(message.detach());
+            }
+            Some(Err(e)) => bail!("reading {topic}: {e}"),
+            None => {}
+        }
+    }
+    Ok(messages)
+}
+
+/// Every partition's (low, high) watermarks of a topic, in partition order.
+pub fn watermarks(bootstrap: &str, topic: &str) -> Result<Vec<(i64, i64)>> {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .create()?;
+    let metadata = consumer.fetch_metadata(Some(topic), Duration::from_secs(10))?;
+    let partitions = metadata
+        .topics()
+        .iter()
+        .find(|t| t.name() == topic)
+        .filter(|t| t.error().is_none())
+        .with_context(|| format!("topic {topic} not found"))?
+        .partitions()
+        .len() as i32;
+    (0..partitions)
+        .map(|partition| {
+            Ok(consumer.fetch_watermarks(topic, partition, Duration::from_secs(10))?)
+        })
+        .collect()
+}
+
+/// A record's headers as name → UTF-8 text.
+pub fn headers_of(message: &OwnedMessage) -> HashMap<String, String> {
+    message
+        .headers()
+        .map(|headers| {
+            headers
+                .iter()
+                .map(|h| {
+                    (
+                        h.key.to_string(),
+                        String::from_utf8_lossy(h.value.unwrap_or_default()).into_owned(),
+                    )
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// The topics and consumer group of one processor deployment under test.
+pub struct Topics {
+    pub webhooks: String,
+    pub incidents: String,
+    pub group: String,
+    pub partitions: i32,
+}
+
+impl Topics {
+    /// Fresh webhook, incident and changelog topics, and a fresh group.
+    pub async fn create(broker: &Broker, partitions: i32) -> Result<Self> {
+        let webhooks = unique_name("hookfold.webhooks");
+        broker.create_topic(&webhooks, partitions).await?;
+        Self::on_input(broker, &webhooks, partitions).await
+    }
+
+    /// Another deployment (group, incident and changelog topics) on an existing webhook
+    /// topic: runs to compare with each other read the same input.
+    pub async fn on_input(broker: &Broker, webhooks: &str, partitions: i32) -> Result<Self> {
+        let topics = Self::named(webhooks, partitions);
+        broker.create_topic(&topics.incidents, partitions).await?;
+        create_topic(
+            &broker.bootstrap,
+            &topics.changelog(),
+            partitions,
+            &[("cleanup.policy", "compact")],
+        )
+        .await?;
+        Ok(topics)
+    }
+
+    /// Fresh names on `webhooks`, creating nothing (for `hookfold-processor topics --create`).
+    pub fn named(webhooks: &str, partitions: i32) -> Self {
+        Self {
+            webhooks: webhooks.to_owned(),
+            incidents: unique_name("hookfold.incidents"),
+            group: unique_name("hookfold-processor"),
+            partitions,
+        }
+    }
+
+    pub fn changelog(&self) -> String {
+        format!("{}.state", self.group)
+    }
+}
