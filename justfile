@@ -16,9 +16,10 @@ default:
 tools:
     scripts/install-tools.sh
 
-# Build every binary (debug)
+# Build the binaries the stack and the tests run (debug; the benchmarks build their own, in
+# release). The same dependency build serves `just test`: see [profile.dev.package."*"].
 build:
-    cargo build --workspace --bins
+    cargo build --workspace --exclude hookfold-bench --bins
 
 # Start Apache Kafka (KRaft) on 127.0.0.1:9092 (data in .data/kafka/) and create the topics
 broker: tools build
@@ -47,8 +48,7 @@ demo: up
     @echo "Full records: {{bin}}/hookfold-processor -c deploy/local/processor.toml tail --from-beginning"
 
 # Run every test: unit, property and end to end (against Apache Kafka, or KAFKA_BOOTSTRAP_SERVERS)
-test: tools
-    cargo build --workspace --bins
+test: tools build
     cargo test --workspace --no-fail-fast
 
 # Formatting and lints, as CI wants them

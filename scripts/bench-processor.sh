@@ -1,22 +1,38 @@
 #!/usr/bin/env bash
-# `just bench-processor`: events per second from a pre-filled webhook topic to the
-# incident topic, against a raw consume-and-produce copy with the same producer and
-# commit settings and no state (bench/src/bin/copy-baseline.rs), in the same run on the
-# same broker; then state size on disk and RSS after folding DISTINCT distinct pipelines
-# and agents. Writes the figures into docs/BENCHMARKS.md between the processor markers.
+# `just bench-processor`: events per second through the running processor, from a
+# pre-filled webhook topic of BENCH_EVENTS mixed events (default 1,000,000) to the incident
+# topic, against a raw consume-and-produce copy of the same topic with the same producer
+# and batch settings and no state (bench/src/bin/copy-baseline.rs), in the same run on the
+# same broker; then state size on disk and RSS after the running processor has folded
+# BENCH_DISTINCT distinct keys (default 1,000,000; `hookfold-dev fill --shape distinct`).
+# The broker is a fresh Apache Kafka of our own (or KAFKA_BOOTSTRAP_SERVERS); the CPU of
+# the broker and of our processes is measured in every phase. Writes the figures into
+# docs/BENCHMARKS.md between the processor markers.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/bench-lib.sh
-EVENTS="${BENCH_EVENTS:-20000}"
+EVENTS="${BENCH_EVENTS:-1000000}"
 DISTINCT="${BENCH_DISTINCT:-1000000}"
 PARTITIONS=4
 say() { printf '\033[1mbench-processor:\033[0m %s\n' "$*" >&2; }
+LOAD_AT_START=$(loadavg)
+say "load average at the start: $LOAD_AT_START"
 start_bench_broker
 RUN="bench.$(date +%s)"
 
-# run_processor NAME INPUT COUNT -> "seconds rss_kb state_bytes"
+# The bytes of a topic's records on our broker's disk (its log segments, not the
+# preallocated indexes); "0" for an external broker.
+topic_bytes() {
+  [ -n "$BROKER_DIR" ] || { echo 0; return; }
+  find "$BROKER_DIR"/node-1/data -path "*/$1-[0-9]*/*.log" -printf '%s\n' | awk '{s += $1} END {print s + 0}'
+}
+
+# run_processor NAME INPUT: a processor of its own (group, output, changelog, state_dir)
+# over INPUT until it has committed every record there. Sets P_SECONDS (from the start of
+# the process), P_HWM_KB and P_RSS_KB (peak and current RSS at the end), P_STATE_BYTES
+# (state_dir after a clean stop), P_CPU (a cpu_end line) and P_LOG.
 run_processor() {
-  local name=$1 input=$2 count=$3 port
+  local name=$1 input=$2 port start end pid
   port=$(free_port)
   "$BIN/hookfold-dev" topics "$RUN.$name.incidents:$PARTITIONS" "$RUN.$name.group.state:$PARTITIONS:compact" >/dev/null 2>&1
   cat >"$WORK/$name.toml" <<TOML
@@ -28,62 +44,93 @@ input_topic = "$input"
 output_topic = "$RUN.$name.incidents"
 group_id = "$RUN.$name.group"
 TOML
-  local start end pid
+  P_LOG="$WORK/$name.log"
+  cpu_start
   start=$(date +%s.%N)
-  RUST_LOG=warn "$BIN/hookfold-processor" --config "$WORK/$name.toml" >"$WORK/$name.log" 2>&1 &
+  RUST_LOG=warn "$BIN/hookfold-processor" --config "$WORK/$name.toml" >"$P_LOG" 2>&1 &
   pid=$!; PIDS+=($pid)
-  "$BIN/hookfold-dev" wait-processed --topic "$input" --metrics "http://127.0.0.1:$port/metrics" --timeout-secs 3600 2>/dev/null
+  "$BIN/hookfold-dev" wait-processed --topic "$input" --metrics "http://127.0.0.1:$port/metrics" --timeout-secs 1800 >&2
   end=$(date +%s.%N)
-  local rss; rss=$(awk '/VmHWM/ {print $2}' "/proc/$pid/status")
-  kill -TERM "$pid"; wait "$pid" || true
-  local bytes; bytes=$(du -sb "$WORK/$name-state" | cut -f1)
-  echo "$(python3 -c "print(f'{$end - $start:.3f}')") $rss $bytes"
+  P_CPU=$(cpu_end "processor=$(ticks_to_s "$(ticks "$pid")")")
+  P_HWM_KB=$(awk '/VmHWM/ {print $2}' "/proc/$pid/status")
+  P_RSS_KB=$(awk '/VmRSS/ {print $2}' "/proc/$pid/status")
+  kill -TERM "$pid"; wait "$pid" || { cat "$P_LOG" >&2; say "processor $name did not stop cleanly"; exit 1; }
+  stop "$pid"
+  P_STATE_BYTES=$(du -sb "$WORK/$name-state" | cut -f1)
+  P_SECONDS=$(python3 -c "print(f'{$end - $start:.3f}')")
 }
 
 say "filling $RUN.mixed with $EVENTS mixed events"
 "$BIN/hookfold-dev" topics "$RUN.mixed:$PARTITIONS" "$RUN.copy:$PARTITIONS" >/dev/null 2>&1
 "$BIN/hookfold-dev" fill --topic "$RUN.mixed" --count "$EVENTS" --shape mixed
 
+# The fill warmed up the broker's produce path; the copy also fetches. Warm-up copies of
+# (up to) 200,000 records, each in a group of its own, until the broker's JIT has settled.
+WARM_COUNT=$((EVENTS < 200000 ? EVENTS : 200000))
+"$BIN/hookfold-dev" topics "$RUN.warmup:$PARTITIONS" >/dev/null 2>&1
+warm_broker "$BIN/copy-baseline" --bootstrap "$KAFKA" --input "$RUN.mixed" --output "$RUN.warmup" --count "$WARM_COUNT"
+
 say "ceiling: raw consume-and-produce copy of $EVENTS records"
-read -r _ c_n c_s < <("$BIN/copy-baseline" --bootstrap "$KAFKA" --input "$RUN.mixed" --output "$RUN.copy" --count "$EVENTS")
+cpu_start
+measured "$WORK/copy.cpu" "$BIN/copy-baseline" --bootstrap "$KAFKA" --input "$RUN.mixed" --output "$RUN.copy" --count "$EVENTS" >"$WORK/copy.out"
+read -r _ c_n c_s <"$WORK/copy.out"
+c_cpu=$(cpu_end "copy=$(cat "$WORK/copy.cpu")")
 say "processor over the same $EVENTS records"
-read -r p_s p_rss p_bytes < <(run_processor mixed "$RUN.mixed" "$EVENTS")
-p_out=$("$BIN/hookfold-dev" count --topic "$RUN.mixed.incidents" 2>/dev/null || echo "?")
+run_processor mixed "$RUN.mixed"
+m_s=$P_SECONDS m_hwm=$P_HWM_KB m_cpu=$P_CPU
+m_out=$("$BIN/hookfold-dev" count --topic "$RUN.mixed.incidents")
+m_changelog=$("$BIN/hookfold-dev" count --topic "$RUN.mixed.group.state")
 
-# tansu cannot hold DISTINCT records here (it stops answering at a few hundred thousand),
-# so the state-size run folds them through the processor's parsing, rules, codec and
-# RocksDB store directly, in the same 1000-record batches (bench/src/bin/state-size.rs).
-say "state size: folding $DISTINCT distinct pipelines and agents into RocksDB (no broker)"
-read -r _ d_n d_bytes d_input d_rss d_s d_incidents < <("$BIN/state-size" --keys "$DISTINCT" --dir "$WORK/state-size")
+say "filling $RUN.distinct with $DISTINCT distinct keys"
+"$BIN/hookfold-dev" topics "$RUN.distinct:$PARTITIONS" >/dev/null 2>&1
+"$BIN/hookfold-dev" fill --topic "$RUN.distinct" --count "$DISTINCT" --shape distinct
+d_input=$(topic_bytes "$RUN.distinct")
+say "processor over the $DISTINCT distinct keys"
+run_processor distinct "$RUN.distinct"
+d_out=$("$BIN/hookfold-dev" count --topic "$RUN.distinct.incidents")
 
-report=$(python3 - "$EVENTS" "$c_n" "$c_s" "$p_s" "$p_rss" "$p_bytes" "$p_out" "$DISTINCT" "$d_s" "$d_rss" "$d_bytes" "$BROKER" "$d_input" "$d_incidents" <<'PY'
+report=$(python3 - "$EVENTS" "$c_n" "$c_s" "$c_cpu" "$m_s" "$m_hwm" "$m_cpu" "$m_out" "$m_changelog" \
+  "$DISTINCT" "$d_input" "$P_SECONDS" "$P_HWM_KB" "$P_RSS_KB" "$P_STATE_BYTES" "$P_CPU" "$d_out" \
+  "$BROKER" "$BROKER_PID" "$LOAD_AT_START" "$PARTITIONS" "$WARMUP" <<'PY'
 import sys, datetime, os
+exec(os.environ["CPU_PY"])
 a = sys.argv[1:]
-events, c_n, c_s, p_s, p_rss, p_bytes, p_out = int(a[0]), int(a[1]), float(a[2]), float(a[3]), int(a[4]), int(a[5]), a[6]
-distinct, d_s, d_rss, d_bytes, broker, d_input, d_incidents = int(a[7]), float(a[8]), int(a[9]), int(a[10]), a[11], int(a[12]), int(a[13])
-c_rate, p_rate, d_rate = c_n / c_s, events / p_s, distinct / d_s
-print(f"""Run {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M UTC} on {os.cpu_count()} cores; {broker}; {events:,} mixed webhook records
-(builds over 120 pipeline branches, stale builds, repeated deliveries, agents) on 4 partitions. Times
-include joining the consumer group, for both.
+events, c_n, c_s, c_cpu = int(a[0]), int(a[1]), float(a[2]), a[3]
+m_s, m_hwm, m_cpu, m_out, m_changelog = float(a[4]), int(a[5]), a[6], int(a[7]), int(a[8])
+distinct, d_input, d_s, d_hwm, d_rss, d_bytes, d_cpu, d_out = int(a[9]), int(a[10]), float(a[11]), int(a[12]), int(a[13]), int(a[14]), a[15], int(a[16])
+broker, ours, load, partitions, warmup = a[17], bool(a[18]), a[19], a[20], a[21]
+c_rate, m_rate, d_rate = c_n / c_s, events / m_s, distinct / d_s
+cpu = lambda line: split(line, ours)
+mib = lambda b: f"{b / 2**20:,.0f} MiB"
+input_row = (f"| baseline: the input records on the broker's disk (log segments) | {mib(d_input)} | 1.00 |"
+             if d_input else "| baseline: the input records on the broker's disk | not measured (external broker) | |")
+state_ratio = f"{d_bytes / d_input:.2f}" if d_input else ""
+print(f"""Run {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M UTC} on {os.cpu_count()} cores, load average {load} at the start;
+{broker}. {events:,} mixed webhook records (builds over 120 pipeline branches, stale builds,
+repeated deliveries, agents) on {partitions} partitions, through the running processor with its default
+batches (1000 records or 50 ms). Before the measured runs, the {warmup}
+(copies of the first {min(events, 200000):,} records). Times include starting and joining the consumer group, for both.
 
-| what | events/s | ratio to the ceiling |
-|---|---:|---:|
-| ceiling: raw consume-and-produce copy (same producer and batch settings, no state) | {c_rate:,.0f} | 1.00 |
-| **processor** (parse, fold, RocksDB, incidents + changelog, flush, commit) | **{p_rate:,.0f}** | **{p_rate/c_rate:.2f}** |
+| what | events/s | seconds | ratio to the ceiling |
+|---|---:|---:|---:|
+| ceiling: raw consume-and-produce copy (same producer and batch settings, no state) | {c_rate:,.0f} | {c_s:,.1f} | 1.00 |
+| **processor** (parse, fold, RocksDB, incidents + changelog, flush, commit) | **{m_rate:,.0f}** | {m_s:,.1f} | **{m_rate/c_rate:.2f}** |
 
-Processor / ceiling = **{p_rate/c_rate:.0%}** (target: at least 50%). It emitted {p_out} incident events for those records.
+Processor / ceiling = **{m_rate/c_rate:.0%}** (target: at least 50%). It wrote {m_out:,} incident events and
+{m_changelog:,} changelog records (states and batch markers) for those records; peak RSS {m_hwm/1024:,.0f} MiB.
 
-State with {distinct:,} distinct keys (half new pipelines with a failed build, half lost agents: every
-one holds state and an open incident; {d_incidents:,} incidents created), folded through the processor's
-parsing, rules, codec and RocksDB store in 1000-record batches, without a broker (tansu cannot hold that
-many records here), at {d_rate:,.0f} events/s:
+CPU, in percent of one core ({os.cpu_count()} cores = {100 * os.cpu_count()}%): during the copy, {cpu(c_cpu)};
+during the processor run, {cpu(m_cpu)}.
+
+State after the running processor folded {distinct:,} distinct keys (half new pipelines with a failed
+build, half lost agents: every one holds state and an open incident; {d_out:,} incident events written),
+at {d_rate:,.0f} events/s ({d_s:,.1f} s); CPU: {cpu(d_cpu)}.
 
 | what | value | ratio |
 |---|---:|---:|
-| baseline: the input records themselves (key + JSON body) | {d_input/2**20:,.0f} MiB | 1.00 |
-| state on disk (RocksDB, LZ4) | {d_bytes/2**20:,.0f} MiB ({d_bytes/distinct:,.0f} bytes per key) | {d_bytes/d_input:.2f} |
-| peak RSS (VmHWM) of the folding process | {d_rss/1024:,.0f} MiB | |
-| for comparison, the processor's peak RSS in the {events:,}-event run | {p_rss/1024:,.0f} MiB | |""")
+{input_row}
+| state on disk (RocksDB, LZ4, the state_dir after a clean stop) | {mib(d_bytes)} ({d_bytes/distinct:,.0f} bytes per key) | {state_ratio} |
+| processor RSS at the end / peak (VmRSS / VmHWM) | {d_rss/1024:,.0f} / {d_hwm/1024:,.0f} MiB | |""")
 PY
 )
 echo "$report"

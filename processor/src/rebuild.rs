@@ -12,7 +12,7 @@
 use std::io::Write;
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, bail};
+use anyhow::{Context, anyhow, bail};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::KafkaError;
 use rdkafka::{Offset, TopicPartitionList};
@@ -52,23 +52,33 @@ pub fn run(
         .context("creating a Kafka consumer")?;
     let count = check_copartitioned(&reader, &k.input_topic, &k.changelog_topic(), timeout)?;
 
-    // Two writers of one partition's changelog would interleave: refuse while processors run.
-    match reader.fetch_group_list(Some(&k.group_id), timeout) {
-        Ok(list) => {
-            let members: usize = list.groups().iter().map(|g| g.members().len()).sum();
-            if members > 0 && !options.force {
-                bail!(
-                    "consumer group {} has {members} member(s): stop every processor of the group \
-                     first (scale the StatefulSet to 0), or pass --force if they are gone",
-                    k.group_id
-                );
-            }
-        }
-        Err(e) => writeln!(
+    // Two writers of one partition's changelog would interleave: refuse while processors
+    // run, and when it cannot be told whether they do.
+    let group = &k.group_id;
+    match check_group(config, &reader, count, timeout) {
+        Ok(GroupCheck::Unused(what)) => writeln!(out, "consumer group {group}: {what}")?,
+        Ok(GroupCheck::InUse(why)) if options.force => writeln!(
             out,
-            "warning: could not list the members of group {} ({e}); make sure no processor runs",
-            k.group_id
+            "warning: consumer group {group} {why}; rebuilding anyway (--force): a processor \
+             still running writes the same changelog partitions"
         )?,
+        Ok(GroupCheck::InUse(why)) => bail!(
+            "consumer group {group} {why}: stop every processor of the group first (scale the \
+             StatefulSet to 0). A killed processor, or one with kafka.instance_id set, stays a \
+             member until its session times out (session.timeout.ms, 45 s by default). \
+             --force skips this check"
+        ),
+        Err(e) if options.force => writeln!(
+            out,
+            "warning: could not check that consumer group {group} is empty ({e:#}); rebuilding \
+             anyway (--force)"
+        )?,
+        Err(e) => bail!(
+            "could not check that consumer group {group} is empty: {e:#}. A rebuild while a \
+             processor runs would interleave two writers of the changelog; retry when the \
+             brokers answer, or pass --force to skip the check once you know every processor \
+             of the group is stopped"
+        ),
     }
 
     let mut partitions = options.partitions.clone();
@@ -101,6 +111,154 @@ pub fn run(
         .with_context(|| format!("rebuilding partition {partition}"))?;
     }
     Ok(())
+}
+
+/// Whether processors may be in the group (as far as the brokers tell).
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum GroupCheck {
+    /// Nobody in it: what the brokers said (for the output).
+    Unused(String),
+    /// Members (or members joining): why, starting with a verb ("has 2 member(s) ...").
+    InUse(String),
+}
+
+/// One member as DescribeGroups lists it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Member {
+    client_id: String,
+    host: String,
+    member_id: String,
+}
+
+/// What one DescribeGroups answer means.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Verdict {
+    Settled(GroupCheck),
+    /// A rebalance with no member listed yet: joining members are not listed until they
+    /// are added, and the last member's LeaveGroup passes through this state too.
+    Rebalancing(String),
+}
+
+/// Classic group states: the processor always joins with the classic protocol (it sets
+/// partition.assignment.strategy, which librdkafka refuses with group.protocol=consumer).
+fn verdict(state: &str, members: &[Member]) -> anyhow::Result<Verdict> {
+    if !members.is_empty() {
+        const SHOWN: usize = 3;
+        let mut listed: Vec<String> = members
+            .iter()
+            .take(SHOWN)
+            .map(|m| format!("{} on {} ({})", m.client_id, m.host, m.member_id))
+            .collect();
+        if members.len() > SHOWN {
+            listed.push(format!("{} more", members.len() - SHOWN));
+        }
+        return Ok(Verdict::Settled(GroupCheck::InUse(format!(
+            "has {} member(s) (state {state}: {})",
+            members.len(),
+            listed.join(", ")
+        ))));
+    }
+    match state {
+        "Empty" | "Dead" => Ok(Verdict::Settled(GroupCheck::Unused(format!(
+            "no members (state {state})"
+        )))),
+        "PreparingRebalance" | "CompletingRebalance" => Ok(Verdict::Rebalancing(state.into())),
+        // The coordinator answered with an error code (not loaded yet, moved): rust-rdkafka
+        // does not expose the code, but the state is then empty.
+        "" => {
+            bail!("the group coordinator answered DescribeGroups without a group state (an error)")
+        }
+        other => bail!(
+            "DescribeGroups answered state {other:?} with no members, which is not a classic group state"
+        ),
+    }
+}
+
+/// DescribeGroups (through librdkafka's ListGroups on every broker, then DescribeGroups at
+/// the coordinator that lists the group).
+fn check_group(
+    config: &ProcessorConfig,
+    reader: &BaseConsumer,
+    partitions: usize,
+    timeout: Duration,
+) -> anyhow::Result<GroupCheck> {
+    let group = &config.kafka.group_id;
+    let deadline = Instant::now() + timeout;
+    loop {
+        let list = reader
+            .fetch_group_list(Some(group), timeout)
+            .map_err(|e| anyhow!("listing and describing the groups: {e}"))?;
+        let Some(info) = list.groups().iter().find(|g| g.name() == group.as_str()) else {
+            return unlisted_group(config, partitions, timeout);
+        };
+        let members: Vec<Member> = info
+            .members()
+            .iter()
+            .map(|m| Member {
+                client_id: m.client_id().to_owned(),
+                host: m.client_host().to_owned(),
+                member_id: m.id().to_owned(),
+            })
+            .collect();
+        match verdict(info.state(), &members)? {
+            Verdict::Settled(check) => return Ok(check),
+            Verdict::Rebalancing(_) if Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(200))
+            }
+            Verdict::Rebalancing(state) => {
+                return Ok(GroupCheck::InUse(format!(
+                    "is in state {state} for {timeout:?} with no member listed yet (members \
+                     are joining)"
+                )));
+            }
+        }
+    }
+}
+
+/// No broker listed the group. librdkafka keeps the last broker's ListGroups answer, so a
+/// coordinator's error can be hidden by another broker's success: a group that has
+/// committed offsets exists, and then its membership is unknown.
+fn unlisted_group(
+    config: &ProcessorConfig,
+    partitions: usize,
+    timeout: Duration,
+) -> anyhow::Result<GroupCheck> {
+    let k = &config.kafka;
+    // Only OffsetFetch: without subscribe() this consumer never joins the group.
+    let probe: BaseConsumer = client_config(config)
+        .set("client.id", "hookfold-processor-rebuild")
+        .set("group.id", &k.group_id)
+        .set("enable.auto.commit", "false")
+        .create()
+        .context("creating a Kafka consumer")?;
+    let mut tpl = TopicPartitionList::new();
+    for partition in 0..partitions as i32 {
+        tpl.add_partition(&k.input_topic, partition);
+    }
+    let committed = probe.committed_offsets(tpl, timeout).map_err(|e| {
+        anyhow!("no broker listed the group, and reading its committed offsets failed: {e}")
+    })?;
+    for element in committed.elements() {
+        element.error().map_err(|e| {
+            anyhow!(
+                "no broker listed the group, and reading its offset of partition {} failed: {e}",
+                element.partition()
+            )
+        })?;
+        if let Offset::Offset(offset) = element.offset() {
+            bail!(
+                "no broker listed the group, but it has committed offset {offset} on {}[{}]: a \
+                 broker's ListGroups must have failed",
+                k.input_topic,
+                element.partition()
+            );
+        }
+    }
+    Ok(GroupCheck::Unused(
+        "unknown to the cluster and without committed offsets (no processor has joined it, \
+         or its offsets expired)"
+            .into(),
+    ))
 }
 
 fn rebuild_partition(
@@ -212,4 +370,54 @@ fn rebuild_partition(
         started.elapsed().as_secs_f64()
     )?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn member(n: usize) -> Member {
+        Member {
+            client_id: "hookfold-processor".into(),
+            host: "/10.0.0.1".into(),
+            member_id: format!("hookfold-processor-{n}"),
+        }
+    }
+
+    #[test]
+    fn members_make_the_group_in_use_with_their_count_and_who_they_are() {
+        let members: Vec<Member> = (0..5).map(member).collect();
+        let Verdict::Settled(GroupCheck::InUse(why)) = verdict("Stable", &members).unwrap() else {
+            panic!("five members are a group in use");
+        };
+        assert!(why.starts_with("has 5 member(s) (state Stable: "), "{why}");
+        assert!(why.contains("hookfold-processor on /10.0.0.1 (hookfold-processor-0)"));
+        assert!(why.ends_with("2 more)"), "{why}");
+        // Members during a rebalance count too.
+        assert!(matches!(
+            verdict("PreparingRebalance", &members[..1]).unwrap(),
+            Verdict::Settled(GroupCheck::InUse(_))
+        ));
+    }
+
+    #[test]
+    fn an_empty_or_dead_group_is_unused() {
+        for state in ["Empty", "Dead"] {
+            assert!(matches!(
+                verdict(state, &[]).unwrap(),
+                Verdict::Settled(GroupCheck::Unused(_))
+            ));
+        }
+    }
+
+    #[test]
+    fn a_rebalance_without_members_is_waited_on_and_an_unknown_state_is_an_error() {
+        assert_eq!(
+            verdict("PreparingRebalance", &[]).unwrap(),
+            Verdict::Rebalancing("PreparingRebalance".into())
+        );
+        let error = verdict("", &[]).unwrap_err().to_string();
+        assert!(error.contains("without a group state"), "{error}");
+        assert!(verdict("Assigning", &[]).is_err());
+    }
 }

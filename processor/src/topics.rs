@@ -33,7 +33,8 @@ enum Role {
 
 /// Checks or creates the three topics; writes one line per topic to `out`. Fails on a
 /// missing topic (without `--create`), a changelog with another partition count than the
-/// webhook topic, or a changelog that is not compacted.
+/// webhook topic, or a changelog that is not `cleanup.policy=compact` or whose policy
+/// cannot be read (DescribeConfigs).
 pub fn run(
     config: &ProcessorConfig,
     options: &TopicOptions,
@@ -133,18 +134,27 @@ pub fn run(
                         k.input_topic
                     ));
                 }
-                match cleanup_policy(&runtime, &admin, topic, timeout) {
-                    Ok(Some(policy)) if policy.split(',').any(|p| p.trim() == "compact") => {
-                        writeln!(out, "ok       {topic}: cleanup.policy={policy}")?;
+                let policy = cleanup_policy(&runtime, &admin, topic, timeout);
+                match policy.as_deref().map(compaction_problem) {
+                    Ok(None) => writeln!(out, "ok       {topic}: cleanup.policy=compact")?,
+                    Ok(Some(problem)) => {
+                        writeln!(out, "not ok   {topic}: {problem}")?;
+                        problems.push(format!(
+                            "changelog {topic}: {problem}; make it compacted: kafka-configs.sh \
+                             --bootstrap-server {} --alter --entity-type topics --entity-name \
+                             {topic} --add-config cleanup.policy=compact",
+                            k.bootstrap_servers
+                        ));
                     }
-                    Ok(policy) => problems.push(format!(
-                        "changelog {topic} has cleanup.policy={}; it must be compacted \
-                         (kafka-configs --alter --add-config cleanup.policy=compact)",
-                        policy.unwrap_or_else(|| "unset".into())
-                    )),
-                    // Some Kafka-compatible brokers (tansu 0.6) do not answer DescribeConfigs.
                     Err(e) => {
-                        writeln!(out, "unknown  {topic}: cleanup.policy not readable: {e:#}")?
+                        writeln!(out, "unknown  {topic}: cleanup.policy not readable: {e:#}")?;
+                        problems.push(format!(
+                            "changelog {topic}: cleanup.policy could not be read ({e:#}); it \
+                             must be compact: check it with kafka-configs.sh --bootstrap-server \
+                             {} --describe --entity-type topics --entity-name {topic} (the \
+                             client needs the DescribeConfigs permission on the topic)",
+                            k.bootstrap_servers
+                        ));
                     }
                 }
             }
@@ -175,24 +185,95 @@ fn wait_for_partitions(
     }
 }
 
+/// Why a changelog with this `cleanup.policy` loses state, if it does. Only `compact`
+/// keeps every key's last state forever: `delete` (Kafka's default) drops records older
+/// than `retention.ms` (7 days by default), and `compact,delete` does too, so a key that
+/// has not changed for that long would come back empty from a restore.
+pub fn compaction_problem(policy: &str) -> Option<String> {
+    let mut policies: Vec<&str> = policy.split(',').map(str::trim).collect();
+    policies.sort_unstable();
+    policies.dedup();
+    match policies.as_slice() {
+        ["compact"] => None,
+        [..] if policies.contains(&"compact") => Some(format!(
+            "cleanup.policy={policy}, not compact only: delete drops records older than \
+             retention.ms, so the state of keys unchanged for that long would be lost"
+        )),
+        _ => Some(format!(
+            "cleanup.policy={policy}, not compact: records older than retention.ms are \
+             deleted, so the state of keys unchanged for that long would be lost"
+        )),
+    }
+}
+
+/// The changelog's `cleanup.policy` (DescribeConfigs), for `run` to check at start.
+pub fn changelog_cleanup_policy(
+    config: &ProcessorConfig,
+    timeout: Duration,
+) -> anyhow::Result<String> {
+    let admin: AdminClient<DefaultClientContext> = client_config(config)
+        .create()
+        .context("creating a Kafka admin client")?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting a runtime")?;
+    cleanup_policy(&runtime, &admin, &config.kafka.changelog_topic(), timeout)
+}
+
+/// `cleanup.policy` as the broker reports it (its default when the topic sets none).
 fn cleanup_policy(
     runtime: &tokio::runtime::Runtime,
     admin: &AdminClient<DefaultClientContext>,
     topic: &str,
     timeout: Duration,
-) -> anyhow::Result<Option<String>> {
-    let results = runtime
-        .block_on(admin.describe_configs(
-            [&ResourceSpecifier::Topic(topic)],
-            &AdminOptions::new().request_timeout(Some(timeout)),
-        ))
-        .context("DescribeConfigs")?;
-    let resource = results
-        .into_iter()
-        .next()
-        .context("no answer")?
-        .map_err(|code| anyhow::anyhow!("{code}"))?;
-    Ok(resource
-        .get("cleanup.policy")
-        .and_then(|entry| entry.value.clone()))
+) -> anyhow::Result<String> {
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        let results = runtime
+            .block_on(admin.describe_configs(
+                [&ResourceSpecifier::Topic(topic)],
+                &AdminOptions::new().request_timeout(Some(timeout)),
+            ))
+            .context("DescribeConfigs")?;
+        let resource = results
+            .into_iter()
+            .next()
+            .context("DescribeConfigs: no answer")?;
+        match resource {
+            Ok(resource) => {
+                return resource
+                    .get("cleanup.policy")
+                    .and_then(|entry| entry.value.clone())
+                    .context("DescribeConfigs answered no cleanup.policy");
+            }
+            // The broker that answers may not have the metadata of a topic created a moment
+            // ago (another broker took the CreateTopics): ask again for a while.
+            Err(RDKafkaErrorCode::UnknownTopicOrPartition)
+                if std::time::Instant::now() < deadline =>
+            {
+                std::thread::sleep(Duration::from_millis(100))
+            }
+            Err(code) => bail!("DescribeConfigs: {code}"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::compaction_problem;
+
+    #[test]
+    fn only_compact_alone_keeps_the_state() {
+        assert_eq!(compaction_problem("compact"), None);
+        let delete = compaction_problem("delete").unwrap();
+        assert!(
+            delete.starts_with("cleanup.policy=delete, not compact"),
+            "{delete}"
+        );
+        let both = compaction_problem("compact,delete").unwrap();
+        assert!(both.contains("not compact only"), "{both}");
+        assert!(compaction_problem("delete, compact").is_some());
+        assert!(compaction_problem("").is_some());
+    }
 }

@@ -82,7 +82,9 @@ impl Broker {
         static SHARED: OnceLock<std::result::Result<String, String>> = OnceLock::new();
         let bootstrap = SHARED.get_or_init(|| {
             let started = (|| -> Result<String> {
-                let dir = tempfile::Builder::new().prefix("hookfold-kafka-").tempdir()?;
+                let dir = tempfile::Builder::new()
+                    .prefix("hookfold-kafka-")
+                    .tempdir()?;
                 let cluster = KafkaCluster::start(&ClusterSpec::new(1, dir.path()))?;
                 let bootstrap = cluster.bootstrap();
                 print_log_on_panic(cluster.nodes[0].log_path());
@@ -115,7 +117,9 @@ impl Broker {
     /// A cluster of `nodes` Apache Kafka nodes of this test's own (3 for failover: topics
     /// then default to replication factor 3 and `min.insync.replicas=2`).
     pub fn own_cluster(nodes: usize) -> Result<Self> {
-        let dir = tempfile::Builder::new().prefix("hookfold-kafka-").tempdir()?;
+        let dir = tempfile::Builder::new()
+            .prefix("hookfold-kafka-")
+            .tempdir()?;
         let cluster = KafkaCluster::start(&ClusterSpec::new(nodes, dir.path()))?;
         Ok(Self {
             bootstrap: cluster.bootstrap(),

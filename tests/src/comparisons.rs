@@ -8,9 +8,7 @@ use rdkafka::message::{Message, OwnedMessage};
 use crate::topics::headers_of;
 
 /// Incident records by `ce_id`, with every distinct payload seen under that id.
-pub fn outputs_by_id(
-    records: &[OwnedMessage],
-) -> HashMap<String, HashSet<Vec<u8>>> {
+pub fn outputs_by_id(records: &[OwnedMessage]) -> HashMap<String, HashSet<Vec<u8>>> {
     let mut map: HashMap<String, HashSet<Vec<u8>>> = HashMap::new();
     for record in records {
         let id = headers_of(record).get("ce_id").cloned().unwrap_or_default();

@@ -39,8 +39,9 @@ pub fn libs_dir() -> Result<PathBuf> {
     }
     let cache = match std::env::var_os("HOOKFOLD_CACHE") {
         Some(cache) => PathBuf::from(cache),
-        None => Path::new(&std::env::var_os("HOME").context("HOME is not set")?)
-            .join(".cache/hookfold"),
+        None => {
+            Path::new(&std::env::var_os("HOME").context("HOME is not set")?).join(".cache/hookfold")
+        }
     };
     let dir = cache.join("kafka").join(pinned_version()).join("libs");
     if !dir.join(".complete").exists() {
@@ -378,7 +379,13 @@ impl KafkaCluster {
     pub fn logs(&self) -> String {
         let mut logs = String::new();
         for node in &self.nodes {
-            let _ = write!(logs, "\n--- kafka node {} ({}) ---\n{}", node.id, node.log_path().display(), node.log_tail());
+            let _ = write!(
+                logs,
+                "\n--- kafka node {} ({}) ---\n{}",
+                node.id,
+                node.log_path().display(),
+                node.log_tail()
+            );
         }
         logs
     }
@@ -474,8 +481,7 @@ fn cluster_id(dir: &Path) -> Result<String> {
 }
 
 fn base64url(bytes: &[u8]) -> String {
-    const ALPHABET: &[u8; 64] =
-        b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
     let mut out = String::new();
     for chunk in bytes.chunks(3) {
         let n = chunk

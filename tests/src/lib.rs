@@ -95,7 +95,6 @@ pub fn fixture(path: &str) -> Vec<u8> {
     std::fs::read(&full).unwrap_or_else(|e| panic!("reading fixture {}: {e}", full.display()))
 }
 
-
 /// Seconds since the epoch, for signature timestamps.
 pub fn unix_now() -> i64 {
     SystemTime::now()

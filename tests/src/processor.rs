@@ -225,10 +225,7 @@ impl Processor {
     }
 
     /// A per-partition metric (label `partition`) as partition -> value.
-    pub async fn partition_metric(
-        &self,
-        name: &str,
-    ) -> Result<BTreeMap<i32, i64>> {
+    pub async fn partition_metric(&self, name: &str) -> Result<BTreeMap<i32, i64>> {
         let text = reqwest::get(&self.metrics_url).await?.text().await?;
         let prefix = format!("{name}{{partition=\"");
         Ok(text

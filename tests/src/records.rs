@@ -21,12 +21,7 @@ pub struct WebhookRecord {
 pub fn buildkite(source: &str, event: &str, body: Vec<u8>) -> WebhookRecord {
     let parsed: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
     WebhookRecord {
-        key: hookfold_gateway::routing::routing_key(
-            source,
-            SourceKind::Buildkite,
-            event,
-            &parsed,
-        ),
+        key: hookfold_gateway::routing::routing_key(source, SourceKind::Buildkite, event, &parsed),
         headers: CloudEventHeaders {
             id: hookfold_gateway::routing::event_id(source, event, &body, None),
             source: cloudevents::webhook_source(source),
@@ -80,8 +75,7 @@ pub fn mixed_story(count: usize, seed: u64) -> Vec<WebhookRecord> {
                 *counter
             };
             let state = [
-                "failed", "failed", "failed", "passed", "passed", "passed", "passed",
-                "canceled",
+                "failed", "failed", "failed", "passed", "passed", "passed", "passed", "canceled",
             ][next(8) as usize];
             buildkite(
                 "acme-bk",

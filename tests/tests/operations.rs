@@ -5,9 +5,12 @@ use std::time::Duration;
 
 use hookfold_proto::Message as _;
 use hookfold_proto::v1::IncidentEvent;
-use hookfold_tests::records::{mixed_story, produce_with};
-use hookfold_tests::{Broker, Processor, Topics, assert_same_incidents, unique_name, watermarks};
+use hookfold_tests::records::{mixed_story, produce};
+use hookfold_tests::{
+    Broker, Topics, assert_same_incidents, create_topic, unique_name, watermarks,
+};
 use rdkafka::Message as _;
+use rdkafka::admin::{AdminOptions, AlterConfig, ResourceSpecifier};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 
 fn text(output: &std::process::Output) -> String {
@@ -31,20 +34,10 @@ fn partitions(broker: &Broker, topic: &str) -> usize {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn topics_creates_checks_and_refuses_a_changelog_that_is_not_copartitioned() {
-    let broker = Broker::start_in_memory().unwrap();
+    let broker = Broker::start().unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let t = Topics {
-        webhooks: unique_name("hookfold.webhooks"),
-        incidents: unique_name("hookfold.incidents"),
-        group: unique_name("hookfold-processor"),
-        properties: broker.producer_properties.clone(),
-    };
-    let processor = Processor::configure(
-        &t.processor_config(&dir.path().join("state"), ""),
-        &broker.bootstrap,
-        dir.path(),
-    )
-    .unwrap();
+    let t = Topics::named(&unique_name("hookfold.webhooks"), 4);
+    let processor = t.processor(&broker, dir.path()).configure().unwrap();
 
     let check = processor.command(&["topics"], &[]).unwrap();
     assert!(!check.status.success(), "missing topics are an error");
@@ -69,6 +62,15 @@ async fn topics_creates_checks_and_refuses_a_changelog_that_is_not_copartitioned
     let again = processor.command(&["topics"], &[]).unwrap();
     assert!(again.status.success(), "{}", text(&again));
     assert!(text(&again).contains(&format!("ok       {}: 4 partitions", t.changelog())));
+    // The changelog `--create` made is compacted (read back with DescribeConfigs).
+    assert!(
+        text(&again).contains(&format!(
+            "ok       {}: cleanup.policy=compact",
+            t.changelog()
+        )),
+        "{}",
+        text(&again)
+    );
 
     // Another group whose changelog was made with the wrong partition count.
     let group = unique_name("hookfold-processor");
@@ -90,6 +92,169 @@ async fn topics_creates_checks_and_refuses_a_changelog_that_is_not_copartitioned
     assert!(text(&run).contains("refusing to run"), "{}", text(&run));
 }
 
+/// A changelog made by hand without compaction (Kafka's default policy is `delete`: a key
+/// unchanged for 7 days would be lost) is an error that says how to fix it; `--create`
+/// does not silently change an existing topic; after the fix `topics` passes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn topics_refuses_a_changelog_that_is_not_compacted() {
+    let broker = Broker::start().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let t = Topics::named(&unique_name("hookfold.webhooks"), 3);
+    broker.create_topic(&t.webhooks, 3).await.unwrap();
+    broker.create_topic(&t.incidents, 3).await.unwrap();
+    let changelog = t.changelog();
+    create_topic(&broker.bootstrap, &changelog, 3, &[])
+        .await
+        .unwrap();
+    let processor = t.processor(&broker, dir.path()).configure().unwrap();
+
+    for args in [&["topics"][..], &["topics", "--create"][..]] {
+        let check = processor.command(args, &[]).unwrap();
+        let output = text(&check);
+        assert!(!check.status.success(), "{args:?}: {output}");
+        assert!(
+            output.contains(&format!(
+                "not ok   {changelog}: cleanup.policy=delete, not compact"
+            )),
+            "{args:?}: {output}"
+        );
+        assert!(
+            output.contains(&format!(
+                "--alter --entity-type topics --entity-name {changelog} --add-config \
+                 cleanup.policy=compact"
+            )),
+            "{args:?}: {output}"
+        );
+        // The partition counts are right: that is not what it complains about.
+        assert!(!output.contains("partitions but"), "{args:?}: {output}");
+        assert!(
+            output.contains(&format!("ok       {changelog}: 3 partitions")),
+            "{args:?}: {output}"
+        );
+    }
+
+    // The fix the message names. (AlterConfigs replaces the topic's overrides, hence the
+    // max.message.bytes it was created with; kafka-configs.sh --add-config changes one key.)
+    let admin = broker.admin().unwrap();
+    let results = admin
+        .alter_configs(
+            [&AlterConfig::new(ResourceSpecifier::Topic(&changelog))
+                .set("cleanup.policy", "compact")
+                .set("max.message.bytes", "2097152")],
+            &AdminOptions::new(),
+        )
+        .await
+        .unwrap();
+    for result in results {
+        result.unwrap();
+    }
+    let fixed = hookfold_tests::wait_for(
+        "topics to pass after the changelog was compacted",
+        Duration::from_secs(30),
+        || {
+            let output = processor.command(&["topics"], &[]).ok()?;
+            output.status.success().then_some(output)
+        },
+    )
+    .unwrap();
+    assert!(
+        text(&fixed).contains(&format!("ok       {changelog}: cleanup.policy=compact")),
+        "{}",
+        text(&fixed)
+    );
+}
+
+/// `rebuild` refuses while a processor is in the group (two writers of the changelog would
+/// interleave), naming the group and its member count, and writes nothing; `--force` skips
+/// the check: an operator with its own state_dir rebuilds while the processor runs, and
+/// gets the state the processor has. Nothing here reads the changelog after the forced
+/// rebuild wrote to it beside the running processor.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rebuild_refuses_while_a_processor_is_in_the_group_and_force_overrides() {
+    const EVENTS: usize = 600;
+    let broker = Broker::start().unwrap();
+    let t = Topics::create(&broker, 2).await.unwrap();
+    produce(&broker.bootstrap, &t.webhooks, &mixed_story(EVENTS, 0xf0c))
+        .await
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let mut processor = t.processor(&broker, dir.path()).start().await.unwrap();
+    processor
+        .wait_committed(EVENTS as i64, Duration::from_secs(300))
+        .await
+        .unwrap();
+    // The same deployment's configuration on the operator's machine: same group and topics,
+    // another state_dir.
+    let operator_dir = tempfile::tempdir().unwrap();
+    let operator = t
+        .processor(&broker, operator_dir.path())
+        .configure()
+        .unwrap();
+    let changelog_before = broker.record_count(&t.changelog()).unwrap();
+    let incidents_before = broker.record_count(&t.incidents).unwrap();
+
+    let refused = operator.command(&["rebuild"], &[]).unwrap();
+    let output = text(&refused);
+    assert!(!refused.status.success(), "{output}");
+    assert!(
+        output.contains(&format!("consumer group {} has 1 member(s)", t.group)),
+        "{output}"
+    );
+    assert!(output.contains("--force skips this check"), "{output}");
+    assert!(
+        !operator_dir.path().join("state").exists(),
+        "a refused rebuild creates no store"
+    );
+    assert_eq!(
+        broker.record_count(&t.changelog()).unwrap(),
+        changelog_before,
+        "a refused rebuild writes nothing to the changelog"
+    );
+
+    let forced = operator.command(&["rebuild", "--force"], &[]).unwrap();
+    let output = text(&forced);
+    assert!(forced.status.success(), "{output}");
+    assert!(
+        output.contains(&format!(
+            "warning: consumer group {} has 1 member(s)",
+            t.group
+        )),
+        "{output}"
+    );
+    assert!(output.contains("rebuilding anyway (--force)"), "{output}");
+    for partition in 0..2 {
+        assert!(
+            output.contains(&format!("partition {partition}: rebuilt")),
+            "{output}"
+        );
+    }
+    assert!(
+        processor.process.exited().is_none(),
+        "the processor keeps running beside a forced rebuild:\n{}",
+        processor.process.output_tail()
+    );
+    // Without --emit, records the processors had folded make no incident events again.
+    assert_eq!(
+        broker.record_count(&t.incidents).unwrap(),
+        incidents_before,
+        "{output}"
+    );
+    assert!(
+        processor
+            .process
+            .terminate(Duration::from_secs(60))
+            .unwrap()
+            .success()
+    );
+    let rebuilt = operator.state_dump().unwrap();
+    assert!(!rebuilt.is_empty());
+    assert_eq!(
+        rebuilt,
+        processor.state_dump().unwrap(),
+        "the forced rebuild computes the running processor's state"
+    );
+}
+
 /// `rebuild` after a rules change: the state becomes what a processor with the new rules
 /// computes; the only incident events are those of records that arrived after the
 /// processors stopped (all of them with `--emit`); and the changelog carries the rebuilt
@@ -98,44 +263,29 @@ async fn topics_creates_checks_and_refuses_a_changelog_that_is_not_copartitioned
 async fn rebuild_recomputes_state_under_new_rules_and_the_changelog_carries_it() {
     const FOLDED: usize = 2_000;
     const EVENTS: usize = 2_300;
-    let broker = Broker::start_in_memory().unwrap();
+    let broker = Broker::start().unwrap();
     let story = mixed_story(EVENTS, 0x0b5);
     let t = Topics::create(&broker, 2).await.unwrap();
-    produce_with(
-        &broker.bootstrap,
-        &broker.producer_properties,
-        &t.webhooks,
-        &story[..FOLDED],
-    )
-    .await
-    .unwrap();
+    produce(&broker.bootstrap, &t.webhooks, &story[..FOLDED])
+        .await
+        .unwrap();
     let new_rules = [("HOOKFOLD_RULES__BUILDS__SCOPE", "pipeline")];
 
     // The deployment under default rules.
     let dir = tempfile::tempdir().unwrap();
-    let mut processor = Processor::start(
-        &t.processor_config(&dir.path().join("state"), ""),
-        &broker.bootstrap,
-        dir.path(),
-        &[],
-    )
-    .await
-    .unwrap();
+    let mut processor = t.processor(&broker, dir.path()).start().await.unwrap();
     processor
         .wait_committed(FOLDED as i64, Duration::from_secs(300))
         .await
         .unwrap();
-    // Refused while the group has a member. tansu 0.6 does not answer DescribeGroups, so
-    // against it the rebuild can only warn; Apache Kafka lets it check.
-    if !broker.is_owned() {
-        let refused = processor.command(&["rebuild"], &new_rules).unwrap();
-        assert!(!refused.status.success(), "{}", text(&refused));
-        assert!(
-            text(&refused).contains("has 1 member(s)"),
-            "{}",
-            text(&refused)
-        );
-    }
+    // Refused while the group has a member (DescribeGroups).
+    let refused = processor.command(&["rebuild"], &new_rules).unwrap();
+    assert!(!refused.status.success(), "{}", text(&refused));
+    assert!(
+        text(&refused).contains("has 1 member(s)"),
+        "{}",
+        text(&refused)
+    );
     assert!(
         processor
             .process
@@ -151,26 +301,18 @@ async fn rebuild_recomputes_state_under_new_rules_and_the_changelog_carries_it()
         .iter()
         .map(|(_, high)| *high)
         .collect();
-    produce_with(
-        &broker.bootstrap,
-        &broker.producer_properties,
-        &t.webhooks,
-        &story[FOLDED..],
-    )
-    .await
-    .unwrap();
+    produce(&broker.bootstrap, &t.webhooks, &story[FOLDED..])
+        .await
+        .unwrap();
 
     // What a processor with the new rules computes from the start.
     let reference = Topics::on_input(&broker, &t.webhooks, 2).await.unwrap();
     let reference_dir = tempfile::tempdir().unwrap();
-    let mut reference_processor = Processor::start(
-        &reference.processor_config(&reference_dir.path().join("state"), ""),
-        &broker.bootstrap,
-        reference_dir.path(),
-        &new_rules,
-    )
-    .await
-    .unwrap();
+    let mut reference_setup = reference.processor(&broker, reference_dir.path());
+    for (key, value) in new_rules {
+        reference_setup = reference_setup.env(key, value);
+    }
+    let mut reference_processor = reference_setup.start().await.unwrap();
     reference_processor
         .wait_committed(EVENTS as i64, Duration::from_secs(300))
         .await

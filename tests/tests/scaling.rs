@@ -180,9 +180,7 @@ async fn one_to_three_to_one_processors_with_a_sigkill_equal_a_single_processor(
         let story = story.clone();
         tokio::spawn(async move {
             for chunk in story.chunks(1_000) {
-                produce(&bootstrap, &topic, chunk)
-                    .await
-                    .unwrap();
+                produce(&bootstrap, &topic, chunk).await.unwrap();
             }
         })
     };
@@ -264,7 +262,11 @@ async fn one_to_three_to_one_processors_with_a_sigkill_equal_a_single_processor(
         .await
         .unwrap();
     let single_dir = root.path().join("single");
-    let mut single_processor = single.processor(&broker, &single_dir).start().await.unwrap();
+    let mut single_processor = single
+        .processor(&broker, &single_dir)
+        .start()
+        .await
+        .unwrap();
     single_processor
         .wait_committed(total as i64, Duration::from_secs(900))
         .await

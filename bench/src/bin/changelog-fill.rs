@@ -52,22 +52,8 @@ fn headers(next_offset: &str) -> OwnedHeaders {
     })
 }
 
-/// Client properties from `BENCH_KAFKA_PROPERTIES` (`key=value,key=value`).
-fn client() -> ClientConfig {
-    let mut config = ClientConfig::new();
-    for pair in std::env::var("BENCH_KAFKA_PROPERTIES")
-        .unwrap_or_default()
-        .split(',')
-    {
-        if let Some((key, value)) = pair.split_once('=') {
-            config.set(key.trim(), value.trim());
-        }
-    }
-    config
-}
-
 fn fill(bootstrap: &str, topic: &str, keys: usize) -> anyhow::Result<()> {
-    let producer: ThreadedProducer<_> = client()
+    let producer: ThreadedProducer<_> = ClientConfig::new()
         .set("bootstrap.servers", bootstrap)
         .set("acks", "all")
         .set("linger.ms", "50")
@@ -131,7 +117,7 @@ fn fill(bootstrap: &str, topic: &str, keys: usize) -> anyhow::Result<()> {
 }
 
 fn read(bootstrap: &str, topic: &str) -> anyhow::Result<()> {
-    let consumer: BaseConsumer = client()
+    let consumer: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", bootstrap)
         .set("group.id", "changelog-read-baseline")
         .set("enable.auto.commit", "false")

@@ -141,7 +141,10 @@ fn kafka(command: KafkaCommand) -> Result<()> {
             heap,
         } => {
             if let Some(pid) = kafka::detached_running(&data_dir) {
-                eprintln!("Apache Kafka already runs from {} (pid {pid})", data_dir.display());
+                eprintln!(
+                    "Apache Kafka already runs from {} (pid {pid})",
+                    data_dir.display()
+                );
                 return Ok(());
             }
             let data_dir = std::path::absolute(&data_dir)?;
