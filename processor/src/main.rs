@@ -63,7 +63,9 @@ enum Command {
         /// the webhook topic's count).
         #[arg(long, default_value_t = 6)]
         partitions: i32,
-        #[arg(long, default_value_t = 1)]
+        /// Replicas of each topic to create; -1 (the default) takes the cluster's
+        /// default.replication.factor.
+        #[arg(long, default_value_t = -1, allow_negative_numbers = true)]
         replication_factor: i32,
         /// max.message.bytes of a webhook topic to create: above the gateway's max body.
         #[arg(long, default_value_t = 2 * 1024 * 1024)]
@@ -82,7 +84,8 @@ enum Command {
         /// Emit nothing (the default; for scripts that want to say so).
         #[arg(long)]
         no_emit: bool,
-        /// Run even though the consumer group has members.
+        /// Run even though the consumer group has members, or its membership cannot be
+        /// checked (DescribeGroups failed); only once every processor of the group is stopped.
         #[arg(long)]
         force: bool,
     },

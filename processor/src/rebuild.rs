@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, anyhow, bail};
 use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::error::KafkaError;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::{Offset, TopicPartitionList};
 
 use crate::changelog::{ChangelogSource, last_position};
@@ -174,8 +174,22 @@ fn verdict(state: &str, members: &[Member]) -> anyhow::Result<Verdict> {
     }
 }
 
+/// Coordinator errors that pass: `__consumer_offsets` being created on a new cluster, or a
+/// coordinator moving or loading after a broker restart.
+fn transient(error: &KafkaError) -> bool {
+    matches!(
+        error.rdkafka_error_code(),
+        Some(
+            RDKafkaErrorCode::NotCoordinator
+                | RDKafkaErrorCode::CoordinatorNotAvailable
+                | RDKafkaErrorCode::CoordinatorLoadInProgress
+        )
+    )
+}
+
 /// DescribeGroups (through librdkafka's ListGroups on every broker, then DescribeGroups at
-/// the coordinator that lists the group).
+/// the coordinator that lists the group). Transient coordinator errors and a rebalance
+/// without listed members are asked again until `timeout`.
 fn check_group(
     config: &ProcessorConfig,
     reader: &BaseConsumer,
@@ -184,12 +198,31 @@ fn check_group(
 ) -> anyhow::Result<GroupCheck> {
     let group = &config.kafka.group_id;
     let deadline = Instant::now() + timeout;
+    let mut probe = None;
     loop {
-        let list = reader
-            .fetch_group_list(Some(group), timeout)
-            .map_err(|e| anyhow!("listing and describing the groups: {e}"))?;
+        let retry = Instant::now() < deadline;
+        let list = match reader.fetch_group_list(Some(group), timeout) {
+            Ok(list) => list,
+            Err(e) if retry && transient(&e) => {
+                std::thread::sleep(Duration::from_millis(200));
+                continue;
+            }
+            Err(e) => bail!("listing and describing the groups: {e}"),
+        };
         let Some(info) = list.groups().iter().find(|g| g.name() == group.as_str()) else {
-            return unlisted_group(config, partitions, timeout);
+            let probe = match probe.take() {
+                Some(probe) => probe,
+                None => offset_probe(config)?,
+            };
+            match unlisted_group(config, &probe, partitions, timeout) {
+                Err(e) if retry && transient(&e) => {}
+                Err(e) => bail!(
+                    "no broker listed the group, and reading its committed offsets failed: {e}"
+                ),
+                Ok(check) => return check,
+            }
+            std::thread::sleep(Duration::from_millis(200));
+            continue;
         };
         let members: Vec<Member> = info
             .members()
@@ -202,9 +235,7 @@ fn check_group(
             .collect();
         match verdict(info.state(), &members)? {
             Verdict::Settled(check) => return Ok(check),
-            Verdict::Rebalancing(_) if Instant::now() < deadline => {
-                std::thread::sleep(Duration::from_millis(200))
-            }
+            Verdict::Rebalancing(_) if retry => std::thread::sleep(Duration::from_millis(200)),
             Verdict::Rebalancing(state) => {
                 return Ok(GroupCheck::InUse(format!(
                     "is in state {state} for {timeout:?} with no member listed yet (members \
@@ -215,50 +246,47 @@ fn check_group(
     }
 }
 
+/// A consumer of the processors' group for OffsetFetch only: without subscribe() it never
+/// joins the group.
+fn offset_probe(config: &ProcessorConfig) -> anyhow::Result<BaseConsumer> {
+    client_config(config)
+        .set("client.id", "hookfold-processor-rebuild")
+        .set("group.id", &config.kafka.group_id)
+        .set("enable.auto.commit", "false")
+        .create()
+        .context("creating a Kafka consumer")
+}
+
 /// No broker listed the group. librdkafka keeps the last broker's ListGroups answer, so a
 /// coordinator's error can be hidden by another broker's success: a group that has
 /// committed offsets exists, and then its membership is unknown.
 fn unlisted_group(
     config: &ProcessorConfig,
+    probe: &BaseConsumer,
     partitions: usize,
     timeout: Duration,
-) -> anyhow::Result<GroupCheck> {
-    let k = &config.kafka;
-    // Only OffsetFetch: without subscribe() this consumer never joins the group.
-    let probe: BaseConsumer = client_config(config)
-        .set("client.id", "hookfold-processor-rebuild")
-        .set("group.id", &k.group_id)
-        .set("enable.auto.commit", "false")
-        .create()
-        .context("creating a Kafka consumer")?;
+) -> Result<anyhow::Result<GroupCheck>, KafkaError> {
+    let topic = &config.kafka.input_topic;
     let mut tpl = TopicPartitionList::new();
     for partition in 0..partitions as i32 {
-        tpl.add_partition(&k.input_topic, partition);
+        tpl.add_partition(topic, partition);
     }
-    let committed = probe.committed_offsets(tpl, timeout).map_err(|e| {
-        anyhow!("no broker listed the group, and reading its committed offsets failed: {e}")
-    })?;
+    let committed = probe.committed_offsets(tpl, timeout)?;
     for element in committed.elements() {
-        element.error().map_err(|e| {
-            anyhow!(
-                "no broker listed the group, and reading its offset of partition {} failed: {e}",
-                element.partition()
-            )
-        })?;
+        element.error()?;
         if let Offset::Offset(offset) = element.offset() {
-            bail!(
-                "no broker listed the group, but it has committed offset {offset} on {}[{}]: a \
-                 broker's ListGroups must have failed",
-                k.input_topic,
+            return Ok(Err(anyhow!(
+                "no broker listed the group, but it has committed offset {offset} on \
+                 {topic}[{}]: a broker's ListGroups must have failed",
                 element.partition()
-            );
+            )));
         }
     }
-    Ok(GroupCheck::Unused(
+    Ok(Ok(GroupCheck::Unused(
         "unknown to the cluster and without committed offsets (no processor has joined it, \
          or its offsets expired)"
             .into(),
-    ))
+    )))
 }
 
 fn rebuild_partition(

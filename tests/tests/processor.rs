@@ -9,7 +9,7 @@ use hookfold_proto::Message as _;
 use hookfold_proto::v1::{IncidentEvent, ResolutionReason, Transition};
 use hookfold_tests::records::{mixed_story, produce};
 use hookfold_tests::webhooks::{agent_event, bitbucket_signed, build_finished, buildkite_signed};
-use hookfold_tests::{Broker, Gateway, Processor, Topics, fixture, headers_of};
+use hookfold_tests::{Broker, Gateway, Topics, fixture, headers_of};
 use rdkafka::Message;
 use rdkafka::message::OwnedMessage;
 
