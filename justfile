@@ -16,17 +16,22 @@ default:
 tools:
     scripts/install-tools.sh
 
+# The same, with the Kafka jars fetched in the background while the build that follows runs
+[private]
+tools-overlapped:
+    scripts/install-tools.sh --background-kafka
+
 # Build the binaries the stack and the tests run (debug; the benchmarks build their own, in
 # release). The same dependency build serves `just test`: see [profile.dev.package."*"].
 build:
     cargo build --workspace --exclude hookfold-bench --bins
 
 # Start Apache Kafka (KRaft) on 127.0.0.1:9092 (data in .data/kafka/) and create the topics
-broker: tools build
+broker: tools-overlapped build
     scripts/stack.sh broker
 
 # Start the whole system in the background: broker, gateway, processor
-up: tools build
+up: tools-overlapped build
     scripts/stack.sh up
 
 # Stop what `just up` started
@@ -48,7 +53,8 @@ demo: up
     @echo "Full records: {{bin}}/hookfold-processor -c deploy/local/processor.toml tail --from-beginning"
 
 # Run every test: unit, property and end to end (against Apache Kafka, or KAFKA_BOOTSTRAP_SERVERS)
-test: tools build
+test: tools-overlapped build
+    scripts/install-tools.sh wait-kafka
     cargo test --workspace --no-fail-fast
 
 # Formatting and lints, as CI wants them

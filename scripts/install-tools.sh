@@ -9,9 +9,10 @@
 # Everything goes to ~/.cache/hookfold (HOOKFOLD_TOOLS for cargo-installed tools), outside
 # the repository, so a fresh clone on the same machine reuses it.
 #
-# `install-tools.sh kafka` installs only the Kafka jars (what `just broker` needs);
-# `install-tools.sh --background-kafka` fetches them in the background and returns, so the
-# download overlaps a compile (`wait-kafka` then waits for it).
+# `install-tools.sh kafka` installs only the Kafka jars; `install-tools.sh --background-kafka`
+# installs the rest and fetches the jars in the background, so the download overlaps the
+# compile that follows (`just build`, `just up`, `just test` do this); `wait-kafka` (run by
+# whatever starts a broker) then waits for it, or fetches them itself if that failed.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -52,6 +53,11 @@ kafka_installed() { [ -f "$KAFKA_HOME/libs/.complete" ]; }
 
 kafka_jars() {
   kafka_installed && return 0
+  # One fetch at a time: a foreground one waits for a background one and then finds the
+  # jars there (or, if that one failed, fetches them itself).
+  exec 9>"$CACHE/kafka/.lock"
+  flock 9
+  kafka_installed && return 0
   say "fetching Apache Kafka $KAFKA_VERSION from Maven Central into $KAFKA_HOME (about a minute, once per machine)"
   local tmp="$KAFKA_HOME/libs.partial"
   rm -rf "$tmp"
@@ -65,36 +71,36 @@ kafka_jars() {
   mv "$tmp" "$KAFKA_HOME/libs"
 }
 
+install_just() {
+  if ! command -v just >/dev/null 2>&1; then
+    say "installing just $JUST_VERSION into $TOOLS (about a minute)"
+    cargo install just --version "$JUST_VERSION" --locked --root "$TOOLS" --quiet
+  fi
+}
+
 case "${1:-all}" in
   kafka)
     kafka_jars
-    exit 0
     ;;
   --background-kafka)
     debian_packages
-    kafka_installed || (kafka_jars >"$CACHE/kafka/install.log" 2>&1 || echo failed >>"$CACHE/kafka/install.log") &
-    exit 0
+    install_just
+    if ! kafka_installed; then
+      say "fetching Apache Kafka $KAFKA_VERSION in the background (log: $CACHE/kafka/install.log)"
+      (kafka_jars >"$CACHE/kafka/install.log" 2>&1 || echo "failed" >>"$CACHE/kafka/install.log") &
+    fi
     ;;
   wait-kafka)
-    for _ in $(seq 1 600); do
-      kafka_installed && exit 0
-      if grep -q '^failed$' "$CACHE/kafka/install.log" 2>/dev/null; then
-        say "fetching Apache Kafka failed:"; cat "$CACHE/kafka/install.log" >&2; exit 1
-      fi
-      pgrep -f "hookfold-kafka-broker|scripts/kafka/pom.xml" >/dev/null || break
-      sleep 0.5
-    done
-    kafka_jars
-    exit 0
+    if ! kafka_installed; then
+      say "waiting for Apache Kafka $KAFKA_VERSION's jars ($CACHE/kafka/install.log)"
+      kafka_jars
+    fi
     ;;
-  all) ;;
+  all)
+    debian_packages
+    install_just
+    kafka_jars
+    say "tools ready: just $(just --version | cut -d' ' -f2), $(java -version 2>&1 | head -1), Apache Kafka $KAFKA_VERSION ($KAFKA_HOME/libs)"
+    ;;
   *) echo "usage: $0 [all|kafka|--background-kafka|wait-kafka]" >&2; exit 2 ;;
 esac
-
-debian_packages
-if ! command -v just >/dev/null 2>&1; then
-  say "installing just $JUST_VERSION into $TOOLS (about a minute)"
-  cargo install just --version "$JUST_VERSION" --locked --root "$TOOLS" --quiet
-fi
-kafka_jars
-say "tools ready: just $(just --version | cut -d' ' -f2), $(java -version 2>&1 | head -1), Apache Kafka $KAFKA_VERSION ($KAFKA_HOME/libs)"

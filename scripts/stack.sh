@@ -55,6 +55,8 @@ broker() {
   if [ -n "${HOOKFOLD_EXTERNAL_KAFKA:-}" ]; then
     say "using the Kafka at $KAFKA"
   else
+    # The jars may still be downloading (`just up` fetches them while it compiles).
+    scripts/install-tools.sh wait-kafka
     # Formats .data/kafka on first use, starts the JVM detached, waits until it answers.
     "$BIN/hookfold-dev" kafka start --data-dir "$DATA/kafka" --port "$BROKER_PORT"
   fi

@@ -237,14 +237,19 @@ fn assert_only_202_or_503(answers: &[Answer]) {
     }
 }
 
-/// Every request answered 202 is on the webhook topic (by `ce_id`), no event twice, and
-/// nothing the load did not send.
-/// Returns the records read and how many refused (503) requests landed anyway.
+/// Every request answered 202 is on the webhook topic (by `ce_id`), and nothing the load
+/// did not send. A record is there twice at most, and only in a run where some record's
+/// ack timed out (a 503): librdkafka's idempotent producer then bumps its epoch, and a
+/// batch in flight to another partition whose first send was persisted is sent again
+/// under the new epoch (confluentinc/librdkafka#4953). The processor drops the repeat by
+/// its `ce_id` (rules/tests/properties.rs), so the incident events still equal a clean
+/// run's. Returns the records read, how many refused (503) requests landed anyway, and
+/// how many event ids are on the topic twice.
 fn assert_every_202_on_the_topic(
     broker: &Broker,
     topic: &str,
     answers: &[Answer],
-) -> (Vec<OwnedMessage>, usize) {
+) -> (Vec<OwnedMessage>, usize, usize) {
     let records = broker.read_all(topic).expect("reading the webhook topic");
     let mut on_topic: HashMap<String, usize> = HashMap::new();
     for record in &records {
@@ -262,12 +267,19 @@ fn assert_every_202_on_the_topic(
         missing.len(),
         &missing[..missing.len().min(5)]
     );
-    let twice: Vec<_> = on_topic.iter().filter(|(_, n)| **n > 1).collect();
+    let repeated: Vec<_> = on_topic.iter().filter(|(_, n)| **n > 1).collect();
+    let timed_out = answers.iter().filter(|a| a.status == 503).count();
     assert!(
-        twice.is_empty(),
-        "{} event id(s) are on {topic} more than once (the producer is idempotent), e.g. {:?}",
-        twice.len(),
-        twice.first()
+        repeated.is_empty() || timed_out > 0,
+        "{} event id(s) are on {topic} more than once in a run where no ack timed out \
+         (the idempotent producer repeats only after an epoch bump), e.g. {:?}",
+        repeated.len(),
+        repeated.first()
+    );
+    assert!(
+        repeated.iter().all(|(_, n)| **n == 2),
+        "an event id is on {topic} more than twice: {:?}",
+        repeated.iter().max_by_key(|(_, n)| **n)
     );
     let sent: HashSet<&str> = answers.iter().map(|a| a.expected.as_str()).collect();
     let unknown: Vec<&String> = on_topic
@@ -284,7 +296,7 @@ fn assert_every_202_on_the_topic(
         .iter()
         .filter(|a| a.status == 503 && on_topic.contains_key(&a.expected))
         .count();
-    (records, refused_but_stored)
+    (records, refused_but_stored, repeated.len())
 }
 
 /// The gateway's `/readyz` status (0 when it does not answer).
@@ -597,7 +609,7 @@ async fn broker_killed_and_restarted_under_load_loses_no_accepted_request() {
         "202s did not stay back: the last 100 answers are {:?}",
         statuses(tail)
     );
-    let (records, refused_but_stored) =
+    let (records, refused_but_stored, on_topic_twice) =
         assert_every_202_on_the_topic(&broker, &t.webhooks, &answers);
 
     // The processor lived through it (120 s ack timeout against an outage of seconds)
@@ -626,7 +638,8 @@ async fn broker_killed_and_restarted_under_load_loses_no_accepted_request() {
          before the kill): {:?} \
          (503s answered in {median_503:.1} s median, {max_503:.1} s at most); \
          {} answered 503 while down; {in_flight_202} 202(s) in flight at the kill, \
-         {refused_but_stored} refused request(s) on the topic anyway; {accepted_after} 202s \
+         {refused_but_stored} refused request(s) on the topic anyway, {on_topic_twice} record(s) \
+         there twice; {accepted_after} 202s \
          sent after the restart, the first {:.1} s after it; broker down {:.1} s (kill to \
          restart), restart took {:.1} s; the processor folded everything {:.1} s after the \
          load ended; {} webhook records, {} incident events, {} state entries, {repeats} \
@@ -848,7 +861,7 @@ async fn leader_failover_on_three_brokers_loses_no_accepted_request() {
     // causes.
     tokio::task::block_in_place(|| broker.restart_node(second as u32))
         .unwrap_or_else(|e| panic!("restarting node {second}: {e:#}"));
-    let (records, refused_but_stored) =
+    let (records, refused_but_stored, on_topic_twice) =
         assert_every_202_on_the_topic(&broker, &t.webhooks, &answers);
     assert_eq!(total_records, records.len() as i64);
     let processor_log = processor.process.output();
@@ -873,7 +886,8 @@ async fn leader_failover_on_three_brokers_loses_no_accepted_request() {
         "leader failover: {TOTAL} requests over {CONNECTIONS} connections ({rate:.0}/s \
          before the first kill): {:?} ({refused_first} refusals around the first kill, the \
          rest around the second; 503s answered in {median_503:.1} s median, {max_503:.1} s at \
-         most); {refused_but_stored} refused request(s) on the topic anyway; node {first} led \
+         most); {refused_but_stored} refused request(s) on the topic anyway, {on_topic_twice} \
+         record(s) there twice; node {first} led \
          partitions {led_by_first:?} of the webhook topic, failover seen {:.1} s after its \
          kill; node {second} led {} incident and {webhooks_led_by_second} webhook \
          partition(s), killed with the processor at {folded_before} of {written_before} \
