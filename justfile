@@ -66,6 +66,15 @@ lint:
 fmt:
     cargo fmt --all
 
+# Fuzz every target (or those named) for SECONDS each, from the stored corpus; reports
+# executions, coverage and crashes (fuzz/, scripts/fuzz.sh)
+fuzz seconds="600" *targets: tools
+    scripts/fuzz.sh {{seconds}} {{targets}}
+
+# Rewrite the fuzz targets' seed corpus (fuzz/corpus/) from the fixtures and the tests' records
+fuzz-seeds: build
+    {{bin}}/hookfold-dev fuzz-seeds --out fuzz/corpus
+
 # Every benchmark
 bench: bench-gateway bench-processor bench-restore
 

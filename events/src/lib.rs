@@ -29,6 +29,8 @@ pub use buildkite::{
     JobAgent, JobEvent, JobState, Person, Pipeline,
 };
 pub use hookfold_proto::cloudevents::SourceKind;
+/// The routing key contract, re-exported for the rules (see `hookfold_webhook::routing`).
+pub use hookfold_webhook::routing::{Entity, entity_key};
 
 /// One record of the webhook topic, typed.
 #[derive(Debug, Clone, PartialEq)]
@@ -59,16 +61,16 @@ impl WebhookEvent {
     /// `None` for [`EventBody::Unknown`]: its body was not read, so the key cannot be known
     /// here (the gateway may still have derived one from the raw body).
     pub fn routing_key(&self) -> Option<String> {
-        let source_id = &self.source_id;
-        Some(match &self.body {
-            EventBody::Build(build) => format!("{source_id}/pipeline/{}", build.pipeline.slug),
-            EventBody::Job(job) => format!("{source_id}/pipeline/{}", job.pipeline.slug),
-            EventBody::Agent(agent) => format!("{source_id}/agent/{}", agent.agent.name),
-            EventBody::PullRequest(pr) => format!("{source_id}/repo/{}", pr.repository.full_name),
-            EventBody::Push(push) => format!("{source_id}/repo/{}", push.repository.full_name),
-            EventBody::Ping => format!("{source_id}/org"),
+        let entity = match &self.body {
+            EventBody::Build(build) => Entity::Pipeline(&build.pipeline.slug),
+            EventBody::Job(job) => Entity::Pipeline(&job.pipeline.slug),
+            EventBody::Agent(agent) => Entity::Agent(&agent.agent.name),
+            EventBody::PullRequest(pr) => Entity::Repo(&pr.repository.full_name),
+            EventBody::Push(push) => Entity::Repo(&push.repository.full_name),
+            EventBody::Ping => Entity::Org,
             EventBody::Unknown => return None,
-        })
+        };
+        Some(entity_key(&self.source_id, entity))
     }
 }
 

@@ -151,8 +151,13 @@ impl ProcessorConfig {
             figment = figment.merge(Toml::file_exact(file));
         }
         let config: ProcessorConfig = figment
-            // HOOKFOLD_CONFIG names the file (--config), it is not a key.
-            .merge(Env::prefixed("HOOKFOLD_").ignore(&["CONFIG"]).split("__"))
+            // HOOKFOLD_CONFIG names the file (--config); the scripts' own variables are
+            // not keys either.
+            .merge(
+                Env::prefixed("HOOKFOLD_")
+                    .ignore(hookfold_proto::env::NOT_CONFIG_KEYS)
+                    .split("__"),
+            )
             .extract()
             .map_err(Box::new)?;
         config.validate()?;

@@ -6,7 +6,6 @@
 //! around it: [`store`] (RocksDB), [`consumer`] and [`engine`] (Kafka), [`tail`].
 
 pub mod changelog;
-pub mod codec;
 pub mod config;
 pub mod consumer;
 pub mod engine;
@@ -16,3 +15,6 @@ pub mod rebuild;
 pub mod store;
 pub mod tail;
 pub mod topics;
+
+/// The state codec, re-exported: the store, the engine and the benchmarks use it from here.
+pub use hookfold_state::codec;

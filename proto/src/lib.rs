@@ -8,6 +8,7 @@
 //! - [`timestamp`]: RFC 3339 <-> `google.protobuf.Timestamp`.
 
 pub mod cloudevents;
+pub mod env;
 pub mod incident;
 pub mod json;
 pub mod timestamp;

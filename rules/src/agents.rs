@@ -1,6 +1,6 @@
 //! Buildkite agents, matched by name: a restarted agent gets a new id but keeps its name.
 
-use hookfold_events::{AgentAction, AgentEvent};
+use hookfold_events::{AgentAction, AgentEvent, Entity, entity_key};
 use hookfold_proto::v1::{EntityKind, IncidentEvent, ResolutionReason};
 
 use crate::config::AgentRules;
@@ -54,7 +54,7 @@ pub(crate) fn apply_agent(
         return;
     }
     let source_id = &input.event.source_id;
-    let routing = format!("{source_id}/agent/{}", agent.name);
+    let routing = entity_key(source_id, Entity::Agent(&agent.name));
     if let Some(known) = state.agents.get(&routing) {
         // An instance that a later `agent.connected` replaced: whatever it reports now
         // is old news about a process that no longer exists.

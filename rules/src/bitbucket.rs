@@ -1,17 +1,15 @@
 //! Bitbucket: an open pull request is an incident until merged or declined; a pushed
 //! branch is an incident until a pull request from it is merged.
 
-use hookfold_events::{PullRequestAction, PullRequestEvent, PushEvent, RefChange, RefKind};
+use hookfold_events::{
+    Entity, PullRequestAction, PullRequestEvent, PushEvent, RefChange, RefKind, entity_key,
+};
 use hookfold_proto::v1::{EntityKind, IncidentEvent, ResolutionReason};
 
 use crate::config::BitbucketRules;
 use crate::dedup_key;
 use crate::output::{Description, Input, first_line};
 use crate::state::{KeyState, MAX_CLOSED_PULL_REQUESTS, MAX_MERGED_BRANCHES, RepoState};
-
-fn routing_key(source_id: &str, full_name: &str) -> String {
-    format!("{source_id}/repo/{full_name}")
-}
 
 /// Whether two commit hashes name the same commit: Bitbucket sends 12-character short
 /// hashes in pull requests and full ones in pushes, so a prefix of at least 7 suffices.
@@ -79,7 +77,7 @@ pub(crate) fn apply_pull_request(
 ) {
     let source_id = &input.event.source_id;
     let full_name = &event.repository.full_name;
-    let routing = routing_key(source_id, full_name);
+    let routing = entity_key(source_id, Entity::Repo(full_name));
     let pr = &event.pull_request;
     let occurred_at = pr.updated_on.unwrap_or(input.event.time);
 
@@ -234,7 +232,7 @@ pub(crate) fn apply_push(
     }
     let source_id = &input.event.source_id;
     let full_name = &event.repository.full_name;
-    let routing = routing_key(source_id, full_name);
+    let routing = entity_key(source_id, Entity::Repo(full_name));
     for change in &event.changes {
         // Deletions (no `new`) and tags change nothing.
         let Some(new) = &change.new else { continue };

@@ -2,7 +2,8 @@
 //! a passed one resolves it; failed jobs are attached to it.
 
 use hookfold_events::{
-    Build, BuildAction, BuildEvent, BuildState, Job, JobAction, JobEvent, JobState, Pipeline,
+    Build, BuildAction, BuildEvent, BuildState, Entity, Job, JobAction, JobEvent, JobState,
+    Pipeline, entity_key,
 };
 use hookfold_proto::v1::{EntityKind, IncidentEvent, ResolutionReason};
 
@@ -47,10 +48,6 @@ pub(crate) fn job_failed(job: &Job) -> bool {
         | JobState::Expired => false,
         _ => job.exit_status.is_some_and(|status| status != 0),
     }
-}
-
-fn routing_key(source_id: &str, slug: &str) -> String {
-    format!("{source_id}/pipeline/{slug}")
 }
 
 fn scope_dedup_key(scope: BuildScope, source_id: &str, slug: &str, branch: &str) -> String {
@@ -150,7 +147,7 @@ pub(crate) fn apply_build(
         return;
     };
     let source_id = &input.event.source_id;
-    let routing = routing_key(source_id, &event.pipeline.slug);
+    let routing = entity_key(source_id, Entity::Pipeline(&event.pipeline.slug));
     let number = build.number;
 
     if let Some(scope) = existing_scope(state.pipelines.get(&routing), rules.scope, &build.branch) {
@@ -247,7 +244,7 @@ pub(crate) fn apply_job(
         return;
     }
     let source_id = &input.event.source_id;
-    let routing = routing_key(source_id, &event.pipeline.slug);
+    let routing = entity_key(source_id, Entity::Pipeline(&event.pipeline.slug));
     let number = build.number;
 
     if let Some(scope) = existing_scope(state.pipelines.get(&routing), rules.scope, &build.branch) {

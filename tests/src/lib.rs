@@ -20,6 +20,7 @@ use anyhow::{Result, bail};
 
 pub mod broker;
 pub mod comparisons;
+pub mod fuzz_seeds;
 pub mod gateway;
 pub mod kafka;
 pub mod process;

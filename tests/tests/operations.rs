@@ -406,3 +406,55 @@ async fn rebuild_recomputes_state_under_new_rules_and_the_changelog_carries_it()
     let repeats = assert_same_incidents(&reference_out, &broker.read_all(&fresh).unwrap()).unwrap();
     assert_eq!(repeats, 0);
 }
+
+/// The scripts' own `HOOKFOLD_` variables (a developer may have exported them, and
+/// `scripts/measure-cold.sh` does) are not configuration keys, while a misspelt key still is
+/// an error that names it: both binaries, with `--check`.
+#[test]
+fn the_scripts_variables_are_skipped_and_a_misspelt_key_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let gateway_config = dir.path().join("gateway.toml");
+    std::fs::write(
+        &gateway_config,
+        "[[sources]]\nid = \"acme\"\nkind = \"buildkite\"\nsecrets = [\"s3cret\"]\n",
+    )
+    .unwrap();
+    let checks = [
+        (
+            "hookfold-gateway",
+            vec![
+                "--config".to_owned(),
+                gateway_config.display().to_string(),
+                "--check".into(),
+            ],
+        ),
+        ("hookfold-processor", vec!["check".to_owned()]),
+    ];
+    for (binary, args) in checks {
+        let run = |extra: &[(&str, &str)]| {
+            let mut command = std::process::Command::new(hookfold_tests::workspace_binary(binary));
+            command.args(&args).env_remove("HOOKFOLD_CONFIG");
+            for (key, value) in [
+                ("HOOKFOLD_CACHE", "/tmp/hookfold-cache"),
+                ("HOOKFOLD_TOOLS", "/tmp/hookfold-tools"),
+                ("HOOKFOLD_KAFKA_HEAP", "1g"),
+                ("HOOKFOLD_EXTERNAL_KAFKA", "1"),
+            ]
+            .iter()
+            .chain(extra)
+            {
+                command.env(key, value);
+            }
+            command.output().unwrap()
+        };
+        let skipped = run(&[]);
+        assert!(skipped.status.success(), "{binary}: {}", text(&skipped));
+        let misspelt = run(&[("HOOKFOLD_LOG_FORMATT", "json")]);
+        assert!(!misspelt.status.success(), "{binary} took a misspelt key");
+        assert!(
+            text(&misspelt).contains("log_formatt"),
+            "{binary}: {}",
+            text(&misspelt)
+        );
+    }
+}

@@ -78,6 +78,13 @@ enum Command {
         #[arg(long)]
         out: std::path::PathBuf,
     },
+    /// Write the fuzz targets' seed corpus (fuzz/corpus/<target>/): the events crate's
+    /// fixtures and the tests' webhook records, framed as each target reads its input, and
+    /// the states that folding them leaves, encoded.
+    FuzzSeeds {
+        #[arg(long, default_value = "fuzz/corpus")]
+        out: std::path::PathBuf,
+    },
     /// Post the demo story of signed webhooks to a running gateway.
     Demo {
         #[arg(long, default_value = "http://127.0.0.1:8080")]
@@ -259,6 +266,7 @@ async fn main() -> Result<()> {
             build_finished("bench-pipeline", "main", 4242, "failed"),
         )
         .with_context(|| format!("writing {}", out.display())),
+        Command::FuzzSeeds { out } => hookfold_tests::fuzz_seeds::write(&out),
         Command::Topics { topics } => create_topics(&args.bootstrap, &topics).await,
         Command::Demo {
             gateway,

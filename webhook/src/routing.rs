@@ -5,26 +5,50 @@ use hookfold_proto::cloudevents::{self, CloudEventHeaders, SourceKind};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
-/// The record key, chosen so that each entity's events stay in order on one partition:
-/// `<source>/pipeline/<slug>` for Buildkite build and job events, `<source>/agent/<name>`
-/// for agent events, `<source>/repo/<full_name>` for Bitbucket, `<source>/org` otherwise
-/// (including a build event that names no pipeline: it still lands, in order with the org).
+/// The entity a webhook is about, which its record key names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Entity<'a> {
+    /// A Buildkite pipeline, by slug: its builds and jobs.
+    Pipeline(&'a str),
+    /// A Buildkite agent, by name (a restarted agent gets a new id, not a new name).
+    Agent(&'a str),
+    /// A Bitbucket repository, by full name: its pull requests and pushes.
+    Repo(&'a str),
+    /// Anything else of the source (a ping, an event naming no entity).
+    Org,
+}
+
+/// The routing key of an entity of a source: `<source>/pipeline/<slug>`,
+/// `<source>/agent/<name>`, `<source>/repo/<full_name>` or `<source>/org`. The one place
+/// this format is written: the gateway keys records with it, `hookfold-events` reads it back
+/// from a typed event, and the rules key their state by it, so the three cannot drift apart.
+pub fn entity_key(source_id: &str, entity: Entity<'_>) -> String {
+    match entity {
+        Entity::Pipeline(slug) => format!("{source_id}/pipeline/{slug}"),
+        Entity::Agent(name) => format!("{source_id}/agent/{name}"),
+        Entity::Repo(full_name) => format!("{source_id}/repo/{full_name}"),
+        Entity::Org => format!("{source_id}/org"),
+    }
+}
+
+/// The record key of a webhook, chosen so that each entity's events stay in order on one
+/// partition: the pipeline for Buildkite build and job events, the agent for agent events,
+/// the repository for Bitbucket, the org otherwise (including a build event that names no
+/// pipeline: it still lands, in order with the org).
 pub fn routing_key(source_id: &str, kind: SourceKind, event: &str, body: &Value) -> String {
     let entity = match kind {
         SourceKind::Buildkite if event.starts_with("build.") || event.starts_with("job.") => {
             text_at(body, "/pipeline/slug")
                 .or_else(|| text_at(body, "/build/pipeline/slug"))
-                .map(|slug| format!("pipeline/{slug}"))
+                .map(Entity::Pipeline)
         }
         SourceKind::Buildkite if event.starts_with("agent.") => {
-            text_at(body, "/agent/name").map(|name| format!("agent/{name}"))
+            text_at(body, "/agent/name").map(Entity::Agent)
         }
         SourceKind::Buildkite => None,
-        SourceKind::Bitbucket => {
-            text_at(body, "/repository/full_name").map(|name| format!("repo/{name}"))
-        }
+        SourceKind::Bitbucket => text_at(body, "/repository/full_name").map(Entity::Repo),
     };
-    format!("{source_id}/{}", entity.as_deref().unwrap_or("org"))
+    entity_key(source_id, entity.unwrap_or(Entity::Org))
 }
 
 fn text_at<'a>(body: &'a Value, pointer: &str) -> Option<&'a str> {

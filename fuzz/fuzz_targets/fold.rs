@@ -1,0 +1,163 @@
+//! `apply` over arbitrary sequences of webhook events (builds, jobs, agents, pull requests,
+//! pushes, pings, unknown events and redeliveries, in any order, with any build numbers,
+//! any times and names from small sets so that events meet), under arbitrary rules. The
+//! rules' invariants are checked as in the property tests (rules/tests/properties.rs), with
+//! the same test support: every incident's lifecycle is well formed (CREATED first, a
+//! RESOLVED only for an open incident, sequence numbers counting up, no event id twice), the
+//! incidents left open are those the states hold, folding twice gives the same outputs and
+//! states, a redelivery changes nothing, and every state stays within its bounds.
+#![no_main]
+
+use arbitrary::Arbitrary;
+use hookfold_fuzz::support::{
+    BASE_TIME, Hook, Run, agent, build_event, check_lifecycle, job, open_in_states, ping, push,
+    pull_request, unknown,
+};
+use hookfold_rules::{BuildScope, Rules};
+use hookfold_state::codec;
+use libfuzzer_sys::fuzz_target;
+
+const BRANCHES: [&str; 4] = ["main", "feature/a", "release/1", ""];
+const BUILD_EVENTS: [&str; 4] = ["build.finished", "build.failing", "build.running", "build.scheduled"];
+const BUILD_STATES: [&str; 8] = ["failed", "passed", "canceled", "skipped", "blocked", "not_run", "running", "failing"];
+const JOB_STATES: [&str; 5] = ["failed", "passed", "finished", "canceled", "timed_out"];
+const AGENT_ACTIONS: [&str; 5] = ["connected", "lost", "disconnected", "stopped", "stopping"];
+const PR_ACTIONS: [&str; 4] = ["created", "fulfilled", "rejected", "updated"];
+const HEADS: [&str; 3] = [
+    "1111111111111111111111111111111111111111",
+    "2222222222222222222222222222222222222222",
+    "3333333333333333333333333333333333333333",
+];
+/// A state may not grow past this however long its key lives (docs/RULES.md: every part of
+/// a state is bounded; the largest part is 1,024 closed pull requests of a repository).
+const MAX_STATE_BYTES: usize = 256 * 1024;
+
+#[derive(Debug, Arbitrary)]
+enum Op {
+    Build { event: u8, number: u16, state: u8, branch: u8 },
+    Job { number: u16, branch: u8, job: u8, state: u8, exit: Option<i8> },
+    Agent { action: u8, id: u8, name: u8 },
+    PullRequest { action: u8, id: u8, branch: u8, head: u8 },
+    Push { changes: Vec<(u8, u8, Option<u8>)> },
+    Ping,
+    Unknown,
+    Repeat(u16),
+}
+
+#[derive(Debug, Arbitrary)]
+struct Input {
+    pipeline_scope: bool,
+    exclude_release: bool,
+    dedup_window: u8,
+    pull_requests: bool,
+    branches: bool,
+    /// Minutes between events (a negative step: Buildkite delivering out of order).
+    steps: Vec<i8>,
+    ops: Vec<Op>,
+}
+
+fn pick<'a>(list: &[&'a str], n: u8) -> &'a str {
+    list[n as usize % list.len()]
+}
+
+fn hooks(input: &Input) -> Vec<(Hook, bool)> {
+    let mut out: Vec<(Hook, bool)> = Vec::new();
+    let mut at = BASE_TIME;
+    for (index, op) in input.ops.iter().take(200).enumerate() {
+        if let Op::Repeat(of) = op {
+            if !out.is_empty() {
+                let (hook, _) = out[*of as usize % out.len()].clone();
+                out.push((hook, true));
+            }
+            continue;
+        }
+        let hook = match op {
+            Op::Build { event, number, state, branch } => build_event(
+                pick(&BUILD_EVENTS, *event),
+                u64::from(*number),
+                pick(&BUILD_STATES, *state),
+                pick(&BRANCHES, *branch),
+            ),
+            Op::Job { number, branch, job: n, state, exit } => job(
+                u64::from(*number),
+                pick(&BRANCHES, *branch),
+                &format!("job-{}", n % 4),
+                pick(&JOB_STATES, *state),
+                exit.map(i64::from),
+            ),
+            Op::Agent { action, id, name } => agent(
+                pick(&AGENT_ACTIONS, *action),
+                &format!("id-{}", id % 6),
+                &format!("ci-{}", name % 3),
+            ),
+            Op::PullRequest { action, id, branch, head } => pull_request(
+                pick(&PR_ACTIONS, *action),
+                u64::from(id % 6) + 1,
+                pick(&BRANCHES[..3], *branch),
+                &pick(&HEADS, *head)[..12],
+            ),
+            Op::Push { changes } => {
+                let changes: Vec<(&str, &str, Option<&str>)> = changes
+                    .iter()
+                    .take(4)
+                    .map(|(kind, branch, head)| {
+                        (
+                            if kind % 5 == 0 { "tag" } else { "branch" },
+                            pick(&BRANCHES[..3], *branch),
+                            head.map(|h| pick(&HEADS, h)),
+                        )
+                    })
+                    .collect();
+                push(&changes)
+            }
+            Op::Ping => ping(),
+            Op::Unknown | Op::Repeat(_) => unknown(),
+        };
+        let step = input.steps.get(index).copied().unwrap_or(1);
+        at += time::Duration::minutes(i64::from(step));
+        let hook = Hook {
+            offset: Some(index as i64),
+            ..hook.id(&format!("ce-{index}")).at(at)
+        };
+        out.push((hook, false));
+    }
+    out
+}
+
+fuzz_target!(|input: Input| {
+    let mut rules = Rules::default();
+    if input.pipeline_scope {
+        rules.builds.scope = BuildScope::Pipeline;
+    }
+    if input.exclude_release {
+        rules.builds.exclude_branches = vec!["release/*".into()];
+    }
+    rules.dedup_window = usize::from(input.dedup_window % 64) + 1;
+    rules.bitbucket.pull_requests = input.pull_requests;
+    rules.bitbucket.branches = input.branches;
+
+    let hooks = hooks(&input);
+    let fold = |rules: &Rules| {
+        let mut run = Run::new(rules.clone());
+        let outputs: Vec<_> = hooks.iter().map(|(hook, _)| run.apply(hook)).collect();
+        (run.states, outputs)
+    };
+    let (states, per_step) = fold(&rules);
+
+    let all: Vec<_> = per_step.iter().flatten().cloned().collect();
+    let open = check_lifecycle(&all).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(open, open_in_states(&states), "open incidents differ from the states'");
+    // A redelivery within the dedup window changes nothing (one outside it may: the window
+    // is what bounds the state).
+    for (index, ((_, repeat), outputs)) in hooks.iter().zip(&per_step).enumerate() {
+        if *repeat && index < rules.dedup_window {
+            assert!(outputs.is_empty(), "redelivery {index} made {outputs:?}");
+        }
+    }
+    for state in states.values() {
+        assert!(state.remembered_ids() <= rules.dedup_window);
+        let size = codec::encode(state).len();
+        assert!(size <= MAX_STATE_BYTES, "a state of {size} bytes");
+    }
+    assert_eq!(fold(&rules), (states, per_step), "folding twice differs");
+});
