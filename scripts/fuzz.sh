@@ -2,6 +2,7 @@
 # Runs the fuzz targets (fuzz/, cargo-fuzz and libFuzzer) on the stable toolchain.
 #
 #   scripts/fuzz.sh [SECONDS] [TARGET...]   # default: 600 s each, every target
+#   HOOKFOLD_FUZZ_RUNS=10000000 scripts/fuzz.sh 7200 fold   # stop at 10 million executions
 #
 # Each target starts from its stored seed corpus (fuzz/corpus/<target>, written by
 # `hookfold-dev fuzz-seeds`) plus what earlier runs on this machine found
@@ -47,13 +48,14 @@ for target in "${TARGETS[@]}"; do
   found="$CACHE/fuzz/corpus/$target"
   mkdir -p "$found" "fuzz/artifacts/$target" "fuzz/corpus/$target"
   log="$CACHE/fuzz/$target.log"
-  dict=()
-  case "$target" in webhook_record | webhook_request) dict=(-dict=fuzz/json.dict) ;; esac
+  extra=()
+  [ -n "${HOOKFOLD_FUZZ_RUNS:-}" ] && extra+=(-runs="$HOOKFOLD_FUZZ_RUNS")
+  case "$target" in webhook_record | webhook_request) extra+=(-dict=fuzz/json.dict) ;; esac
   say "$target: ${SECONDS_EACH} s (log: $log)"
   set +e
   cargo fuzz run -s none "$target" "$found" "fuzz/corpus/$target" -- \
     -max_total_time="$SECONDS_EACH" -timeout=10 -rss_limit_mb=2048 -malloc_limit_mb=512 \
-    -max_len=65536 -print_final_stats=1 "${dict[@]}" >"$log" 2>&1
+    -max_len=65536 -print_final_stats=1 "${extra[@]}" >"$log" 2>&1
   status=$?
   set -e
   runs=$(sed -n 's/^stat::number_of_executed_units: *//p' "$log" | tail -1)

@@ -54,7 +54,8 @@ fuzz_target!(|input: Input| {
             Header::Offset(n) => n.to_string().into_bytes(),
             Header::Bytes(b) => b.clone(),
         });
-        let Ok(read) = ChangelogRecord::read(offset, key, record.value.as_deref(), header.as_deref())
+        let Ok(read) =
+            ChangelogRecord::read(offset, key, record.value.as_deref(), header.as_deref())
         else {
             continue;
         };
@@ -63,12 +64,18 @@ fuzz_target!(|input: Input| {
             states_read += 1;
         }
         match replay.push(offset, read) {
-            Some(Write::States { states, position: moved }) => {
+            Some(Write::States {
+                states,
+                position: moved,
+            }) => {
                 assert!(states.len() <= MAX_PENDING);
                 if let Some((next, marker)) = moved {
                     assert!(is_batch, "a position without a batch marker");
                     assert_eq!(marker, offset);
-                    assert!(position.is_none_or(|at| next >= at), "moved back from {position:?} to {next}");
+                    assert!(
+                        position.is_none_or(|at| next >= at),
+                        "moved back from {position:?} to {next}"
+                    );
                     position = Some(next);
                 }
             }

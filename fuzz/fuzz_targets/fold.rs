@@ -10,16 +10,23 @@
 
 use arbitrary::Arbitrary;
 use hookfold_fuzz::support::{
-    BASE_TIME, Hook, Run, agent, build_event, check_lifecycle, job, open_in_states, ping, push,
-    pull_request, unknown,
+    BASE_TIME, Hook, Run, agent, build_event, check_lifecycle, job, open_in_states, ping,
+    pull_request, push, unknown,
 };
 use hookfold_rules::{BuildScope, Rules};
 use hookfold_state::codec;
 use libfuzzer_sys::fuzz_target;
 
 const BRANCHES: [&str; 4] = ["main", "feature/a", "release/1", ""];
-const BUILD_EVENTS: [&str; 4] = ["build.finished", "build.failing", "build.running", "build.scheduled"];
-const BUILD_STATES: [&str; 8] = ["failed", "passed", "canceled", "skipped", "blocked", "not_run", "running", "failing"];
+const BUILD_EVENTS: [&str; 4] = [
+    "build.finished",
+    "build.failing",
+    "build.running",
+    "build.scheduled",
+];
+const BUILD_STATES: [&str; 8] = [
+    "failed", "passed", "canceled", "skipped", "blocked", "not_run", "running", "failing",
+];
 const JOB_STATES: [&str; 5] = ["failed", "passed", "finished", "canceled", "timed_out"];
 const AGENT_ACTIONS: [&str; 5] = ["connected", "lost", "disconnected", "stopped", "stopping"];
 const PR_ACTIONS: [&str; 4] = ["created", "fulfilled", "rejected", "updated"];
@@ -34,11 +41,33 @@ const MAX_STATE_BYTES: usize = 256 * 1024;
 
 #[derive(Debug, Arbitrary)]
 enum Op {
-    Build { event: u8, number: u16, state: u8, branch: u8 },
-    Job { number: u16, branch: u8, job: u8, state: u8, exit: Option<i8> },
-    Agent { action: u8, id: u8, name: u8 },
-    PullRequest { action: u8, id: u8, branch: u8, head: u8 },
-    Push { changes: Vec<(u8, u8, Option<u8>)> },
+    Build {
+        event: u8,
+        number: u16,
+        state: u8,
+        branch: u8,
+    },
+    Job {
+        number: u16,
+        branch: u8,
+        job: u8,
+        state: u8,
+        exit: Option<i8>,
+    },
+    Agent {
+        action: u8,
+        id: u8,
+        name: u8,
+    },
+    PullRequest {
+        action: u8,
+        id: u8,
+        branch: u8,
+        head: u8,
+    },
+    Push {
+        changes: Vec<(u8, u8, Option<u8>)>,
+    },
     Ping,
     Unknown,
     Repeat(u16),
@@ -72,13 +101,24 @@ fn hooks(input: &Input) -> Vec<(Hook, bool)> {
             continue;
         }
         let hook = match op {
-            Op::Build { event, number, state, branch } => build_event(
+            Op::Build {
+                event,
+                number,
+                state,
+                branch,
+            } => build_event(
                 pick(&BUILD_EVENTS, *event),
                 u64::from(*number),
                 pick(&BUILD_STATES, *state),
                 pick(&BRANCHES, *branch),
             ),
-            Op::Job { number, branch, job: n, state, exit } => job(
+            Op::Job {
+                number,
+                branch,
+                job: n,
+                state,
+                exit,
+            } => job(
                 u64::from(*number),
                 pick(&BRANCHES, *branch),
                 &format!("job-{}", n % 4),
@@ -90,7 +130,12 @@ fn hooks(input: &Input) -> Vec<(Hook, bool)> {
                 &format!("id-{}", id % 6),
                 &format!("ci-{}", name % 3),
             ),
-            Op::PullRequest { action, id, branch, head } => pull_request(
+            Op::PullRequest {
+                action,
+                id,
+                branch,
+                head,
+            } => pull_request(
                 pick(&PR_ACTIONS, *action),
                 u64::from(id % 6) + 1,
                 pick(&BRANCHES[..3], *branch),
@@ -146,7 +191,11 @@ fuzz_target!(|input: Input| {
 
     let all: Vec<_> = per_step.iter().flatten().cloned().collect();
     let open = check_lifecycle(&all).unwrap_or_else(|e| panic!("{e}"));
-    assert_eq!(open, open_in_states(&states), "open incidents differ from the states'");
+    assert_eq!(
+        open,
+        open_in_states(&states),
+        "open incidents differ from the states'"
+    );
     // A redelivery within the dedup window changes nothing (one outside it may: the window
     // is what bounds the state).
     for (index, ((_, repeat), outputs)) in hooks.iter().zip(&per_step).enumerate() {

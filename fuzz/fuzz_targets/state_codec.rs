@@ -10,7 +10,10 @@ use libfuzzer_sys::fuzz_target;
 fuzz_target!(|data: &[u8]| {
     if let Ok(state) = codec::decode(data) {
         let again = codec::encode(&state);
-        assert_eq!(codec::decode(&again).expect("re-encoded state decodes"), state);
+        assert_eq!(
+            codec::decode(&again).expect("re-encoded state decodes"),
+            state
+        );
         // Views over a decoded state must not panic either.
         let _ = state.open_incidents();
         let _ = state.remembered_ids();

@@ -87,6 +87,9 @@ fuzz_target!(|data: &[u8]| {
     let id = event_id("acme", &event, body, uuid);
     assert!(!id.is_empty() && id.len() <= 128, "{id}");
     if uuid.is_none_or(|u| u.trim() != id) {
-        assert!(id.len() == 64 && id.bytes().all(|b| b.is_ascii_hexdigit()), "{id}");
+        assert!(
+            id.len() == 64 && id.bytes().all(|b| b.is_ascii_hexdigit()),
+            "{id}"
+        );
     }
 });

@@ -2,9 +2,8 @@
 //! test support (webhook builders, the processor in miniature, the lifecycle check), so
 //! that the `fold` target checks the same invariants as the property tests.
 
-/// The rules' test support, compiled here as it is in `rules/tests` (not every builder is
-/// used by every target).
-#[allow(dead_code)]
+/// The rules' test support, compiled here as it is in `rules/tests` (it allows its own
+/// unused builders).
 #[path = "../../rules/tests/support/mod.rs"]
 pub mod support;
 

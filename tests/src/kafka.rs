@@ -188,6 +188,18 @@ impl KafkaNode {
         if self.process.is_running() {
             return Ok(());
         }
+        // A port someone else holds would leave this JVM failing while the readiness check
+        // reached the other process (a broker left running by an earlier stack, say).
+        for port in [self.port, self.controller_port] {
+            if std::net::TcpListener::bind(("127.0.0.1", port)).is_err() {
+                bail!(
+                    "port {port} of Kafka node {} is in use by another process (a broker left \
+                     running? `just down`, or `hookfold-dev kafka stop --data-dir <its dir>`); \
+                     stop it or use another port",
+                    self.id
+                );
+            }
+        }
         let mut command = self.java_command("kafka.Kafka")?;
         command.arg(self.config_path());
         match self.lifetime {
@@ -252,6 +264,8 @@ impl KafkaNode {
 /// One or more KRaft nodes forming one cluster.
 pub struct KafkaCluster {
     pub nodes: Vec<KafkaNode>,
+    /// The id the nodes were formatted with: a broker answering with another one is not ours.
+    cluster_id: String,
 }
 
 impl KafkaCluster {
@@ -315,7 +329,7 @@ impl KafkaCluster {
                 }
             }
         }
-        let mut cluster = Self { nodes };
+        let mut cluster = Self { nodes, cluster_id };
         for node in &mut cluster.nodes {
             node.start()?;
         }
@@ -350,7 +364,16 @@ impl KafkaCluster {
             if let Ok(metadata) = consumer.fetch_metadata(None, Duration::from_secs(2)) {
                 let brokers: Vec<i32> = metadata.brokers().iter().map(|b| b.id()).collect();
                 if wanted.iter().all(|id| brokers.contains(id)) {
-                    return Ok(());
+                    match consumer.client().fetch_cluster_id(Duration::from_secs(2)) {
+                        Some(id) if id == self.cluster_id => return Ok(()),
+                        Some(other) => bail!(
+                            "another Kafka answers on {} (cluster id {other}, ours is {}): stop \
+                             it or use another port",
+                            self.bootstrap(),
+                            self.cluster_id
+                        ),
+                        None => {}
+                    }
                 }
             }
             for node in &mut self.nodes {
