@@ -177,7 +177,14 @@ fuzz_target!(|input: Input| {
     if input.exclude_release {
         rules.builds.exclude_branches = vec!["release/*".into()];
     }
-    rules.dedup_window = usize::from(input.dedup_window % 64) + 1;
+    // Mostly the default window (1,024 ids per key, more than a run's 200 events, so every
+    // redelivery is recognised); sometimes a tiny one, where a redelivery that fell out of
+    // the window is applied again and may repeat an earlier event (by design: the window
+    // bounds the state), so only the bounds and determinism are checked then.
+    let tiny_window = input.dedup_window < 32;
+    if tiny_window {
+        rules.dedup_window = usize::from(input.dedup_window) + 1;
+    }
     rules.bitbucket.pull_requests = input.pull_requests;
     rules.bitbucket.branches = input.branches;
 
@@ -189,18 +196,18 @@ fuzz_target!(|input: Input| {
     };
     let (states, per_step) = fold(&rules);
 
-    let all: Vec<_> = per_step.iter().flatten().cloned().collect();
-    let open = check_lifecycle(&all).unwrap_or_else(|e| panic!("{e}"));
-    assert_eq!(
-        open,
-        open_in_states(&states),
-        "open incidents differ from the states'"
-    );
-    // A redelivery within the dedup window changes nothing (one outside it may: the window
-    // is what bounds the state).
-    for (index, ((_, repeat), outputs)) in hooks.iter().zip(&per_step).enumerate() {
-        if *repeat && index < rules.dedup_window {
-            assert!(outputs.is_empty(), "redelivery {index} made {outputs:?}");
+    if !tiny_window {
+        let all: Vec<_> = per_step.iter().flatten().cloned().collect();
+        let open = check_lifecycle(&all).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(
+            open,
+            open_in_states(&states),
+            "open incidents differ from the states'"
+        );
+        for (index, ((_, repeat), outputs)) in hooks.iter().zip(&per_step).enumerate() {
+            if *repeat {
+                assert!(outputs.is_empty(), "redelivery {index} made {outputs:?}");
+            }
         }
     }
     for state in states.values() {
