@@ -101,16 +101,21 @@ struct Seen {
 }
 
 impl Seen {
+    /// What the server answered on a connection: its status lines, or "closed".
     fn record(&self, kind: &'static str, answer: &str) {
         let status = status_lines(answer).join(" ");
-        self.answers.lock().unwrap().push((
+        self.record_outcome(
             kind,
             if status.is_empty() {
                 "closed".into()
             } else {
                 status
             },
-        ));
+        );
+    }
+
+    fn record_outcome(&self, kind: &'static str, outcome: String) {
+        self.answers.lock().unwrap().push((kind, outcome));
     }
 }
 
@@ -187,12 +192,10 @@ async fn valid_webhooks_land_through_hostile_traffic() {
                 }
                 std::thread::sleep(Duration::from_millis(200));
             }
-            seen.record(
-                "slow headers",
-                answer
-                    .as_deref()
-                    .unwrap_or("HTTP/1.1 (still open at the end)"),
-            );
+            match answer {
+                Some(answer) => seen.record("slow headers", &answer),
+                None => seen.record_outcome("slow headers", "still open at the end".into()),
+            }
         }));
     }
     // Slow bodies: 12 connections, valid signed heads, then a body byte every 200 ms.
