@@ -89,10 +89,15 @@ fn pick<'a>(list: &[&'a str], n: u8) -> &'a str {
     list[n as usize % list.len()]
 }
 
+/// Events per input at most. The names come from small sets (4 branches, 6 agents, 6 pull
+/// requests), so 100 events give every key several lifecycles; each event is built as a
+/// JSON body and parsed, twice per input, so the cap is what sets executions per second.
+const MAX_EVENTS: usize = 100;
+
 fn hooks(input: &Input) -> Vec<(Hook, bool)> {
     let mut out: Vec<(Hook, bool)> = Vec::new();
     let mut at = BASE_TIME;
-    for (index, op) in input.ops.iter().take(200).enumerate() {
+    for (index, op) in input.ops.iter().take(MAX_EVENTS).enumerate() {
         if let Op::Repeat(of) = op {
             if !out.is_empty() {
                 let (hook, _) = out[*of as usize % out.len()].clone();
@@ -177,7 +182,7 @@ fuzz_target!(|input: Input| {
     if input.exclude_release {
         rules.builds.exclude_branches = vec!["release/*".into()];
     }
-    // Mostly the default window (1,024 ids per key, more than a run's 200 events, so every
+    // Mostly the default window (1,024 ids per key, more than a run's MAX_EVENTS, so every
     // redelivery is recognised); sometimes a tiny one, where a redelivery that fell out of
     // the window is applied again and may repeat an earlier event (by design: the window
     // bounds the state), so only the bounds and determinism are checked then.

@@ -18,7 +18,8 @@ use rdkafka::{ClientConfig, ClientContext, Offset, TopicPartitionList};
 
 use crate::changelog::{self, ChangelogError, ChangelogSource, RestoreReport};
 use crate::config::ProcessorConfig;
-use crate::engine::{Committed, DeliveryTracker, Engine, Topics};
+use crate::delivery::{BatchProducers, DeliveryTracker, TrackedProducer};
+use crate::engine::{Committed, Engine, Topics};
 use crate::metrics::Metrics;
 use crate::store::PartitionStore;
 
@@ -401,19 +402,26 @@ pub fn client_config(config: &ProcessorConfig) -> ClientConfig {
     client
 }
 
-/// The engine with its producer (acks=all, idempotent), as `run` and `rebuild` use it.
+/// The engine with its producers (acks=all, idempotent), as `run` and `rebuild` use it.
 pub fn new_engine(config: &ProcessorConfig, metrics: Metrics) -> anyhow::Result<Engine> {
-    let producer: ThreadedProducer<DeliveryTracker> = client_config(config)
-        .set("client.id", "hookfold-processor")
-        .set("acks", "all")
-        .set("enable.idempotence", "true")
-        .set("linger.ms", "5")
-        .set(
-            "message.timeout.ms",
-            config.kafka.ack_timeout.as_millis().to_string(),
-        )
-        .create_with_context(DeliveryTracker::default())
-        .context("creating the Kafka producer")?;
+    let producer = |client_id: &str, linger_ms: &str| -> anyhow::Result<TrackedProducer> {
+        let producer: ThreadedProducer<DeliveryTracker> = client_config(config)
+            .set("client.id", client_id)
+            .set("acks", "all")
+            .set("enable.idempotence", "true")
+            .set("linger.ms", linger_ms)
+            .set(
+                "message.timeout.ms",
+                config.kafka.ack_timeout.as_millis().to_string(),
+            )
+            .create_with_context(DeliveryTracker::default())
+            .with_context(|| format!("creating the Kafka producer {client_id}"))?;
+        Ok(TrackedProducer::new(producer))
+    };
+    // Incident events and states come in bursts that linger batches; a batch's markers
+    // are a handful of records the batch is waiting on, so they go at once.
+    let outputs = producer("hookfold-processor", "5")?;
+    let markers = producer("hookfold-processor-markers", "0")?;
     let topics = Topics {
         input: config.kafka.input_topic.clone(),
         output: config.kafka.output_topic.clone(),
@@ -423,7 +431,7 @@ pub fn new_engine(config: &ProcessorConfig, metrics: Metrics) -> anyhow::Result<
         config.rules.clone(),
         topics,
         &config.state_dir,
-        producer,
+        BatchProducers { outputs, markers },
         config.kafka.ack_timeout,
         config.batch.clone(),
         metrics,

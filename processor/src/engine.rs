@@ -3,7 +3,7 @@
 //! Per batch, in this order (the processing guarantee in docs):
 //! 1. every record is parsed and applied to its key's state (pure `hookfold_rules::apply`);
 //! 2. the incident events and one changelog record per changed key are produced;
-//! 3. the producer is flushed: every one of them is acked, or the batch fails;
+//! 3. the engine waits until every one of them is acked (`delivery`), or the batch fails;
 //! 4. per partition, the changed states and the next input offset are written in one
 //!    RocksDB `WriteBatch`.
 //!
@@ -12,8 +12,6 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use hookfold_proto::Message as _;
@@ -21,16 +19,14 @@ use hookfold_proto::cloudevents::CloudEventHeaders;
 use hookfold_proto::incident::PROCESSOR_SOURCE;
 use hookfold_proto::v1::{IncidentEvent, Transition};
 use hookfold_rules::{Cause, KeyState, Rules};
-use rdkafka::ClientContext;
 use rdkafka::error::KafkaError;
-use rdkafka::message::{DeliveryResult, Header, Headers, Message, OwnedHeaders, OwnedMessage};
-use rdkafka::producer::{BaseRecord, Producer, ProducerContext, ThreadedProducer};
-use rdkafka::types::RDKafkaErrorCode;
-use rdkafka::util::Timeout;
+use rdkafka::message::{Header, Headers, Message, OwnedHeaders, OwnedMessage};
+use rdkafka::producer::BaseRecord;
 
 use crate::changelog::{BATCH_MARKER_KEY, NEXT_OFFSET_HEADER, RESET_MARKER_KEY};
 use crate::codec::{self, CodecError};
 use crate::config::BatchConfig;
+use crate::delivery::{BatchProducers, DeliveryError, TrackedProducer};
 use crate::metrics::Metrics;
 use crate::store::{PartitionStore, StoreError};
 
@@ -45,64 +41,12 @@ pub enum EngineError {
         #[source]
         source: CodecError,
     },
-    #[error(
-        "the broker did not acknowledge {failed} record(s) of a batch; the first: {first_error}"
-    )]
-    Delivery { failed: u64, first_error: String },
-    #[error("the producer did not drain within {0:?}: the broker is unreachable or too slow")]
-    FlushTimeout(Duration),
+    #[error(transparent)]
+    Delivery(#[from] DeliveryError),
     #[error("producing: {0}")]
     Produce(#[source] KafkaError),
     #[error("incident event {0} has no valid headers (a bug in the rules)")]
     Headers(String),
-}
-
-/// Counts delivery failures of the records of the current batch, and notes where each
-/// partition's batch marker landed in the changelog.
-#[derive(Default)]
-pub struct DeliveryTracker {
-    failed: AtomicU64,
-    /// The first failure of the batch: later ones are often its consequences (e.g. the
-    /// producer being torn down).
-    first_error: Mutex<Option<String>>,
-    markers: Mutex<HashMap<i32, i64>>,
-}
-
-impl DeliveryTracker {
-    fn reset(&self) {
-        self.failed.store(0, Ordering::SeqCst);
-        *self.first_error.lock().unwrap_or_else(|e| e.into_inner()) = None;
-        self.markers
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clear();
-    }
-}
-
-impl ClientContext for DeliveryTracker {}
-
-impl ProducerContext for DeliveryTracker {
-    type DeliveryOpaque = ();
-    fn delivery(&self, result: &DeliveryResult<'_>, _: Self::DeliveryOpaque) {
-        match result {
-            Err((error, message)) => {
-                self.failed.fetch_add(1, Ordering::SeqCst);
-                self.first_error
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .get_or_insert_with(|| {
-                        format!("to {}[{}]: {error}", message.topic(), message.partition())
-                    });
-            }
-            Ok(message) if message.key() == Some(BATCH_MARKER_KEY) => {
-                self.markers
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .insert(message.partition(), message.offset());
-            }
-            Ok(_) => {}
-        }
-    }
 }
 
 pub struct Topics {
@@ -115,7 +59,8 @@ pub struct Engine {
     rules: Rules,
     topics: Topics,
     state_dir: PathBuf,
-    producer: ThreadedProducer<DeliveryTracker>,
+    outputs: TrackedProducer,
+    markers: TrackedProducer,
     ack_timeout: Duration,
     batch: BatchConfig,
     partitions: BTreeMap<i32, PartitionStore>,
@@ -139,7 +84,7 @@ impl Engine {
         rules: Rules,
         topics: Topics,
         state_dir: &Path,
-        producer: ThreadedProducer<DeliveryTracker>,
+        producers: BatchProducers,
         ack_timeout: Duration,
         batch: BatchConfig,
         metrics: Metrics,
@@ -148,7 +93,8 @@ impl Engine {
             rules,
             topics,
             state_dir: state_dir.to_owned(),
-            producer,
+            outputs: producers.outputs,
+            markers: producers.markers,
             ack_timeout,
             batch,
             partitions: BTreeMap::new(),
@@ -298,8 +244,8 @@ impl Engine {
                 .or_default()
                 .push(message);
         }
-        let tracker = self.producer.context();
-        tracker.reset();
+        self.outputs.start_batch();
+        self.markers.start_batch();
 
         let mut commits = Vec::new();
         for (partition, messages) in by_partition {
@@ -326,7 +272,7 @@ impl Engine {
                 .map(|(key, state)| (key.clone(), codec::encode(state)))
                 .collect();
             for (key, value) in &encoded {
-                self.send_changelog(partition, key, Some(value), next_offset)?;
+                self.send_changelog(partition, key, value, next_offset)?;
             }
             commits.push((partition, encoded, next_offset));
         }
@@ -335,19 +281,18 @@ impl Engine {
         // the batch is complete (see `changelog`): a marker acked beside a refused incident
         // event would let a restore skip the inputs whose events were lost.
         let started = Instant::now();
-        self.flush()?;
+        self.outputs.wait(self.ack_timeout)?;
         for (partition, _, next_offset) in &commits {
-            self.send_changelog(*partition, BATCH_MARKER_KEY, None, *next_offset)?;
+            self.send_marker(*partition, BATCH_MARKER_KEY, *next_offset)?;
         }
-        self.flush()?;
+        self.markers.wait(self.ack_timeout)?;
         self.metrics
             .batch_commit_seconds
             .with_label_values(&["flush"])
             .observe(started.elapsed().as_secs_f64());
 
         let started = Instant::now();
-        let markers =
-            std::mem::take(&mut *tracker.markers.lock().unwrap_or_else(|e| e.into_inner()));
+        let markers = self.markers.take_markers();
         let mut committed = Vec::new();
         for (partition, encoded, next_offset) in commits {
             let store = &self.partitions[&partition];
@@ -385,58 +330,46 @@ impl Engine {
         Ok(committed)
     }
 
-    /// Waits until every record produced so far is acked; fails if any was not.
-    fn flush(&self) -> Result<(), EngineError> {
-        let tracker = self.producer.context();
-        self.producer
-            .flush(Timeout::After(self.ack_timeout))
-            .map_err(|_| EngineError::FlushTimeout(self.ack_timeout))?;
-        let failed = tracker.failed.load(Ordering::SeqCst);
-        if failed > 0 {
-            let first_error = tracker
-                .first_error
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .clone()
-                .unwrap_or_default();
-            return Err(EngineError::Delivery {
-                failed,
-                first_error,
-            });
-        }
-        Ok(())
-    }
-
     /// Writes a reset marker to the partition's changelog (a rebuild starts the state over;
     /// see `changelog`) and waits for its ack.
-    pub fn reset_changelog(&self, partition: i32) -> Result<(), EngineError> {
-        self.producer.context().reset();
-        self.send_changelog(partition, RESET_MARKER_KEY, None, 0)?;
-        self.flush()
+    pub fn reset_changelog(&mut self, partition: i32) -> Result<(), EngineError> {
+        self.markers.start_batch();
+        self.send_marker(partition, RESET_MARKER_KEY, 0)?;
+        Ok(self.markers.wait(self.ack_timeout)?)
     }
 
-    /// Produces a changelog record. Markers (`value: None`) carry the offset as their value
-    /// too: a record without a value is a tombstone, which compaction would delete.
+    /// Produces a changelog state record.
     fn send_changelog(
         &self,
         partition: i32,
         key: &[u8],
-        value: Option<&Vec<u8>>,
+        value: &[u8],
         next_offset: i64,
     ) -> Result<(), EngineError> {
+        self.outputs
+            .send(changelog_record(
+                &self.topics.changelog,
+                partition,
+                key,
+                value,
+                next_offset,
+            ))
+            .map_err(EngineError::Produce)
+    }
+
+    /// Produces a marker. Markers carry the offset as their value too: a record without a
+    /// value is a tombstone, which compaction would delete.
+    fn send_marker(&self, partition: i32, key: &[u8], next_offset: i64) -> Result<(), EngineError> {
         let offset = next_offset.to_string();
-        let headers = OwnedHeaders::new().insert(Header {
-            key: NEXT_OFFSET_HEADER,
-            value: Some(offset.as_str()),
-        });
-        let payload = value.map_or(offset.as_bytes(), Vec::as_slice);
-        self.send(
-            BaseRecord::to(&self.topics.changelog)
-                .partition(partition)
-                .key(key)
-                .payload(payload)
-                .headers(headers),
-        )
+        self.markers
+            .send(changelog_record(
+                &self.topics.changelog,
+                partition,
+                key,
+                offset.as_bytes(),
+                next_offset,
+            ))
+            .map_err(EngineError::Produce)
     }
 
     /// Applies one record to its key's state (loaded on first use in the batch) and
@@ -540,30 +473,14 @@ impl Engine {
             .with_label_values(&[&transition])
             .inc();
         let value = incident.encode_to_vec();
-        self.send(
-            BaseRecord::to(&self.topics.output)
-                .key(incident.dedup_key.as_str())
-                .payload(value.as_slice())
-                .headers(headers),
-        )
-    }
-
-    fn send<K, P>(&self, mut record: BaseRecord<'_, K, P, ()>) -> Result<(), EngineError>
-    where
-        K: rdkafka::message::ToBytes + ?Sized,
-        P: rdkafka::message::ToBytes + ?Sized,
-    {
-        loop {
-            match self.producer.send(record) {
-                Ok(()) => return Ok(()),
-                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
-                    // The local queue is full of records awaiting acks: let them drain.
-                    record = back;
-                    std::thread::sleep(Duration::from_millis(1));
-                }
-                Err((e, _)) => return Err(EngineError::Produce(e)),
-            }
-        }
+        self.outputs
+            .send(
+                BaseRecord::to(&self.topics.output)
+                    .key(incident.dedup_key.as_str())
+                    .payload(value.as_slice())
+                    .headers(headers),
+            )
+            .map_err(EngineError::Produce)
     }
 
     fn malformed(&self, partition: i32, message: &OwnedMessage, ty: &str, why: &str) {
@@ -578,4 +495,25 @@ impl Engine {
             "skipping a record that is not a webhook event"
         );
     }
+}
+
+/// A changelog record: the entity key (or a marker's key), its value, and the input offset
+/// its partition's state is at after the batch, as a header.
+fn changelog_record<'a>(
+    topic: &'a str,
+    partition: i32,
+    key: &'a [u8],
+    value: &'a [u8],
+    next_offset: i64,
+) -> BaseRecord<'a, [u8], [u8]> {
+    let offset = next_offset.to_string();
+    let headers = OwnedHeaders::new().insert(Header {
+        key: NEXT_OFFSET_HEADER,
+        value: Some(offset.as_str()),
+    });
+    BaseRecord::to(topic)
+        .partition(partition)
+        .key(key)
+        .payload(value)
+        .headers(headers)
 }

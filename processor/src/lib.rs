@@ -8,6 +8,7 @@
 pub mod changelog;
 pub mod config;
 pub mod consumer;
+pub mod delivery;
 pub mod engine;
 pub mod http;
 pub mod metrics;

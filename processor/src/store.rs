@@ -156,6 +156,10 @@ impl PartitionStore {
 
     /// Writes restored states (a `None` value deletes the key) without moving the offsets:
     /// only [`PartitionStore::finish_restore`] makes them the store's state.
+    ///
+    /// Without the WAL: until the restore finishes, the restore flag (written with the
+    /// WAL) makes a crash wipe the store anyway, so logging these writes would only cost
+    /// time; `finish_restore` flushes them to table files before it clears the flag.
     pub fn restore_states<'a>(
         &self,
         states: impl IntoIterator<Item = (&'a [u8], Option<&'a [u8]>)>,
@@ -167,7 +171,9 @@ impl PartitionStore {
                 None => batch.delete(state_key(key)),
             }
         }
-        self.write(batch)
+        let mut options = WriteOptions::default();
+        options.disable_wal(true);
+        self.db.write_opt(batch, &options).map_err(|e| self.err(e))
     }
 
     /// Forgets every state and offset (a rebuild's reset marker in the changelog).
@@ -179,12 +185,15 @@ impl PartitionStore {
         self.write(batch)
     }
 
-    /// Ends a restore at the given offsets, in one write with the last states.
+    /// Ends a restore at the given offsets, in one write with the last states. The
+    /// restored states, written without the WAL, are flushed to table files first: only
+    /// then may the restore flag go.
     pub fn finish_restore<'a>(
         &self,
         states: impl IntoIterator<Item = (&'a [u8], Option<&'a [u8]>)>,
         position: Option<(i64, i64)>,
     ) -> Result<(), StoreError> {
+        self.db.flush().map_err(|e| self.err(e))?;
         let mut batch = WriteBatch::default();
         for (key, value) in states {
             match value {

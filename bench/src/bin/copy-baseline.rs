@@ -1,15 +1,15 @@
 //! The stream-processing ceiling: a raw consume-and-produce copy of the webhook topic with
 //! the processor's producer and batch settings (idempotent, acks=all, linger 5 ms, flush
-//! per batch of up to 1000 records or 50 ms, group offsets committed after each flush)
-//! and no state. The processor's rate is reported as a fraction of this one's.
+//! per batch of up to 1000 records or 50 ms, waiting for the batch's acks as the
+//! processor does, group offsets committed after each batch) and no state. The processor's rate is reported as a fraction of this one's.
 
 use std::time::{Duration, Instant};
 
 use clap::Parser;
+use hookfold_processor::delivery::{DeliveryTracker, TrackedProducer};
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
 use rdkafka::message::Message;
-use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
-use rdkafka::util::Timeout;
+use rdkafka::producer::{BaseRecord, ThreadedProducer};
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 
 #[derive(Parser)]
@@ -31,12 +31,13 @@ struct Args {
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    let producer: ThreadedProducer<DefaultProducerContext> = ClientConfig::new()
+    let producer: ThreadedProducer<DeliveryTracker> = ClientConfig::new()
         .set("bootstrap.servers", &args.bootstrap)
         .set("acks", "all")
         .set("enable.idempotence", "true")
         .set("linger.ms", "5")
-        .create()?;
+        .create_with_context(DeliveryTracker::default())?;
+    let mut producer = TrackedProducer::new(producer);
     let consumer: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", &args.bootstrap)
         .set("group.id", format!("copy-baseline-{}", std::process::id()))
@@ -48,6 +49,7 @@ fn main() -> anyhow::Result<()> {
     let mut copied = 0u64;
     let mut batch: Vec<(i32, i64)> = Vec::new();
     let mut batch_started: Option<Instant> = None;
+    producer.start_batch();
     while copied < args.count {
         if let Some(Ok(message)) = consumer.poll(Duration::from_millis(20)) {
             let mut record =
@@ -55,15 +57,7 @@ fn main() -> anyhow::Result<()> {
             if let Some(key) = message.key() {
                 record = record.key(key);
             }
-            loop {
-                match producer.send(record) {
-                    Ok(()) => break,
-                    Err((_, back)) => {
-                        record = back;
-                        std::thread::sleep(Duration::from_millis(1));
-                    }
-                }
-            }
+            producer.send(record)?;
             batch.push((message.partition(), message.offset() + 1));
             batch_started.get_or_insert_with(Instant::now);
         }
@@ -71,7 +65,7 @@ fn main() -> anyhow::Result<()> {
             || batch_started
                 .is_some_and(|s| s.elapsed() >= Duration::from_millis(args.max_wait_ms));
         if due {
-            producer.flush(Timeout::After(Duration::from_secs(60)))?;
+            producer.wait(Duration::from_secs(60))?;
             let mut tpl = TopicPartitionList::new();
             for (partition, next) in &batch {
                 tpl.add_partition_offset(&args.input, *partition, Offset::Offset(*next))?;
@@ -80,6 +74,7 @@ fn main() -> anyhow::Result<()> {
             copied += batch.len() as u64;
             batch.clear();
             batch_started = None;
+            producer.start_batch();
         }
     }
     let seconds = started.elapsed().as_secs_f64();
