@@ -59,6 +59,10 @@ p_first=$(metric hookfold_processor_assignment_to_first_event_seconds)
 p_rss=$(awk '/VmHWM/ {print $2}' "/proc/$PID/status")
 p_keys=$(metric hookfold_processor_state_keys)
 kill -TERM "$PID"; wait "$PID" || true
+# The processor's log outlives the work dir: its restore lines say where the time went.
+LOGS="${HOOKFOLD_CACHE:-$HOME/.cache/hookfold}/bench"
+mkdir -p "$LOGS" && cp "$WORK/processor.log" "$LOGS/restore-processor.log"
+say "processor log: $LOGS/restore-processor.log"
 stop "$PID"
 
 report=$(python3 - "$KEYS" "$f_n" "$f_bytes" "$r_n" "$r_s" "$p_records" "$p_restore" "$p_first" "$p_rss" "$BROKER" "$p_keys" \

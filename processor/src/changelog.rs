@@ -79,6 +79,13 @@ pub struct RestoreReport {
     pub elapsed: Duration,
     /// The input offset the store is at afterwards.
     pub next_offset: Option<i64>,
+    /// Where the time went: the reader waiting for the broker's records, the reader
+    /// waiting for the writer (RocksDB slower than the broker), the writer writing, and the
+    /// final flush of the restored states to table files.
+    pub waiting_for_broker: Duration,
+    pub waiting_for_writer: Duration,
+    pub writing: Duration,
+    pub flushing: Duration,
 }
 
 /// The input offset a changelog partition says its state is at: the next offset of its
@@ -182,9 +189,15 @@ pub fn restore(
         partition,
         source,
     };
-    let consumer: BaseConsumer = source
-        .client
-        .clone()
+    let mut client = source.client.clone();
+    // librdkafka stops fetching once 100,000 records are queued locally and then waits
+    // `fetch.queue.backoff.ms` (default 1 s) before it fetches again. A restore drains
+    // its queue in a fraction of that, then sat idle: 80% of a 1,000,000-record restore was
+    // spent waiting for records the broker had long been ready to send (BENCHMARKS.md).
+    if client.get("fetch.queue.backoff.ms").is_none() {
+        client.set("fetch.queue.backoff.ms", "10");
+    }
+    let consumer: BaseConsumer = client
         .set("enable.auto.commit", "false")
         .set("enable.partition.eof", "true")
         .set("auto.offset.reset", "earliest")
@@ -228,8 +241,10 @@ pub fn restore(
         let (writes, pending) = std::sync::mpsc::sync_channel::<Write>(1);
         let writer = std::thread::Builder::new()
             .name(format!("restore-write-{partition}"))
-            .spawn_scoped(scope, move || -> Result<(), StoreError> {
+            .spawn_scoped(scope, move || -> Result<Duration, StoreError> {
+                let mut writing = Duration::ZERO;
                 for write in pending {
+                    let started = Instant::now();
                     match write {
                         Write::Clear => store.clear()?,
                         // The position is written once, at the end: until then the restore
@@ -238,8 +253,9 @@ pub fn restore(
                             states.iter().map(|(k, v)| (k.as_slice(), v.as_deref())),
                         )?,
                     }
+                    writing += started.elapsed();
                 }
-                Ok(())
+                Ok(writing)
             })
             .map_err(|e| ChangelogError::Writer(format!("starting the writer thread: {e}")))?;
         let span = ReadSpan {
@@ -257,11 +273,13 @@ pub fn restore(
             .map_err(|_| ChangelogError::Writer("the writer thread panicked".into()))?;
         // A failed write stops the reader (its channel closes): the write's error is the
         // cause, so it comes first.
-        written?;
+        report.writing = written?;
         read
     })?;
     replay.finish();
+    let flush_started = Instant::now();
     store.finish_restore([], replay.position())?;
+    report.flushing = flush_started.elapsed();
     report.applied = replay.applied;
     report.skipped = replay.skipped;
     report.elapsed = started.elapsed();
@@ -298,8 +316,11 @@ fn read_changelog(
         cancel,
     } = *span;
     let (topic, partition) = (source.topic, source.partition);
-    let mut last_record = Instant::now();
-    let mut last_progress = Instant::now();
+    // One clock read before and one after each poll (a restore polls a million times):
+    // the time after a poll serves the stall and progress checks of the next round.
+    let mut now = Instant::now();
+    let mut last_record = now;
+    let mut last_progress = now;
     let mut last_error = None;
     let mut next = start;
     while next < high {
@@ -309,16 +330,16 @@ fn read_changelog(
                 partition,
             });
         }
-        if last_progress.elapsed() >= Duration::from_secs(5) {
+        if now.duration_since(last_progress) >= Duration::from_secs(5) {
             progress(&RestoreProgress {
                 partition,
                 records: report.records,
                 remaining: high - next,
                 elapsed: started.elapsed(),
             });
-            last_progress = Instant::now();
+            last_progress = now;
         }
-        if last_record.elapsed() > source.timeout {
+        if now.duration_since(last_record) > source.timeout {
             return Err(ChangelogError::Stalled {
                 topic: topic.to_owned(),
                 partition,
@@ -328,7 +349,11 @@ fn read_changelog(
                 last_error: last_error.unwrap_or_else(|| "none".into()),
             });
         }
-        let message = match consumer.poll(Duration::from_millis(100)) {
+        let polled = Instant::now();
+        let message = consumer.poll(Duration::from_millis(100));
+        now = Instant::now();
+        report.waiting_for_broker += now.duration_since(polled);
+        let message = match message {
             None => continue,
             Some(Err(KafkaError::PartitionEOF(_))) => break,
             // Consumer errors are reports (librdkafka reconnects and retries); only a
@@ -340,7 +365,7 @@ fn read_changelog(
             }
             Some(Ok(message)) => message,
         };
-        last_record = Instant::now();
+        last_record = now;
         let offset = message.offset();
         next = offset + 1;
         if offset >= high {
@@ -359,11 +384,14 @@ fn read_changelog(
             message.payload(),
             header,
         )?;
-        if let Some(write) = replay.push(offset, record)
-            && writes.send(write).is_err()
-        {
-            // The writer failed; its error is reported by the caller.
-            return Ok(());
+        if let Some(write) = replay.push(offset, record) {
+            let handed = Instant::now();
+            let sent = writes.send(write);
+            report.waiting_for_writer += handed.elapsed();
+            if sent.is_err() {
+                // The writer failed; its error is reported by the caller.
+                return Ok(());
+            }
         }
     }
     Ok(())

@@ -330,6 +330,10 @@ fn finish_restores(consumer: &BaseConsumer<ProcessorContext>) -> anyhow::Result<
                 elapsed_ms = report.elapsed.as_millis() as u64,
                 records_per_second =
                     (report.records as f64 / report.elapsed.as_secs_f64().max(1e-3)) as u64,
+                waiting_for_broker_ms = report.waiting_for_broker.as_millis() as u64,
+                waiting_for_writer_ms = report.waiting_for_writer.as_millis() as u64,
+                writing_ms = report.writing.as_millis() as u64,
+                flushing_ms = report.flushing.as_millis() as u64,
                 "partition restored from the changelog"
             );
         }
