@@ -1,7 +1,8 @@
 //! The stream-processing ceiling: a raw consume-and-produce copy of the webhook topic with
-//! the processor's producer and batch settings (idempotent, acks=all, linger 5 ms, flush
-//! per batch of up to 1000 records or 50 ms, waiting for the batch's acks as the
-//! processor does, group offsets committed after each batch) and no state. The processor's rate is reported as a fraction of this one's.
+//! the processor's producer and batch settings (idempotent, acks=all, linger 5 ms, batches
+//! of up to 1000 records or 50 ms, each waiting for its acks as the processor does, group
+//! offsets committed after each batch) and no state. The processor's rate is reported as a
+//! fraction of this one's.
 
 use std::time::{Duration, Instant};
 
