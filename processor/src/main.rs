@@ -15,6 +15,12 @@ use hookfold_processor::topics::{self, TopicOptions};
 use hookfold_processor::{codec, consumer, http};
 use tracing_subscriber::EnvFilter;
 
+/// jemalloc, also in place of the C library's malloc, so that librdkafka and RocksDB use it
+/// too: a restore frees a million librdkafka messages allocated on another thread, which
+/// glibc's arenas serialise on a lock (BENCHMARKS.md, restore profile).
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 /// Folds hookfold's webhook topic into per-pipeline, per-agent and per-pull-request state
 /// (RocksDB under state_dir) and emits incident events (protobuf) to the incident topic.
 #[derive(Parser, Debug)]

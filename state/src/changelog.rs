@@ -36,12 +36,13 @@ pub enum RecordError {
     Header { offset: i64 },
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum ChangelogRecord {
+/// A changelog record as read, borrowing its key and value from the consumer's message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ChangelogRecord<'a> {
     State {
-        key: Vec<u8>,
+        key: &'a [u8],
         /// `None`: a tombstone (the key has no state).
-        value: Option<Vec<u8>>,
+        value: Option<&'a [u8]>,
         next_offset: i64,
     },
     Batch {
@@ -50,12 +51,12 @@ pub enum ChangelogRecord {
     Reset,
 }
 
-impl ChangelogRecord {
+impl<'a> ChangelogRecord<'a> {
     /// Reads a changelog record from its key, value and `hookfold_next_offset` header.
     pub fn read(
         offset: i64,
-        key: &[u8],
-        value: Option<&[u8]>,
+        key: &'a [u8],
+        value: Option<&'a [u8]>,
         next_offset_header: Option<&[u8]>,
     ) -> Result<Self, RecordError> {
         if key == RESET_MARKER_KEY {
@@ -69,10 +70,91 @@ impl ChangelogRecord {
             return Ok(Self::Batch { next_offset });
         }
         Ok(Self::State {
-            key: key.to_vec(),
-            value: value.map(<[u8]>::to_vec),
+            key,
+            value,
             next_offset,
         })
+    }
+}
+
+/// Entity states (key, and value or `None` for a deletion) packed into one buffer: a
+/// restore moves a million of them from the reader to the writer thread, and two
+/// allocations per state, made on one thread and freed on the other, cost more than the
+/// rest of the replay.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct States {
+    bytes: Vec<u8>,
+    entries: Vec<Entry>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Entry {
+    start: usize,
+    key_len: u32,
+    /// `None`: a deletion.
+    value_len: Option<u32>,
+}
+
+impl States {
+    /// Room for states like `like`'s without growing.
+    pub fn with_capacity_of(like: &States) -> Self {
+        Self {
+            bytes: Vec::with_capacity(like.bytes.capacity()),
+            entries: Vec::with_capacity(like.entries.capacity()),
+        }
+    }
+
+    pub fn push(&mut self, key: &[u8], value: Option<&[u8]>) {
+        let start = self.bytes.len();
+        self.bytes.extend_from_slice(key);
+        if let Some(value) = value {
+            self.bytes.extend_from_slice(value);
+        }
+        // A Kafka record is far below 4 GiB: its key and value lengths fit.
+        self.entries.push(Entry {
+            start,
+            key_len: key.len() as u32,
+            value_len: value.map(|v| v.len() as u32),
+        });
+    }
+
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// Bytes of keys and values held.
+    pub fn size(&self) -> usize {
+        self.bytes.len()
+    }
+
+    /// State `i` (in push order): its key, and its value or `None` for a deletion.
+    ///
+    /// # Panics
+    /// If `i >= self.len()`.
+    pub fn get(&self, i: usize) -> (&[u8], Option<&[u8]>) {
+        let entry = self.entries[i];
+        let key_end = entry.start + entry.key_len as usize;
+        let value = entry
+            .value_len
+            .map(|len| &self.bytes[key_end..key_end + len as usize]);
+        (&self.bytes[entry.start..key_end], value)
+    }
+
+    /// The key of state `i`.
+    ///
+    /// # Panics
+    /// If `i >= self.len()`.
+    pub fn key(&self, i: usize) -> &[u8] {
+        let entry = self.entries[i];
+        &self.bytes[entry.start..entry.start + entry.key_len as usize]
+    }
+
+    pub fn iter(&self) -> impl ExactSizeIterator<Item = (&[u8], Option<&[u8]>)> + '_ {
+        (0..self.len()).map(|i| self.get(i))
     }
 }
 
@@ -82,7 +164,7 @@ pub enum Write {
     /// Write these states (a `None` value deletes) and, if given, move the store to
     /// (next input offset, changelog offset of the marker).
     States {
-        states: Vec<(Vec<u8>, Option<Vec<u8>>)>,
+        states: States,
         position: Option<(i64, i64)>,
     },
     /// Forget every state (a reset marker).
@@ -95,7 +177,9 @@ pub enum Write {
 pub struct Replay {
     position: Option<i64>,
     marker: Option<i64>,
-    pending: Vec<(Vec<u8>, Option<Vec<u8>>, i64)>,
+    pending: States,
+    /// The `hookfold_next_offset` of each pending state.
+    pending_next_offsets: Vec<i64>,
     /// States written so far.
     pub applied: u64,
     /// States not written: from batches the store already has, or past the last marker.
@@ -116,14 +200,15 @@ impl Replay {
         Some((self.position?, self.marker?))
     }
 
-    pub fn push(&mut self, offset: i64, record: ChangelogRecord) -> Option<Write> {
+    pub fn push(&mut self, offset: i64, record: ChangelogRecord<'_>) -> Option<Write> {
         match record {
             ChangelogRecord::State {
                 key,
                 value,
                 next_offset,
             } => {
-                self.pending.push((key, value, next_offset));
+                self.pending.push(key, value);
+                self.pending_next_offsets.push(next_offset);
                 if self.pending.len() >= MAX_PENDING {
                     let states = self.take_pending(i64::MAX);
                     return Some(Write::States {
@@ -145,14 +230,12 @@ impl Replay {
                         position: Some((next_offset, offset)),
                     })
                 } else {
-                    self.skipped += self.pending.len() as u64;
-                    self.pending.clear();
+                    self.drop_pending();
                     None
                 }
             }
             ChangelogRecord::Reset => {
-                self.skipped += self.pending.len() as u64;
-                self.pending.clear();
+                self.drop_pending();
                 self.position = None;
                 self.marker = None;
                 Some(Write::Clear)
@@ -163,21 +246,36 @@ impl Replay {
     /// The end of the changelog: states after the last marker belong to a batch that was
     /// never committed, and are dropped.
     pub fn finish(&mut self) {
+        self.drop_pending();
+    }
+
+    fn drop_pending(&mut self) {
         self.skipped += self.pending.len() as u64;
-        self.pending.clear();
+        self.pending = States::default();
+        self.pending_next_offsets.clear();
     }
 
     /// Pending states up to input offset `upto`; later ones come from a batch whose commit
     /// failed (a redone batch re-wrote what counts).
-    fn take_pending(&mut self, upto: i64) -> Vec<(Vec<u8>, Option<Vec<u8>>)> {
-        let mut states = Vec::with_capacity(self.pending.len());
-        for (key, value, next_offset) in self.pending.drain(..) {
-            if next_offset <= upto {
-                states.push((key, value));
-            } else {
-                self.skipped += 1;
+    fn take_pending(&mut self, upto: i64) -> States {
+        let next_offsets = std::mem::take(&mut self.pending_next_offsets);
+        let pending = std::mem::take(&mut self.pending);
+        // The next pending states will be about as many as these.
+        self.pending = States::with_capacity_of(&pending);
+        self.pending_next_offsets = Vec::with_capacity(next_offsets.capacity());
+        let states = if next_offsets.iter().all(|&next| next <= upto) {
+            pending
+        } else {
+            let mut kept = States::default();
+            for (i, &next) in next_offsets.iter().enumerate() {
+                if next <= upto {
+                    let (key, value) = pending.get(i);
+                    kept.push(key, value);
+                }
             }
-        }
+            self.skipped += (pending.len() - kept.len()) as u64;
+            kept
+        };
         self.applied += states.len() as u64;
         states
     }
@@ -187,10 +285,10 @@ impl Replay {
 mod tests {
     use super::*;
 
-    fn state(key: &str, value: &str, next_offset: i64) -> ChangelogRecord {
+    fn state<'a>(key: &'a str, value: &'a str, next_offset: i64) -> ChangelogRecord<'a> {
         ChangelogRecord::State {
-            key: key.as_bytes().to_vec(),
-            value: Some(value.as_bytes().to_vec()),
+            key: key.as_bytes(),
+            value: Some(value.as_bytes()),
             next_offset,
         }
     }
@@ -202,11 +300,11 @@ mod tests {
         match write {
             Some(Write::States { states, position }) => (
                 states
-                    .into_iter()
+                    .iter()
                     .map(|(k, v)| {
                         (
-                            String::from_utf8(k).unwrap(),
-                            String::from_utf8(v.unwrap_or_default()).unwrap(),
+                            String::from_utf8(k.to_vec()).unwrap(),
+                            String::from_utf8(v.unwrap_or_default().to_vec()).unwrap(),
                         )
                     })
                     .collect(),
@@ -229,7 +327,7 @@ mod tests {
         assert_eq!(
             ChangelogRecord::read(3, b"k", None, Some(b"7")).unwrap(),
             ChangelogRecord::State {
-                key: b"k".to_vec(),
+                key: b"k",
                 value: None,
                 next_offset: 7
             }
@@ -239,6 +337,27 @@ mod tests {
             Err(RecordError::Header { offset: 3 })
         ));
         assert!(ChangelogRecord::read(3, b"k", Some(b"v"), None).is_err());
+    }
+
+    #[test]
+    fn packed_states_keep_keys_values_and_deletions_apart() {
+        let mut states = States::default();
+        states.push(b"a", Some(b"1"));
+        states.push(b"", Some(b""));
+        states.push(b"bb", None);
+        states.push(b"c", Some(b"333"));
+        assert_eq!(states.len(), 4);
+        assert_eq!(states.size(), 1 + 1 + 2 + 4);
+        assert_eq!(
+            states.iter().collect::<Vec<_>>(),
+            vec![
+                (&b"a"[..], Some(&b"1"[..])),
+                (&b""[..], Some(&b""[..])),
+                (&b"bb"[..], None),
+                (&b"c"[..], Some(&b"333"[..])),
+            ]
+        );
+        assert_eq!(states.key(3), b"c");
     }
 
     #[test]
@@ -319,8 +438,9 @@ mod tests {
         let mut replay = Replay::new(None);
         let mut pieces = 0;
         for i in 0..(MAX_PENDING * 2 + 5) {
+            let key = format!("k{i}");
             if let Some(Write::States { states, position }) =
-                replay.push(i as i64, state(&format!("k{i}"), "v", 1))
+                replay.push(i as i64, state(&key, "v", 1))
             {
                 assert_eq!(states.len(), MAX_PENDING);
                 assert_eq!(position, None);
