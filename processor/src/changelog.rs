@@ -193,15 +193,11 @@ pub fn restore(
         partition,
         source,
     };
-    let mut client = source.client.clone();
-    // librdkafka stops fetching once 100,000 records are queued locally and then waits
-    // `fetch.queue.backoff.ms` (default 1 s) before it fetches again. A restore drains
-    // its queue in a fraction of that, then sat idle: 80% of a 1,000,000-record restore was
-    // spent waiting for records the broker had long been ready to send (BENCHMARKS.md).
-    if client.get("fetch.queue.backoff.ms").is_none() {
-        client.set("fetch.queue.backoff.ms", "10");
-    }
-    let consumer: BaseConsumer = client
+    // `source.client` is a reader's (`consumer::reader_config`): it fetches again as soon as
+    // it has drained what it holds.
+    let consumer: BaseConsumer = source
+        .client
+        .clone()
         .set("enable.auto.commit", "false")
         .set("enable.partition.eof", "true")
         .set("auto.offset.reset", "earliest")

@@ -11,14 +11,13 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, RebalanceProtocol};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::producer::ThreadedProducer;
 use rdkafka::statistics::Statistics;
 use rdkafka::types::RDKafkaRespErr;
 use rdkafka::{ClientConfig, ClientContext, Offset, TopicPartitionList};
 
 use crate::changelog::{self, ChangelogError, ChangelogSource, RestoreReport};
 use crate::config::ProcessorConfig;
-use crate::delivery::{BatchProducers, DeliveryTracker, TrackedProducer};
+use crate::delivery::{BatchProducers, TrackedProducer};
 use crate::engine::{Committed, Engine, Topics};
 use crate::metrics::Metrics;
 use crate::store::PartitionStore;
@@ -406,21 +405,39 @@ pub fn client_config(config: &ProcessorConfig) -> ClientConfig {
     client
 }
 
+/// [`client_config`] for a consumer that reads partitions through to their end (restores,
+/// rebuilds): librdkafka stops fetching once 100,000 records are queued locally and then
+/// waits `fetch.queue.backoff.ms` (default 1 s) before it fetches again. Such a reader drains
+/// its queue in a fraction of that, then sat idle: 80% of a 1,000,000-record restore was
+/// spent waiting for records the broker had long been ready to send (BENCHMARKS.md). An
+/// operator's own value in `[kafka.properties]` wins.
+pub fn reader_config(config: &ProcessorConfig) -> ClientConfig {
+    let mut client = client_config(config);
+    if !config
+        .kafka
+        .properties
+        .contains_key("fetch.queue.backoff.ms")
+    {
+        client.set("fetch.queue.backoff.ms", "10");
+    }
+    client
+}
+
 /// The engine with its producers (acks=all, idempotent), as `run` and `rebuild` use it.
 pub fn new_engine(config: &ProcessorConfig, metrics: Metrics) -> anyhow::Result<Engine> {
     let producer = |client_id: &str, linger_ms: &str| -> anyhow::Result<TrackedProducer> {
-        let producer: ThreadedProducer<DeliveryTracker> = client_config(config)
-            .set("client.id", client_id)
-            .set("acks", "all")
-            .set("enable.idempotence", "true")
-            .set("linger.ms", linger_ms)
-            .set(
-                "message.timeout.ms",
-                config.kafka.ack_timeout.as_millis().to_string(),
-            )
-            .create_with_context(DeliveryTracker::default())
-            .with_context(|| format!("creating the Kafka producer {client_id}"))?;
-        Ok(TrackedProducer::new(producer))
+        TrackedProducer::create(
+            client_config(config)
+                .set("client.id", client_id)
+                .set("acks", "all")
+                .set("enable.idempotence", "true")
+                .set("linger.ms", linger_ms)
+                .set(
+                    "message.timeout.ms",
+                    config.kafka.ack_timeout.as_millis().to_string(),
+                ),
+        )
+        .with_context(|| format!("creating the Kafka producer {client_id}"))
     };
     // Incident events and states come in bursts that linger batches; a batch's markers
     // are a handful of records the batch is waiting on, so they go at once.
@@ -453,7 +470,7 @@ pub fn run(
     std::fs::create_dir_all(&config.state_dir)
         .with_context(|| format!("creating state_dir {}", config.state_dir.display()))?;
     let engine = new_engine(config, metrics.clone())?;
-    let mut changelog_client = client_config(config);
+    let mut changelog_client = reader_config(config);
     changelog_client
         .set("client.id", "hookfold-processor-restore")
         .set("group.id", format!("{}.restore", config.kafka.group_id));

@@ -19,11 +19,11 @@ use std::collections::HashMap;
 use std::sync::{Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use rdkafka::ClientContext;
-use rdkafka::error::KafkaError;
+use rdkafka::error::{KafkaError, KafkaResult};
 use rdkafka::message::{DeliveryResult, Message, ToBytes};
 use rdkafka::producer::{BaseRecord, Producer, ProducerContext, ThreadedProducer};
 use rdkafka::types::RDKafkaErrorCode;
+use rdkafka::{ClientConfig, ClientContext};
 
 use crate::changelog::BATCH_MARKER_KEY;
 
@@ -64,7 +64,7 @@ impl DeliveryTracker {
     }
 
     /// Starts a new batch; returns its generation, to pass as each record's opaque.
-    pub fn start_batch(&self) -> usize {
+    fn start_batch(&self) -> usize {
         let mut batch = self.batch();
         let generation = batch.generation.wrapping_add(1);
         *batch = Batch {
@@ -75,13 +75,13 @@ impl DeliveryTracker {
     }
 
     /// Counts a record the producer accepted for the current batch.
-    pub fn sent(&self) {
+    fn sent(&self) {
         self.batch().sent += 1;
     }
 
     /// Waits until every record sent in the current batch is settled; fails if one was
     /// refused, or if some are still outstanding after `timeout`.
-    pub fn wait(&self, timeout: Duration) -> Result<(), DeliveryError> {
+    fn wait(&self, timeout: Duration) -> Result<(), DeliveryError> {
         let deadline = Instant::now() + timeout;
         let mut batch = self.batch();
         while batch.settled < batch.sent {
@@ -108,7 +108,7 @@ impl DeliveryTracker {
     }
 
     /// The changelog offsets of the batch markers acked in the current batch, by partition.
-    pub fn take_markers(&self) -> HashMap<i32, i64> {
+    fn take_markers(&self) -> HashMap<i32, i64> {
         std::mem::take(&mut self.batch().markers)
     }
 }
@@ -123,11 +123,12 @@ pub struct TrackedProducer {
 }
 
 impl TrackedProducer {
-    pub fn new(producer: ThreadedProducer<DeliveryTracker>) -> Self {
-        Self {
-            producer,
+    /// A producer with `client`'s settings, its deliveries counted by batch.
+    pub fn create(client: &ClientConfig) -> KafkaResult<Self> {
+        Ok(Self {
+            producer: client.create_with_context(DeliveryTracker::default())?,
             generation: 0,
-        }
+        })
     }
 
     pub fn start_batch(&mut self) {

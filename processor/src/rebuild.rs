@@ -19,7 +19,7 @@ use rdkafka::{Offset, TopicPartitionList};
 
 use crate::changelog::{ChangelogSource, last_position};
 use crate::config::ProcessorConfig;
-use crate::consumer::{check_copartitioned, client_config, new_engine};
+use crate::consumer::{check_copartitioned, client_config, new_engine, reader_config};
 use crate::engine::Engine;
 use crate::metrics::Metrics;
 use crate::store::PartitionStore;
@@ -41,13 +41,13 @@ pub fn run(
 ) -> anyhow::Result<()> {
     let timeout = Duration::from_secs(10);
     let k = &config.kafka;
-    let mut reader_config = client_config(config);
-    reader_config
+    let mut reader_client = reader_config(config);
+    reader_client
         .set("client.id", "hookfold-processor-rebuild")
         .set("group.id", format!("{}.rebuild", k.group_id))
         .set("enable.auto.commit", "false")
         .set("enable.partition.eof", "true");
-    let reader: BaseConsumer = reader_config
+    let reader: BaseConsumer = reader_client
         .create()
         .context("creating a Kafka consumer")?;
     let count = check_copartitioned(&reader, &k.input_topic, &k.changelog_topic(), timeout)?;

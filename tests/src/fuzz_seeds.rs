@@ -60,7 +60,7 @@ const FIXTURES: [(&str, &str); 12] = [
 ];
 
 fn records() -> Result<Vec<WebhookRecord>> {
-    let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("../events/tests/fixtures");
+    let fixtures = crate::manifest_dir().join("../events/tests/fixtures");
     let mut out = Vec::new();
     for (n, (file, ce_type)) in FIXTURES.iter().enumerate() {
         let path = fixtures.join(file);

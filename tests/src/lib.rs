@@ -76,14 +76,24 @@ pub fn unique_name(prefix: &str) -> String {
     )
 }
 
+/// This crate's directory in the checkout being tested. Cargo sets `CARGO_MANIFEST_DIR`
+/// when it runs a test or binary; the build-time value is only the fallback, because
+/// cargo reuses a shared target directory's artifacts across checkouts at other paths
+/// (a CI clone and a working copy), and then the built-in path is another checkout's.
+pub fn manifest_dir() -> PathBuf {
+    std::env::var_os("CARGO_MANIFEST_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")))
+}
+
 /// `../shared/fixtures` beside the repository (override with `HOOKFOLD_FIXTURES`).
-/// The path is fixed at build time; a binary run from another checkout (a shared
-/// target directory) falls back to `../shared/fixtures` from the working directory.
+/// A binary run outside cargo from another checkout falls back to `../shared/fixtures`
+/// from the working directory.
 pub fn fixtures_dir() -> PathBuf {
     if let Some(dir) = std::env::var_os("HOOKFOLD_FIXTURES") {
         return PathBuf::from(dir);
     }
-    let built = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/fixtures");
+    let built = manifest_dir().join("../../shared/fixtures");
     let here = Path::new("../shared/fixtures");
     if !built.is_dir() && here.is_dir() {
         return here.to_path_buf();

@@ -1050,7 +1050,7 @@ async fn kcat_reads_the_incident_topic_with_keys_and_headers() {
     }
 
     // And protoc decodes a payload with nothing but the published schema.
-    let proto = Path::new(env!("CARGO_MANIFEST_DIR")).join("../proto");
+    let proto = hookfold_tests::manifest_dir().join("../proto");
     let proto = proto.to_str().unwrap();
     let record = &records[0];
     let event = IncidentEvent::decode(record.payload().unwrap_or_default()).unwrap();

@@ -6,14 +6,13 @@
 //! Needs no broker and no cluster; the first run installs the pinned tools from PyPI into
 //! ~/.cache/hookfold/venv.
 
-use std::path::Path;
 use std::process::Command;
 
 use hookfold_tests::workspace_binary;
 
 #[test]
 fn deploy_artifacts_are_valid() {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let root = hookfold_tests::manifest_dir().join("..");
     // The binaries of this very build (target/<profile>), like every other test here.
     let gateway = workspace_binary("hookfold-gateway");
     workspace_binary("hookfold-processor");

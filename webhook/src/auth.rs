@@ -243,10 +243,12 @@ pub fn bitbucket_signature_header(secret: &Secret, body: &[u8]) -> String {
 mod tests {
     use super::*;
 
-    const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../shared/fixtures");
-
     fn fixture(path: &str) -> Vec<u8> {
-        std::fs::read(format!("{FIXTURES}/{path}"))
+        // Cargo sets CARGO_MANIFEST_DIR when it runs the test; the build-time value is
+        // another checkout's when a shared target directory's binary is reused.
+        let dir = std::env::var("CARGO_MANIFEST_DIR")
+            .unwrap_or_else(|_| env!("CARGO_MANIFEST_DIR").to_string());
+        std::fs::read(format!("{dir}/../../shared/fixtures/{path}"))
             .unwrap_or_else(|e| panic!("fixture {path}: {e} (expected ../shared beside the repo)"))
     }
 

@@ -7,10 +7,10 @@
 use std::time::{Duration, Instant};
 
 use clap::Parser;
-use hookfold_processor::delivery::{DeliveryTracker, TrackedProducer};
+use hookfold_processor::delivery::TrackedProducer;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
 use rdkafka::message::Message;
-use rdkafka::producer::{BaseRecord, ThreadedProducer};
+use rdkafka::producer::BaseRecord;
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 
 #[derive(Parser)]
@@ -32,13 +32,13 @@ struct Args {
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    let producer: ThreadedProducer<DeliveryTracker> = ClientConfig::new()
-        .set("bootstrap.servers", &args.bootstrap)
-        .set("acks", "all")
-        .set("enable.idempotence", "true")
-        .set("linger.ms", "5")
-        .create_with_context(DeliveryTracker::default())?;
-    let mut producer = TrackedProducer::new(producer);
+    let mut producer = TrackedProducer::create(
+        ClientConfig::new()
+            .set("bootstrap.servers", &args.bootstrap)
+            .set("acks", "all")
+            .set("enable.idempotence", "true")
+            .set("linger.ms", "5"),
+    )?;
     let consumer: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", &args.bootstrap)
         .set("group.id", format!("copy-baseline-{}", std::process::id()))

@@ -47,10 +47,11 @@ impl Hook {
 
     /// A record whose body is a file from the events crate's fixtures, byte for byte.
     pub fn fixture(ce_type: &str, path: &str) -> Self {
-        let path = format!(
-            "{}/../events/tests/fixtures/{path}",
-            env!("CARGO_MANIFEST_DIR")
-        );
+        // Cargo sets CARGO_MANIFEST_DIR when it runs the test; the build-time value is
+        // another checkout's when a shared target directory's binary is reused.
+        let dir = std::env::var("CARGO_MANIFEST_DIR")
+            .unwrap_or_else(|_| env!("CARGO_MANIFEST_DIR").to_string());
+        let path = format!("{dir}/../events/tests/fixtures/{path}");
         let bytes = std::fs::read(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
         Self {
             raw_body: Some(bytes),
