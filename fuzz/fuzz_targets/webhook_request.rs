@@ -3,7 +3,9 @@
 //! body, cut from the input at its first five newlines. Authentication must never panic and
 //! never accept a signature that is not the HMAC of the body under a configured secret;
 //! the routing key always names the source, and the event id is a usable delivery id or a
-//! SHA-256.
+//! SHA-256. Redaction (the Buildkite default paths, and paths named by the event field)
+//! never panics, and on a JSON object gives valid JSON equal to the object without every
+//! member at those paths.
 #![no_main]
 
 use hmac::{Hmac, Mac};
@@ -12,6 +14,7 @@ use hookfold_proto::cloudevents::SourceKind;
 use hookfold_webhook::auth::{
     self, BuildkiteCredentials, Secret, parse_buildkite_signature, parse_hub_signature,
 };
+use hookfold_webhook::redact::{JsonPath, redact};
 use hookfold_webhook::routing::{event_id, routing_key};
 use libfuzzer_sys::fuzz_target;
 use sha2::Sha256;
@@ -83,6 +86,34 @@ fuzz_target!(|data: &[u8]| {
             assert!(key.starts_with("acme/"), "{key}");
         }
     }
+    let mut paths: Vec<JsonPath> = ["pipeline.env", "build.env", "build.pipeline.env"]
+        .iter()
+        .map(|p| p.parse().unwrap())
+        .collect();
+    paths.extend(event.split(',').filter_map(|p| p.parse().ok()));
+    let redacted = redact(body, &paths);
+    // The gateway redacts only bodies it parsed as a JSON object.
+    if let Ok(mut expected) = serde_json::from_slice::<serde_json::Value>(body)
+        && expected.is_object()
+    {
+        let mut removed = Vec::new();
+        for path in &paths {
+            if remove_all(&mut expected, &path.to_string().split('.').collect::<Vec<_>>()) {
+                removed.push(path.to_string());
+            }
+        }
+        match redacted {
+            Some(r) => {
+                let got: serde_json::Value =
+                    serde_json::from_slice(&r.body).expect("redaction keeps JSON valid");
+                assert_eq!(got, expected);
+                // With a repeated key, redaction also takes the members a parse discards.
+                assert!(removed.iter().all(|p| r.removed.contains(p)), "{removed:?}");
+            }
+            None => assert!(removed.is_empty(), "{removed:?} present but not redacted"),
+        }
+    }
+
     let uuid = (!uuid.is_empty()).then_some(uuid.as_str());
     let id = event_id("acme", &event, body, uuid);
     assert!(!id.is_empty() && id.len() <= 128, "{id}");
@@ -93,3 +124,16 @@ fuzz_target!(|data: &[u8]| {
         );
     }
 });
+
+/// Removes the member at `path` from `value` (every object on the way), as a parse sees it:
+/// a repeated key is one member, the last one. Whether anything was removed.
+fn remove_all(value: &mut serde_json::Value, path: &[&str]) -> bool {
+    let Some(object) = value.as_object_mut() else {
+        return false;
+    };
+    match path {
+        [] => false,
+        [last] => object.remove(*last).is_some(),
+        [first, rest @ ..] => object.get_mut(*first).is_some_and(|v| remove_all(v, rest)),
+    }
+}

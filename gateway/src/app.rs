@@ -5,6 +5,8 @@
 //! 413 too large → 408 body too slow → 401 not authenticated → 400 no event header or
 //! body not a JSON object → 202 once the broker acked, or 503. Nothing is written to the
 //! topic before every check has passed, so a refused request leaves no trace there.
+//! What is written is the body without the members the source redacts (`redact`), its
+//! `ce_id` computed over the body as received.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -29,6 +31,7 @@ use crate::config::{GatewayConfig, SourceConfig};
 use crate::metrics::Metrics;
 use crate::publish::{Publisher, WebhookRecord};
 use crate::rate_limit::TokenBucket;
+use crate::redact::{self, JsonPath};
 use crate::routing;
 
 /// Longest event name accepted from `X-Buildkite-Event` / `X-Event-Key`.
@@ -40,11 +43,14 @@ pub struct Source {
     secrets: Vec<Secret>,
     allowed: Vec<IpNet>,
     bucket: Option<TokenBucket>,
+    redact: Vec<JsonPath>,
 }
 
 impl Source {
+    /// The source of a validated config (`GatewayConfig::validate` checked its paths).
     pub fn from_config(config: &SourceConfig) -> Self {
         Self {
+            redact: config.redact_paths().unwrap_or_default(),
             id: config.id.clone(),
             kind: config.kind.into(),
             secrets: config.secrets.clone(),
@@ -428,8 +434,15 @@ async fn append(
         SourceKind::Bitbucket => headers.get("x-request-uuid").and_then(|v| v.to_str().ok()),
         SourceKind::Buildkite => None,
     };
+    // The id is over the body as received, so a repeated delivery is still recognised
+    // whatever is redacted out of it.
     let id = routing::event_id(&source.id, event, body, request_uuid);
     tracing::Span::current().record("ce_id", id.as_str());
+    let redacted = redact::redact(body, &source.redact);
+    let (stored, removed) = match &redacted {
+        Some(r) => (r.body.as_slice(), Some(r.removed.join(","))),
+        None => (body, None),
+    };
     let ce = routing::webhook_headers(
         &source.id,
         source.kind,
@@ -443,7 +456,8 @@ async fn append(
         .publish(WebhookRecord {
             key: &key,
             headers: &ce,
-            body,
+            redacted: removed.as_deref(),
+            body: stored,
         })
         .await;
     state
@@ -453,7 +467,7 @@ async fn append(
         .observe(started.elapsed().as_secs_f64());
     match result {
         Ok((partition, offset)) => {
-            tracing::debug!(partition, offset, key = %key, "broker acked");
+            tracing::debug!(partition, offset, key = %key, redacted = removed.as_deref().unwrap_or(""), "broker acked");
             Ok(id)
         }
         Err(e) => {

@@ -13,6 +13,7 @@ use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 
 use crate::auth::Secret;
+use crate::redact::{JsonPath, PathError};
 
 /// The configuration reference shown by `--help` and in the README.
 pub const REFERENCE: &str = r#"CONFIGURATION (TOML; every key can be overridden by HOOKFOLD_<SECTION>__<KEY>,
@@ -44,7 +45,19 @@ e.g. HOOKFOLD_KAFKA__BOOTSTRAP_SERVERS=10.0.0.5:9092, HOOKFOLD_LISTEN=0.0.0.0:80
   secrets_env = ["ACME_BK_SECRET"]   ...or names of environment variables holding them
   allowed_cidrs = ["203.0.113.0/24"] optional; other peer addresses get 403
   rate_limit = { per_second = 50.0, burst = 100 }   optional; over it: 429 + Retry-After
+  redact = ["pipeline.env", "build.env"]   dotted JSON paths removed from the body before
+                                     it is stored (header hookfold-redacted lists those
+                                     removed); default for buildkite: pipeline.env,
+                                     build.env, build.pipeline.env, job.env; for
+                                     bitbucket: none. `redact = []` stores bodies as sent
 "#;
+
+/// What a Buildkite source removes when its `redact` is not set: the environment
+/// variables of the pipeline (at the top level of job and some build payloads, under
+/// `build` in others), of the build and of the job. They often hold tokens, and no rule
+/// reads them.
+pub const BUILDKITE_REDACT: &[&str] =
+    &["pipeline.env", "build.env", "build.pipeline.env", "job.env"];
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -130,6 +143,20 @@ pub struct SourceConfig {
     pub allowed_cidrs: Vec<IpNet>,
     #[serde(default)]
     pub rate_limit: Option<RateLimit>,
+    /// Unset: the kind's default ([`BUILDKITE_REDACT`], nothing for Bitbucket).
+    #[serde(default)]
+    pub redact: Option<Vec<String>>,
+}
+
+impl SourceConfig {
+    /// The paths this source's bodies lose before they are stored.
+    pub fn redact_paths(&self) -> Result<Vec<JsonPath>, PathError> {
+        match (&self.redact, self.kind) {
+            (Some(paths), _) => paths.iter().map(|p| p.parse()).collect(),
+            (None, Kind::Buildkite) => BUILDKITE_REDACT.iter().map(|p| p.parse()).collect(),
+            (None, Kind::Bitbucket) => Ok(Vec::new()),
+        }
+    }
 }
 
 /// `kind` as written in the config file.
@@ -243,6 +270,9 @@ impl GatewayConfig {
             {
                 return Err(bad("rate_limit needs per_second > 0 and burst >= 1"));
             }
+            if let Err(e) = source.redact_paths() {
+                return Err(bad(&e.to_string()));
+            }
         }
         Ok(())
     }
@@ -284,6 +314,17 @@ secrets = ["s3cret"]
         assert_eq!(config.signature_window, Duration::from_secs(300));
         assert_eq!(config.kafka.topic, "hookfold.webhooks");
         assert!(config.tls.is_none());
+        // Buildkite bodies lose their environments unless told otherwise; Bitbucket's stay.
+        let redact = |i: usize| -> Vec<String> {
+            config.sources[i]
+                .redact_paths()
+                .unwrap()
+                .iter()
+                .map(ToString::to_string)
+                .collect()
+        };
+        assert_eq!(redact(0), BUILDKITE_REDACT);
+        assert!(redact(1).is_empty());
     }
 
     #[test]
@@ -307,6 +348,10 @@ secrets = ["s3cret"]
                 "gitlab",
             ),
             ("lisen = \"x\"", "lisen"),
+            (
+                "[[sources]]\nid = \"a\"\nkind = \"buildkite\"\nsecrets=[\"x\"]\nredact = [\"pipeline..env\"]",
+                "source `a`: redact path `pipeline..env` has an empty segment",
+            ),
             (
                 "[[sources]]\nid = \"a\"\nkind = \"buildkite\"\nsecrets_env = [\"HOOKFOLD_TEST_SURELY_UNSET\"]",
                 "HOOKFOLD_TEST_SURELY_UNSET",

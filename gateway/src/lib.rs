@@ -1,7 +1,9 @@
-//! hookfold's gateway: authenticates Buildkite and Bitbucket webhooks and appends them,
-//! byte for byte, to a Kafka topic, answering 202 only once the broker has the record.
+//! hookfold's gateway: authenticates Buildkite and Bitbucket webhooks and appends them to a
+//! Kafka topic (byte for byte, except the members its sources redact), answering 202 only
+//! once the broker has the record.
 //!
-//! Pure parts have no I/O: [`auth`] and [`routing`] (in `hookfold-webhook`, re-exported) and
+//! Pure parts have no I/O: [`auth`], [`routing`] and [`redact`] (in `hookfold-webhook`,
+//! re-exported) and
 //! [`rate_limit`]; [`app`] is the HTTP adapter, [`publish`] the Kafka adapter and [`server`]
 //! the listener.
 
@@ -12,4 +14,4 @@ pub mod publish;
 pub mod rate_limit;
 pub mod server;
 
-pub use hookfold_webhook::{auth, routing};
+pub use hookfold_webhook::{auth, redact, routing};

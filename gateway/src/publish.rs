@@ -4,7 +4,7 @@
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
-use hookfold_proto::cloudevents::CloudEventHeaders;
+use hookfold_proto::cloudevents::{self, CloudEventHeaders};
 use rdkafka::ClientConfig;
 use rdkafka::error::KafkaError;
 use rdkafka::message::{Header, OwnedHeaders};
@@ -18,6 +18,8 @@ use crate::config::KafkaConfig;
 pub struct WebhookRecord<'a> {
     pub key: &'a str,
     pub headers: &'a CloudEventHeaders,
+    /// The paths redacted out of the body, comma-separated, when any were.
+    pub redacted: Option<&'a str>,
     pub body: &'a [u8],
 }
 
@@ -39,13 +41,20 @@ impl PublishError {
     }
 }
 
-/// The record headers for CloudEvents attributes, `ce_specversion` first.
-pub fn kafka_headers(headers: &CloudEventHeaders) -> OwnedHeaders {
-    let mut out = OwnedHeaders::new_with_capacity(6);
+/// The record headers for CloudEvents attributes, `ce_specversion` first, then
+/// `hookfold-redacted` when the body was redacted.
+pub fn kafka_headers(headers: &CloudEventHeaders, redacted: Option<&str>) -> OwnedHeaders {
+    let mut out = OwnedHeaders::new_with_capacity(7);
     for (key, value) in headers.pairs() {
         out = out.insert(Header {
             key,
             value: Some(value),
+        });
+    }
+    if let Some(paths) = redacted {
+        out = out.insert(Header {
+            key: cloudevents::REDACTED,
+            value: Some(paths),
         });
     }
     out
@@ -168,7 +177,7 @@ impl Publisher {
         let kafka_record = FutureRecord::to(&self.topic)
             .key(record.key)
             .payload(record.body)
-            .headers(kafka_headers(record.headers));
+            .headers(kafka_headers(record.headers, record.redacted));
         // Timeout::Never on the local queue: message.timeout.ms already bounds the wait.
         let (producer, generation) = self.producer();
         match producer.send(kafka_record, Timeout::Never).await {

@@ -14,6 +14,11 @@ pub const TYPE: &str = "ce_type";
 pub const TIME: &str = "ce_time";
 pub const CONTENT_TYPE: &str = "content-type";
 
+/// Not a CloudEvents attribute: on a webhook record whose body the gateway redacted, the
+/// paths it removed, comma-separated (e.g. `pipeline.env,build.env`). Absent when the
+/// record is the body as received.
+pub const REDACTED: &str = "hookfold-redacted";
+
 /// The only CloudEvents version hookfold writes or accepts.
 pub const SPEC_VERSION: &str = "1.0";
 

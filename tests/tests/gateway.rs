@@ -743,3 +743,160 @@ async fn sigterm_drains_in_flight_requests_then_exits_cleanly() {
     );
     assert_eq!(broker.record_count(&topic).unwrap(), 1);
 }
+
+/// A Buildkite build body whose pipeline and build carry environment secrets.
+fn build_with_secrets(number: u64) -> Vec<u8> {
+    let mut body: serde_json::Value =
+        serde_json::from_slice(&build_finished("web-app", "main", number, "failed")).unwrap();
+    body["pipeline"]["env"] = serde_json::json!({"DEPLOY_TOKEN": "pipeline-s3cret-7f3a"});
+    body["build"]["env"] = serde_json::json!({"NPM_TOKEN": "build-s3cret-91c2"});
+    serde_json::to_vec(&body).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn buildkite_environments_are_redacted_and_repeats_keep_their_id() {
+    let raw_source = format!(
+        r#"[[sources]]
+id = "raw-buildkite"
+kind = "buildkite"
+secrets = ["{BK_SECRET}"]
+redact = []"#
+    );
+    let (broker, gateway, topic) = setup(1, &raw_source).await;
+    let client = reqwest::Client::new();
+    let body = build_with_secrets(7);
+
+    // The same delivery twice (Buildkite retries), then once to a source that keeps bodies.
+    let mut ids = Vec::new();
+    for url in [
+        gateway.webhook_url("acme-buildkite"),
+        gateway.webhook_url("acme-buildkite"),
+        gateway.webhook_url("raw-buildkite"),
+    ] {
+        ids.push(
+            accepted_id(
+                buildkite_signed(client.post(&url), BK_SECRET, "build.finished", &body)
+                    .send()
+                    .await
+                    .unwrap(),
+            )
+            .await,
+        );
+    }
+    // A Bitbucket body with the same members: Bitbucket sources redact nothing by default.
+    let mut bitbucket: serde_json::Value =
+        serde_json::from_slice(&fixture("bitbucket/pullrequest-created.json")).unwrap();
+    bitbucket["pipeline"] = serde_json::json!({"env": {"KEPT": "bitbucket-value"}});
+    let bitbucket = serde_json::to_vec_pretty(&bitbucket).unwrap();
+    let uuid = "6a3e7d0c-1f1e-4a56-b5b2-00000000000a";
+    accepted_id(
+        bitbucket_signed(
+            client.post(gateway.webhook_url("acme-bitbucket")),
+            BB_SECRET,
+            "pullrequest:created",
+            uuid,
+            &bitbucket,
+        )
+        .send()
+        .await
+        .unwrap(),
+    )
+    .await;
+
+    let records = broker.read_all(&topic).expect("read topic");
+    assert_eq!(records.len(), 4);
+    let expected_id = sha256_id("acme-buildkite", "build.finished", &body);
+    assert_eq!(
+        ids[..2],
+        [expected_id.clone(), expected_id.clone()],
+        "the id is over the body as sent, so the repeat keeps it"
+    );
+    let mut without: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    without["pipeline"].as_object_mut().unwrap().remove("env");
+    without["build"].as_object_mut().unwrap().remove("env");
+    for record in &records[..2] {
+        let headers = headers_of(record);
+        assert_eq!(headers["ce_id"], expected_id);
+        assert_eq!(headers["hookfold-redacted"], "pipeline.env,build.env");
+        let stored = record.payload().unwrap();
+        let text = String::from_utf8_lossy(stored);
+        assert!(
+            !text.contains("s3cret"),
+            "a redacted secret reached the topic: {text}"
+        );
+        let stored: serde_json::Value = serde_json::from_slice(stored).unwrap();
+        assert_eq!(stored, without, "only the environments are gone");
+    }
+    let raw = &records[2];
+    assert_eq!(
+        raw.payload(),
+        Some(&body[..]),
+        "redact = [] stores the body"
+    );
+    assert!(!headers_of(raw).contains_key("hookfold-redacted"));
+    let bb = &records[3];
+    assert_eq!(
+        bb.payload(),
+        Some(&bitbucket[..]),
+        "Bitbucket byte for byte"
+    );
+    assert!(!headers_of(bb).contains_key("hookfold-redacted"));
+}
+
+/// The rules read nothing that a Buildkite source redacts by default: every Buildkite
+/// fixture parses to the same event with and without its environments.
+#[test]
+fn redaction_leaves_what_the_rules_read() {
+    use hookfold_gateway::config::BUILDKITE_REDACT;
+    use hookfold_gateway::redact::{JsonPath, redact};
+    use hookfold_proto::cloudevents::{
+        CloudEventHeaders, SourceKind, webhook_source, webhook_type,
+    };
+
+    let paths: Vec<JsonPath> = BUILDKITE_REDACT
+        .iter()
+        .map(|p| p.parse().unwrap())
+        .collect();
+    let dir = hookfold_tests::manifest_dir().join("../events/tests/fixtures/buildkite");
+    let mut redacted_some = 0;
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let path = entry.unwrap().path();
+        let mut body: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+        let event = body["event"].as_str().unwrap().to_owned();
+        // Give every environment the fixture has a secret, so there is something to take.
+        for pointer in [
+            "/pipeline/env",
+            "/build/env",
+            "/build/pipeline/env",
+            "/job/env",
+        ] {
+            if let Some(env) = body.pointer_mut(pointer) {
+                *env = serde_json::json!({"TOKEN": "s3cret"});
+            }
+        }
+        let original = serde_json::to_vec(&body).unwrap();
+        let headers = CloudEventHeaders {
+            id: "id".into(),
+            source: webhook_source("bk"),
+            ty: webhook_type(SourceKind::Buildkite, &event),
+            time: "2026-12-03T10:00:00Z".into(),
+            content_type: "application/json".into(),
+        };
+        let Some(redacted) = redact(&original, &paths) else {
+            continue;
+        };
+        redacted_some += 1;
+        assert!(!String::from_utf8_lossy(&redacted.body).contains("s3cret"));
+        assert_eq!(
+            hookfold_events::parse(&headers, &redacted.body).unwrap(),
+            hookfold_events::parse(&headers, &original).unwrap(),
+            "{}: the rules would see another event",
+            path.display()
+        );
+    }
+    assert!(
+        redacted_some >= 4,
+        "only {redacted_some} fixtures had an environment"
+    );
+}

@@ -8,8 +8,10 @@
 //! - the records are the gateway's: the same bodies (those written by `webhook-bodies`,
 //!   which the wrk load posts), cycled through in the same order, so the same routing keys
 //!   and the same spread over partitions; the routing key and `ce_id` from the gateway's
-//!   routing functions, and the six CloudEvents headers built by the same code, with a
-//!   fresh `ce_time` per record as the gateway does;
+//!   routing functions, the body redacted by the source's `redact` paths (done once per
+//!   body here: it is the gateway's work, not the broker's), and the CloudEvents headers
+//!   (and `hookfold-redacted`) built by the same code, with a fresh `ce_time` per record as
+//!   the gateway does;
 //! - as many records in flight as the HTTP load has connections, each awaiting its own
 //!   ack, the way a gateway request does.
 //!
@@ -25,6 +27,7 @@ use anyhow::{Context, bail};
 use clap::Parser;
 use hookfold_gateway::config::GatewayConfig;
 use hookfold_gateway::publish::{Publisher, kafka_headers};
+use hookfold_gateway::redact::{self, JsonPath};
 use hookfold_gateway::routing;
 use hookfold_proto::cloudevents::SourceKind;
 use rdkafka::producer::{FutureProducer, FutureRecord};
@@ -63,12 +66,19 @@ const STOPPED: u8 = 2;
 
 /// One of the load's bodies, with what the gateway derives from it.
 struct Body {
+    /// As stored: redacted when the source redacts.
     bytes: Vec<u8>,
     key: String,
     id: String,
+    redacted: Option<String>,
 }
 
-fn load_bodies(args: &Args, source_id: &str, kind: SourceKind) -> anyhow::Result<Vec<Body>> {
+fn load_bodies(
+    args: &Args,
+    source_id: &str,
+    kind: SourceKind,
+    redact: &[JsonPath],
+) -> anyhow::Result<Vec<Body>> {
     let index = std::fs::read_to_string(args.bodies.join("requests.tsv"))
         .context("reading requests.tsv")?;
     let mut bodies = Vec::new();
@@ -78,10 +88,21 @@ fn load_bodies(args: &Args, source_id: &str, kind: SourceKind) -> anyhow::Result
             std::fs::read(args.bodies.join(name)).with_context(|| format!("reading {name}"))?;
         let parsed: serde_json::Value =
             serde_json::from_slice(&bytes).with_context(|| format!("{name} is not JSON"))?;
-        bodies.push(Body {
-            key: routing::routing_key(source_id, kind, &args.event, &parsed),
-            id: routing::event_id(source_id, &args.event, &bytes, None),
-            bytes,
+        let key = routing::routing_key(source_id, kind, &args.event, &parsed);
+        let id = routing::event_id(source_id, &args.event, &bytes, None);
+        bodies.push(match redact::redact(&bytes, redact) {
+            Some(r) => Body {
+                bytes: r.body,
+                key,
+                id,
+                redacted: Some(r.removed.join(",")),
+            },
+            None => Body {
+                bytes,
+                key,
+                id,
+                redacted: None,
+            },
         });
     }
     if bodies.is_empty() {
@@ -100,7 +121,8 @@ async fn main() -> anyhow::Result<()> {
         .find(|s| s.id == args.source)
         .with_context(|| format!("no source {} in the config", args.source))?;
     let kind: SourceKind = source.kind.into();
-    let bodies = Arc::new(load_bodies(&args, &source.id, kind)?);
+    let redact = source.redact_paths()?;
+    let bodies = Arc::new(load_bodies(&args, &source.id, kind, &redact)?);
     let producer: FutureProducer =
         Publisher::client_config(&config.kafka, config.max_body_bytes).create()?;
     let topic = Arc::new(config.kafka.topic.clone());
@@ -141,7 +163,7 @@ async fn main() -> anyhow::Result<()> {
                         body.id.clone(),
                         routing::now_rfc3339(),
                     );
-                    record = record.headers(kafka_headers(&headers));
+                    record = record.headers(kafka_headers(&headers, body.redacted.as_deref()));
                 }
                 match producer.send(record, Timeout::Never).await {
                     Ok(_) if measured => latencies.push(sent.elapsed()),
