@@ -14,6 +14,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::auth::Secret;
 use crate::redact::{JsonPath, PathError};
+use hookfold_kafka::{ResolvedSecurity, Security, SecurityError};
 
 /// The configuration reference shown by `--help` and in the README.
 pub const REFERENCE: &str = r#"CONFIGURATION (TOML; every key can be overridden by HOOKFOLD_<SECTION>__<KEY>,
@@ -31,8 +32,17 @@ e.g. HOOKFOLD_KAFKA__BOOTSTRAP_SERVERS=10.0.0.5:9092, HOOKFOLD_LISTEN=0.0.0.0:80
   bootstrap_servers = "127.0.0.1:9092"
   topic = "hookfold.webhooks"
   ack_timeout = "5s"                 no broker ack within this: 503 (the record may not exist)
-  [kafka.properties]                 any librdkafka producer property, e.g. security.protocol
+  [kafka.properties]                 any other librdkafka producer property
   "client.id" = "hookfold-gateway"   (acks=all and enable.idempotence=true are always set)
+  [kafka.security]                   optional; TLS and SASL to the broker
+  protocol = "sasl_ssl"              plaintext (default), ssl, sasl_plaintext, sasl_ssl
+  ca_file = "ca.pem"                 the brokers' CA (default: the system's)
+  cert_file = "client.pem"           mutual TLS: certificate chain and key (PEM);
+  key_file = "client.key"            key_password_file / key_password_env if encrypted
+  [kafka.security.sasl]
+  mechanism = "scram-sha-512"        plain, scram-sha-256, scram-sha-512
+  username = "hookfold-gateway"
+  password_file = "/run/secrets/kafka-password"   or password_env = "KAFKA_PASSWORD"
 
   [tls]                              optional; serve HTTPS (rustls)
   cert_path = "cert.pem"             PEM certificate chain
@@ -110,6 +120,11 @@ pub struct KafkaConfig {
     #[serde(with = "humantime_serde")]
     pub ack_timeout: Duration,
     pub properties: BTreeMap<String, String>,
+    #[serde(default)]
+    pub security: Security,
+    /// `security` checked and its secrets read, by [`GatewayConfig::load`].
+    #[serde(skip)]
+    pub resolved_security: ResolvedSecurity,
 }
 
 impl Default for KafkaConfig {
@@ -119,6 +134,8 @@ impl Default for KafkaConfig {
             topic: "hookfold.webhooks".into(),
             ack_timeout: Duration::from_secs(5),
             properties: BTreeMap::new(),
+            security: Security::default(),
+            resolved_security: ResolvedSecurity::default(),
         }
     }
 }
@@ -191,6 +208,8 @@ pub enum ConfigError {
     Source { id: String, problem: String },
     #[error("{0}")]
     Invalid(String),
+    #[error(transparent)]
+    Security(#[from] SecurityError),
 }
 
 impl GatewayConfig {
@@ -211,6 +230,10 @@ impl GatewayConfig {
             .extract()
             .map_err(Box::new)?;
         config.resolve_secret_env(|name| std::env::var(name).ok())?;
+        config.kafka.resolved_security = config
+            .kafka
+            .security
+            .resolve(&config.kafka.properties, |name| std::env::var(name).ok())?;
         config.validate()?;
         Ok(config)
     }

@@ -4,13 +4,14 @@
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
+use hookfold_kafka::LastError;
 use hookfold_proto::cloudevents::{self, CloudEventHeaders};
-use rdkafka::ClientConfig;
 use rdkafka::error::KafkaError;
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::util::Timeout;
+use rdkafka::{ClientConfig, ClientContext};
 
 use crate::config::KafkaConfig;
 
@@ -60,9 +61,27 @@ pub fn kafka_headers(headers: &CloudEventHeaders, redacted: Option<&str>) -> Own
     out
 }
 
+/// The producer's context: keeps librdkafka's last client-wide error, so that `/readyz`
+/// can say why the broker does not answer (wrong credentials, a certificate).
+#[derive(Default)]
+pub struct GatewayContext {
+    last_error: Arc<LastError>,
+}
+
+impl ClientContext for GatewayContext {
+    fn error(&self, error: KafkaError, reason: &str) {
+        self.last_error.record(&error, reason);
+        tracing::error!(target: "librdkafka", error = %error, "Kafka client error: {reason}");
+    }
+}
+
+type GatewayProducer = FutureProducer<GatewayContext>;
+
 /// The producer and how many times it has been replaced.
 struct Current {
-    producer: FutureProducer,
+    producer: GatewayProducer,
+    /// Its context's last error (the context itself is wrapped out of reach).
+    last_error: Arc<LastError>,
     generation: u64,
 }
 
@@ -81,15 +100,19 @@ impl Publisher {
     /// The producer's client settings. Public so that the broker-ceiling benchmark runs
     /// a producer configured exactly like the gateway's.
     pub fn client_config(config: &KafkaConfig, max_body_bytes: usize) -> ClientConfig {
-        let mut client = ClientConfig::new();
-        client.set("client.id", "hookfold-gateway");
-        // Records of concurrent requests share a batch. Overridable through kafka.properties.
-        client.set("linger.ms", "2");
-        for (key, value) in &config.properties {
-            client.set(key, value);
+        let mut client = hookfold_kafka::client_config(
+            &config.bootstrap_servers,
+            &config.properties,
+            &config.resolved_security,
+        );
+        // Records of concurrent requests share a batch. Both overridable through
+        // kafka.properties.
+        for (key, default) in [("client.id", "hookfold-gateway"), ("linger.ms", "2")] {
+            if !config.properties.contains_key(key) {
+                client.set(key, default);
+            }
         }
         client
-            .set("bootstrap.servers", &config.bootstrap_servers)
             // Durability is the gateway's promise; these are not negotiable by config.
             .set("acks", "all")
             .set("enable.idempotence", "true")
@@ -108,10 +131,11 @@ impl Publisher {
 
     pub fn new(config: &KafkaConfig, max_body_bytes: usize) -> Result<Self, KafkaError> {
         let client = Self::client_config(config, max_body_bytes);
-        let producer = client.create()?;
+        let (producer, last_error) = Self::create(&client)?;
         Ok(Self {
             current: Arc::new(RwLock::new(Current {
                 producer,
+                last_error,
                 generation: 0,
             })),
             last_replaced: Arc::new(Mutex::new(None)),
@@ -120,7 +144,13 @@ impl Publisher {
         })
     }
 
-    fn producer(&self) -> (FutureProducer, u64) {
+    fn create(client: &ClientConfig) -> Result<(GatewayProducer, Arc<LastError>), KafkaError> {
+        let context = GatewayContext::default();
+        let last_error = context.last_error.clone();
+        Ok((client.create_with_context(context)?, last_error))
+    }
+
+    fn producer(&self) -> (GatewayProducer, u64) {
         let current = self.current.read().unwrap_or_else(|e| e.into_inner());
         (current.producer.clone(), current.generation)
     }
@@ -128,7 +158,7 @@ impl Publisher {
     /// Errors after which this producer's idempotence session is unusable: every later
     /// record would fail too (seen with a broker restarted without its producer state,
     /// which answers with an unknown error). A new producer starts a new session.
-    fn breaks_session(error: &KafkaError, producer: &FutureProducer) -> bool {
+    fn breaks_session(error: &KafkaError, producer: &GatewayProducer) -> bool {
         producer.client().fatal_error().is_some()
             || matches!(
                 error.rdkafka_error_code(),
@@ -154,9 +184,10 @@ impl Publisher {
         if current.generation != generation {
             return; // another request already replaced it
         }
-        match self.client.create::<FutureProducer>() {
-            Ok(producer) => {
+        match Self::create(&self.client) {
+            Ok((producer, last_error)) => {
                 current.producer = producer;
+                current.last_error = last_error;
                 current.generation += 1;
                 *last = Some(Instant::now());
                 tracing::warn!(
@@ -194,12 +225,21 @@ impl Publisher {
     /// Whether the broker answers and knows the topic, within `timeout`.
     pub async fn broker_ready(&self, timeout: Duration) -> Result<(), String> {
         let (producer, _) = self.producer();
+        let last_error = self
+            .current
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .last_error
+            .clone();
         let topic = self.topic.clone();
         tokio::task::spawn_blocking(move || {
             let metadata = producer
                 .client()
                 .fetch_metadata(Some(&topic), timeout)
-                .map_err(|e| format!("broker unreachable: {e}"))?;
+                .map_err(|e| match last_error.reason() {
+                    Some(reason) => format!("broker unreachable: {e}; last client error: {reason}"),
+                    None => format!("broker unreachable: {e}"),
+                })?;
             match metadata.topics().iter().find(|t| t.name() == topic) {
                 Some(t) if t.error().is_none() && !t.partitions().is_empty() => Ok(()),
                 _ => Err(format!("topic `{topic}` does not exist on the broker")),

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use figment::Figment;
 use figment::providers::{Env, Format, Serialized, Toml};
+use hookfold_kafka::{ResolvedSecurity, Security, SecurityError};
 use hookfold_rules::Rules;
 use serde::{Deserialize, Serialize};
 
@@ -29,8 +30,18 @@ e.g. HOOKFOLD_KAFKA__BOOTSTRAP_SERVERS=10.0.0.5:9092, HOOKFOLD_STATE_DIR=/var/li
                                       restarted instance keeps its partitions, no rebalance
   ack_timeout = "120s"                outputs not acked within this: exit with an error
                                       (a restart resumes from the last committed batch)
-  [kafka.properties]                  any librdkafka property for consumer and producer,
-  "fetch.max.bytes" = "52428800"      e.g. fetch sizing (TLS/SASL are not built in yet)
+  [kafka.properties]                  any other librdkafka property for every client,
+  "fetch.max.bytes" = "52428800"      e.g. fetch sizing
+  [kafka.security]                    optional; TLS and SASL to the broker, for every
+  protocol = "sasl_ssl"               client and subcommand: plaintext (default), ssl,
+                                      sasl_plaintext, sasl_ssl
+  ca_file = "ca.pem"                  the brokers' CA (default: the system's)
+  cert_file = "client.pem"            mutual TLS: certificate chain and key (PEM);
+  key_file = "client.key"             key_password_file / key_password_env if encrypted
+  [kafka.security.sasl]
+  mechanism = "scram-sha-512"         plain, scram-sha-256, scram-sha-512
+  username = "hookfold-processor"
+  password_file = "/run/secrets/kafka-password"   or password_env = "KAFKA_PASSWORD"
 
   [batch]
   max_records = 1000                  commit after this many records...
@@ -93,6 +104,11 @@ pub struct KafkaConfig {
     #[serde(with = "humantime_serde")]
     pub ack_timeout: Duration,
     pub properties: BTreeMap<String, String>,
+    #[serde(default)]
+    pub security: Security,
+    /// `security` checked and its secrets read, by [`ProcessorConfig::load`].
+    #[serde(skip)]
+    pub resolved_security: ResolvedSecurity,
 }
 
 impl Default for KafkaConfig {
@@ -106,6 +122,8 @@ impl Default for KafkaConfig {
             instance_id: None,
             ack_timeout: Duration::from_secs(120),
             properties: BTreeMap::new(),
+            security: Security::default(),
+            resolved_security: ResolvedSecurity::default(),
         }
     }
 }
@@ -141,6 +159,8 @@ pub enum ConfigError {
     Load(#[from] Box<figment::Error>),
     #[error("{0}")]
     Invalid(String),
+    #[error(transparent)]
+    Security(#[from] SecurityError),
 }
 
 impl ProcessorConfig {
@@ -150,7 +170,7 @@ impl ProcessorConfig {
         if let Some(file) = file {
             figment = figment.merge(Toml::file_exact(file));
         }
-        let config: ProcessorConfig = figment
+        let mut config: ProcessorConfig = figment
             // HOOKFOLD_CONFIG names the file (--config); the scripts' own variables are
             // not keys either.
             .merge(
@@ -160,6 +180,10 @@ impl ProcessorConfig {
             )
             .extract()
             .map_err(Box::new)?;
+        config.kafka.resolved_security = config
+            .kafka
+            .security
+            .resolve(&config.kafka.properties, |name| std::env::var(name).ok())?;
         config.validate()?;
         Ok(config)
     }

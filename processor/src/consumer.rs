@@ -43,6 +43,8 @@ pub struct ProcessorContext {
     fatal: Mutex<Option<String>>,
     /// Whether the group has given this member its (possibly empty) first assignment.
     assigned_once: AtomicBool,
+    /// What librdkafka last reported, for a start that cannot connect to say why.
+    last_error: hookfold_kafka::LastError,
 }
 
 impl ProcessorContext {
@@ -163,6 +165,11 @@ impl ProcessorContext {
 }
 
 impl ClientContext for ProcessorContext {
+    fn error(&self, error: KafkaError, reason: &str) {
+        self.last_error.record(&error, reason);
+        tracing::error!(target: "librdkafka", error = %error, "Kafka client error: {reason}");
+    }
+
     fn stats(&self, statistics: Statistics) {
         if let Some(topic) = statistics.topics.get(&self.input_topic) {
             for (partition, stats) in &topic.partitions {
@@ -396,13 +403,13 @@ pub fn check_copartitioned(
 
 const GROUP_COMMIT_INTERVAL: Duration = Duration::from_secs(5);
 
+/// How long a starting processor waits for the brokers to answer before it exits.
+const STARTUP_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// The settings every client of the processor and its subcommands starts from.
 pub fn client_config(config: &ProcessorConfig) -> ClientConfig {
-    let mut client = ClientConfig::new();
-    for (key, value) in &config.kafka.properties {
-        client.set(key, value);
-    }
-    client.set("bootstrap.servers", &config.kafka.bootstrap_servers);
-    client
+    let k = &config.kafka;
+    hookfold_kafka::client_config(&k.bootstrap_servers, &k.properties, &k.resolved_security)
 }
 
 /// [`client_config`] for a consumer that reads partitions through to their end (restores,
@@ -484,6 +491,7 @@ pub fn run(
         metrics,
         fatal: Mutex::new(None),
         assigned_once: AtomicBool::new(false),
+        last_error: Default::default(),
     };
     let mut consumer_config = client_config(config);
     if let Some(instance) = config
@@ -512,6 +520,14 @@ pub fn run(
         .set("statistics.interval.ms", "5000")
         .create_with_context(context)
         .context("creating the Kafka consumer")?;
+    // Wrong credentials or certificates end the start here, with librdkafka's reason,
+    // before anything is consumed; a broker that does not answer, after STARTUP_TIMEOUT.
+    hookfold_kafka::wait_for_brokers(
+        consumer.client(),
+        &consumer.context().last_error,
+        &config.kafka.bootstrap_servers,
+        STARTUP_TIMEOUT,
+    )?;
     let partitions = check_copartitioned(
         &consumer,
         &config.kafka.input_topic,

@@ -118,6 +118,7 @@ fn main() -> ExitCode {
             summary,
         } => {
             let options = TailOptions {
+                client: hookfold_processor::consumer::client_config(&config),
                 bootstrap_servers: config.kafka.bootstrap_servers.clone(),
                 topic: topic.unwrap_or_else(|| config.kafka.output_topic.clone()),
                 from_beginning,

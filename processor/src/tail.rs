@@ -13,6 +13,8 @@ use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 use serde_json::{Map, Value, json};
 
 pub struct TailOptions {
+    /// The client settings (`consumer::client_config`: bootstrap, properties, security).
+    pub client: ClientConfig,
     pub bootstrap_servers: String,
     pub topic: String,
     pub from_beginning: bool,
@@ -23,8 +25,9 @@ pub struct TailOptions {
 
 /// Prints records until the end of every partition (or forever with `follow`).
 pub fn tail(options: &TailOptions, out: &mut impl Write) -> anyhow::Result<u64> {
-    let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", &options.bootstrap_servers)
+    let consumer: BaseConsumer = options
+        .client
+        .clone()
         .set("group.id", "hookfold-tail")
         .set("enable.auto.commit", "false")
         .create()

@@ -16,7 +16,8 @@ use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::OwnedMessage;
 
-use crate::kafka::{ClusterSpec, KafkaCluster, KafkaNode};
+use crate::certs::TestCa;
+use crate::kafka::{ClusterSpec, KafkaCluster, KafkaNode, SecureListeners};
 use crate::topics;
 
 /// A Kafka for one test.
@@ -25,6 +26,20 @@ pub struct Broker {
     cluster: Option<KafkaCluster>,
     /// Where an owned cluster keeps its nodes (dropped after the cluster).
     _dir: Option<tempfile::TempDir>,
+}
+
+/// A broker with secured listeners ([`Broker::own_secured`]).
+pub struct SecuredBroker {
+    /// The broker; its `bootstrap` is the plaintext listener the harness uses.
+    pub broker: Broker,
+    /// The CA of the brokers' certificates, which also issues client certificates.
+    pub ca: TestCa,
+    /// A directory for the test's client certificates and password files.
+    pub certs: std::path::PathBuf,
+    /// The `SASL_SSL` listener.
+    pub sasl_ssl: String,
+    /// The `SSL` listener (client certificate required).
+    pub ssl: String,
 }
 
 /// Where one partition lives, as the cluster's metadata shows it now.
@@ -125,6 +140,49 @@ impl Broker {
             bootstrap: cluster.bootstrap(),
             cluster: Some(cluster),
             _dir: Some(dir),
+        })
+    }
+
+    /// A single-node Apache Kafka of this test's own with secured listeners (see
+    /// [`SecureListeners`]): `SASL_SSL` for `users` and `SSL` with client certificates, both
+    /// with certificates from a CA made for this test. `bootstrap` stays the plaintext
+    /// listener, for the harness's own clients. Never `KAFKA_BOOTSTRAP_SERVERS`: the test
+    /// needs listeners and users it set up itself.
+    pub fn own_secured(users: &[(&str, &str)]) -> Result<SecuredBroker> {
+        let dir = tempfile::Builder::new()
+            .prefix("hookfold-kafka-secured-")
+            .tempdir()?;
+        let certs = dir.path().join("certs");
+        std::fs::create_dir_all(&certs)?;
+        let ca = TestCa::new(&certs, "cluster")?;
+        let key_store = certs.join("broker-keystore.pem");
+        std::fs::write(&key_store, ca.broker("broker")?.key_store()?)?;
+        let mut spec = ClusterSpec::new(1, dir.path().join("cluster"));
+        spec.secure = Some(SecureListeners {
+            key_store,
+            trust_store: ca.ca_file.clone(),
+            users: users
+                .iter()
+                .map(|(n, p)| (n.to_string(), p.to_string()))
+                .collect(),
+        });
+        let cluster = KafkaCluster::start(&spec)?;
+        let sasl_ssl = cluster
+            .sasl_ssl_bootstrap()
+            .context("the secured cluster has a SASL_SSL listener")?;
+        let ssl = cluster
+            .ssl_bootstrap()
+            .context("the secured cluster has an SSL listener")?;
+        Ok(SecuredBroker {
+            broker: Self {
+                bootstrap: cluster.bootstrap(),
+                cluster: Some(cluster),
+                _dir: Some(dir),
+            },
+            ca,
+            certs,
+            sasl_ssl,
+            ssl,
         })
     }
 

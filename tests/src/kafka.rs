@@ -86,6 +86,23 @@ pub struct ClusterSpec {
     pub lifetime: Lifetime,
     /// Extra `server.properties` lines.
     pub properties: Vec<(String, String)>,
+    /// Secured client listeners beside the plaintext one.
+    pub secure: Option<SecureListeners>,
+}
+
+/// A `SASL_SSL` listener (SCRAM-SHA-512, SCRAM-SHA-256 and PLAIN) and an `SSL` listener
+/// that requires a client certificate, beside the `PLAINTEXT` listener the harness itself
+/// (readiness, topics, reading back) and the brokers among themselves use. A client
+/// certificate `CN=<name>` is the principal `User:<name>`.
+#[derive(Clone, Debug)]
+pub struct SecureListeners {
+    /// PEM: the broker's private key, then its certificate chain (a Kafka PEM key store).
+    pub key_store: PathBuf,
+    /// PEM: the CA the brokers' and clients' certificates come from.
+    pub trust_store: PathBuf,
+    /// `(name, password)`: SCRAM credentials created when the storage is formatted, and
+    /// PLAIN users of the SASL listener.
+    pub users: Vec<(String, String)>,
 }
 
 impl ClusterSpec {
@@ -97,6 +114,7 @@ impl ClusterSpec {
             heap: std::env::var("HOOKFOLD_KAFKA_HEAP").unwrap_or_else(|_| "512m".into()),
             lifetime: Lifetime::Tied,
             properties: Vec::new(),
+            secure: None,
         }
     }
 }
@@ -106,7 +124,10 @@ pub struct KafkaNode {
     pub id: u32,
     pub port: u16,
     pub controller_port: u16,
+    /// The `SASL_SSL` and `SSL` listeners' ports, when the cluster has them.
+    pub secure_ports: Option<(u16, u16)>,
     pub dir: PathBuf,
+    users: Vec<(String, String)>,
     heap: String,
     lifetime: Lifetime,
     process: Process,
@@ -131,6 +152,18 @@ impl KafkaNode {
 
     pub fn bootstrap(&self) -> String {
         format!("127.0.0.1:{}", self.port)
+    }
+
+    /// The `SASL_SSL` listener, when the node has one.
+    pub fn sasl_ssl_bootstrap(&self) -> Option<String> {
+        self.secure_ports
+            .map(|(port, _)| format!("127.0.0.1:{port}"))
+    }
+
+    /// The `SSL` (client certificate) listener, when the node has one.
+    pub fn ssl_bootstrap(&self) -> Option<String> {
+        self.secure_ports
+            .map(|(_, port)| format!("127.0.0.1:{port}"))
     }
 
     /// The last lines of the node's log.
@@ -171,7 +204,15 @@ impl KafkaNode {
         let mut command = self.java_command("kafka.tools.StorageTool")?;
         command
             .args(["format", "--ignore-formatted"])
-            .arg(format!("--cluster-id={cluster_id}"))
+            .arg(format!("--cluster-id={cluster_id}"));
+        for (name, password) in &self.users {
+            for mechanism in ["SCRAM-SHA-512", "SCRAM-SHA-256"] {
+                command
+                    .arg("--add-scram")
+                    .arg(format!("{mechanism}=[name={name},password={password}]"));
+            }
+        }
+        command
             .arg("-c")
             .arg(self.config_path())
             .stdin(std::process::Stdio::null())
@@ -291,10 +332,17 @@ impl KafkaCluster {
                     free_port(),
                 ),
             };
+            let secure_ports = spec.secure.as_ref().map(|_| (free_port(), free_port()));
             nodes.push(KafkaNode {
                 id,
                 port,
                 controller_port,
+                secure_ports,
+                users: spec
+                    .secure
+                    .as_ref()
+                    .map(|s| s.users.clone())
+                    .unwrap_or_default(),
                 dir,
                 heap: spec.heap.clone(),
                 lifetime: spec.lifetime.clone(),
@@ -343,6 +391,22 @@ impl KafkaCluster {
             .map(KafkaNode::bootstrap)
             .collect::<Vec<_>>()
             .join(",")
+    }
+
+    /// Every node's `SASL_SSL` listener, when the cluster has them.
+    pub fn sasl_ssl_bootstrap(&self) -> Option<String> {
+        let all: Option<Vec<String>> = self
+            .nodes
+            .iter()
+            .map(KafkaNode::sasl_ssl_bootstrap)
+            .collect();
+        all.map(|all| all.join(","))
+    }
+
+    /// Every node's `SSL` listener, when the cluster has them.
+    pub fn ssl_bootstrap(&self) -> Option<String> {
+        let all: Option<Vec<String>> = self.nodes.iter().map(KafkaNode::ssl_bootstrap).collect();
+        all.map(|all| all.join(","))
     }
 
     pub fn node(&mut self, id: u32) -> Result<&mut KafkaNode> {
@@ -541,6 +605,42 @@ fn write_config(node: &KafkaNode, voters: &str, spec: &ClusterSpec) -> Result<()
     let replication = spec.nodes.min(3);
     let min_isr = if spec.nodes >= 3 { 2 } else { 1 };
     let data = node.dir.join("data");
+    let (mut listeners, mut advertised, mut protocols) = (
+        format!(
+            "PLAINTEXT://127.0.0.1:{0},CONTROLLER://127.0.0.1:{1}",
+            node.port, node.controller_port
+        ),
+        format!("PLAINTEXT://127.0.0.1:{}", node.port),
+        "PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT".to_string(),
+    );
+    let mut secured = String::new();
+    if let (Some(secure), Some((sasl_port, ssl_port))) = (&spec.secure, node.secure_ports) {
+        let extra = format!(",SASL_SSL://127.0.0.1:{sasl_port},SSL://127.0.0.1:{ssl_port}");
+        listeners.push_str(&extra);
+        advertised.push_str(&extra);
+        protocols.push_str(",SASL_SSL:SASL_SSL,SSL:SSL");
+        let plain_users: String = secure
+            .users
+            .iter()
+            .map(|(name, password)| format!(" user_{name}=\"{password}\""))
+            .collect();
+        let _ = write!(
+            secured,
+            "# Secured listeners (tests/src/kafka.rs SecureListeners).\n\
+             sasl.enabled.mechanisms=SCRAM-SHA-512,SCRAM-SHA-256,PLAIN\n\
+             listener.name.sasl_ssl.scram-sha-512.sasl.jaas.config=org.apache.kafka.common.security.scram.ScramLoginModule required;\n\
+             listener.name.sasl_ssl.scram-sha-256.sasl.jaas.config=org.apache.kafka.common.security.scram.ScramLoginModule required;\n\
+             listener.name.sasl_ssl.plain.sasl.jaas.config=org.apache.kafka.common.security.plain.PlainLoginModule required{plain_users};\n\
+             ssl.keystore.type=PEM\n\
+             ssl.keystore.location={key_store}\n\
+             ssl.truststore.type=PEM\n\
+             ssl.truststore.location={trust_store}\n\
+             listener.name.ssl.ssl.client.auth=required\n\
+             ssl.principal.mapping.rules=RULE:^CN=([^,]+).*$/$1/,DEFAULT\n",
+            key_store = secure.key_store.display(),
+            trust_store = secure.trust_store.display(),
+        );
+    }
     let mut config = format!(
         "# Written by hookfold's Kafka launcher (tests/src/kafka.rs); rewritten at each start.\n\
          hookfold.client.port={port}\n\
@@ -548,10 +648,10 @@ fn write_config(node: &KafkaNode, voters: &str, spec: &ClusterSpec) -> Result<()
          process.roles=broker,controller\n\
          node.id={id}\n\
          controller.quorum.voters={voters}\n\
-         listeners=PLAINTEXT://127.0.0.1:{port},CONTROLLER://127.0.0.1:{cport}\n\
-         advertised.listeners=PLAINTEXT://127.0.0.1:{port}\n\
+         listeners={listeners}\n\
+         advertised.listeners={advertised}\n\
          controller.listener.names=CONTROLLER\n\
-         listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT\n\
+         listener.security.protocol.map={protocols}\n\
          inter.broker.listener.name=PLAINTEXT\n\
          log.dirs={data}\n\
          # Small-machine settings: internal topics replicated as far as the cluster allows,\n\
@@ -577,6 +677,7 @@ fn write_config(node: &KafkaNode, voters: &str, spec: &ClusterSpec) -> Result<()
         id = node.id,
         data = data.display(),
     );
+    config.push_str(&secured);
     for (key, value) in &spec.properties {
         let _ = writeln!(config, "{key}={value}");
     }

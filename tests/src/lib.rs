@@ -3,8 +3,8 @@
 //! the real hookfold binaries as child processes, real HTTP, and an independent consumer
 //! to read what landed on a topic.
 //!
-//! One module a job: [`kafka`] launches KRaft nodes, [`broker`] picks the broker a test
-//! talks to, [`process`] runs children, [`topics`] creates and reads topics, [`gateway`]
+//! One module a job: [`kafka`] launches KRaft nodes, [`certs`] makes a test CA for secured
+//! listeners, [`broker`] picks the broker a test talks to, [`process`] runs children, [`topics`] creates and reads topics, [`gateway`]
 //! and [`processor`] run the binaries, [`records`] and [`webhooks`] make input, and
 //! [`comparisons`] check a run against a reference run.
 //!
@@ -19,6 +19,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use anyhow::{Result, bail};
 
 pub mod broker;
+pub mod certs;
 pub mod comparisons;
 pub mod fuzz_seeds;
 pub mod gateway;

@@ -1,0 +1,38 @@
+//! The settings every Kafka client hookfold builds starts from: the gateway's producer, the
+//! processor's consumers and producers, `tail`, `topics`, `rebuild`, `state` and the
+//! benchmarks' clients. One function ([`client_config`]) so that no client connects with
+//! less than the operator configured (before it, `tail` ignored `kafka.properties`).
+//!
+//! Invariants:
+//! - secrets (SASL passwords, key passwords) are read from a file or an environment
+//!   variable when the configuration is loaded, never written inline, and never appear in
+//!   `Debug` output or error messages;
+//! - `[kafka.security]` is checked as a whole before anything connects ([`Security::resolve`]),
+//!   with one message per mistake; `[kafka.properties]` still passes anything else through,
+//!   but may not set what `[kafka.security]` owns.
+
+pub mod connect;
+pub mod security;
+
+use std::collections::BTreeMap;
+
+use rdkafka::ClientConfig;
+
+pub use connect::{ConnectError, LastError, wait_for_brokers};
+pub use security::{Mechanism, Protocol, ResolvedSecurity, Sasl, Security, SecurityError};
+
+/// A client with the operator's `properties`, then the resolved security settings, then
+/// `bootstrap.servers`. Callers add what their role needs (group, acks, ...).
+pub fn client_config(
+    bootstrap_servers: &str,
+    properties: &BTreeMap<String, String>,
+    security: &ResolvedSecurity,
+) -> ClientConfig {
+    let mut client = ClientConfig::new();
+    for (key, value) in properties {
+        client.set(key, value);
+    }
+    security.apply(&mut client);
+    client.set("bootstrap.servers", bootstrap_servers);
+    client
+}

@@ -1,0 +1,374 @@
+//! The gateway and the processor against a secured Apache Kafka (issue 10): `SASL_SSL`
+//! with SCRAM-SHA-512 and mutual TLS give the same incidents as plaintext, and wrong
+//! credentials, an unknown user, a CA that does not match and a plaintext client on the
+//! TLS port each fail clearly without a secret in any log line.
+//!
+//! Each test starts its own broker with secured listeners (never `KAFKA_BOOTSTRAP_SERVERS`:
+//! the users and certificates are the test's own); the harness itself reads and creates
+//! topics over the broker's plaintext listener.
+
+use std::time::{Duration, Instant};
+
+use hookfold_proto::Message as _;
+use hookfold_proto::v1::IncidentEvent;
+use hookfold_tests::broker::SecuredBroker;
+use hookfold_tests::webhooks::{agent_event, build_finished, buildkite_signed};
+use hookfold_tests::{Broker, Gateway, Topics};
+use rdkafka::Message;
+use rdkafka::message::OwnedMessage;
+
+const BK_SECRET: &str = "29b1ff5779c76bd48ba6705eb99ff970";
+const GATEWAY_USER: (&str, &str) = ("hookfold-gateway", "gw-pass-3f9a1c7e");
+const PROCESSOR_USER: (&str, &str) = ("hookfold-processor", "proc-pass-81bd2e44");
+
+/// How one binary connects: its bootstrap servers, its `[kafka.security]` tables, and the
+/// environment that carries its secret.
+struct Connection {
+    bootstrap: String,
+    security: String,
+    env: Vec<(String, String)>,
+}
+
+impl Connection {
+    fn plaintext(broker: &Broker) -> Self {
+        Self {
+            bootstrap: broker.bootstrap.clone(),
+            security: String::new(),
+            env: Vec::new(),
+        }
+    }
+
+    /// SCRAM-SHA-512 over TLS, the password from an environment variable.
+    fn scram(secured: &SecuredBroker, (user, password): (&str, &str)) -> Self {
+        let var = format!("KAFKA_PASSWORD_{}", user.replace('-', "_").to_uppercase());
+        Self {
+            bootstrap: secured.sasl_ssl.clone(),
+            security: format!(
+                "[kafka.security]\nprotocol = \"sasl_ssl\"\nca_file = \"{}\"\n[kafka.security.sasl]\nmechanism = \"scram-sha-512\"\nusername = \"{user}\"\npassword_env = \"{var}\"\n",
+                secured.ca.ca_file.display()
+            ),
+            env: vec![(var, password.to_owned())],
+        }
+    }
+
+    /// Mutual TLS only: a client certificate from the cluster's CA, no SASL.
+    fn mtls(secured: &SecuredBroker, common_name: &str) -> Self {
+        let client = secured.ca.client(common_name).expect("client certificate");
+        Self {
+            bootstrap: secured.ssl.clone(),
+            security: format!(
+                "[kafka.security]\nprotocol = \"ssl\"\nca_file = \"{}\"\ncert_file = \"{}\"\nkey_file = \"{}\"\n",
+                secured.ca.ca_file.display(),
+                client.cert.display(),
+                client.key.display()
+            ),
+            env: Vec::new(),
+        }
+    }
+
+    fn env(&self) -> Vec<(&str, &str)> {
+        self.env
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .chain([("HOOKFOLD_KAFKA__BOOTSTRAP_SERVERS", self.bootstrap.as_str())])
+            .collect()
+    }
+}
+
+fn gateway_config(topic: &str, connection: &Connection) -> String {
+    format!(
+        "[kafka]\ntopic = \"{topic}\"\n{}\n[[sources]]\nid = \"acme-bk\"\nkind = \"buildkite\"\nsecrets = [\"{BK_SECRET}\"]\n",
+        connection.security
+    )
+}
+
+/// The demo's story: builds failing and passing, a stale one, an agent lost and back.
+fn story() -> Vec<(&'static str, Vec<u8>)> {
+    vec![
+        (
+            "build.finished",
+            build_finished("web", "main", 41, "passed"),
+        ),
+        (
+            "build.finished",
+            build_finished("web", "main", 42, "failed"),
+        ),
+        (
+            "build.finished",
+            build_finished("web", "main", 43, "failed"),
+        ),
+        (
+            "build.finished",
+            build_finished("web", "main", 44, "passed"),
+        ),
+        (
+            "build.finished",
+            build_finished("web", "main", 40, "failed"),
+        ),
+        ("agent.lost", agent_event("agent.lost", "ci-7", "id-1")),
+        (
+            "agent.connected",
+            agent_event("agent.connected", "ci-7", "id-2"),
+        ),
+        ("build.finished", build_finished("api", "main", 9, "failed")),
+    ]
+}
+
+/// The story through a gateway and a processor connected as given, on fresh topics;
+/// returns the incident records (read back over plaintext) and both logs.
+async fn run_story(
+    broker: &Broker,
+    gateway_connection: &Connection,
+    processor_connection: &Connection,
+) -> (Vec<OwnedMessage>, String) {
+    let t = Topics::create(broker, 3).await.unwrap();
+    let gateway = Gateway::start(
+        &gateway_config(&t.webhooks, gateway_connection),
+        &gateway_connection.bootstrap,
+        &gateway_connection.env(),
+    )
+    .await
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let mut setup = t
+        .processor(broker, dir.path())
+        .extra(&processor_connection.security);
+    for (key, value) in processor_connection.env() {
+        setup = setup.env(key, value);
+    }
+    let mut processor = setup.start().await.unwrap();
+    let client = reqwest::Client::new();
+    let url = gateway.webhook_url("acme-bk");
+    let events = story();
+    for (event, body) in &events {
+        let response = buildkite_signed(client.post(&url), BK_SECRET, event, body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(
+            response.status(),
+            202,
+            "{}\n{}",
+            response.text().await.unwrap_or_default(),
+            gateway.process.output()
+        );
+    }
+    processor
+        .wait_committed(events.len() as i64, Duration::from_secs(60))
+        .await
+        .unwrap();
+    let records = broker.read_all(&t.incidents).unwrap();
+    processor
+        .process
+        .terminate(Duration::from_secs(30))
+        .unwrap();
+    let logs = format!(
+        "{}\n{}",
+        gateway.process.output(),
+        processor.process.output()
+    );
+    (records, logs)
+}
+
+/// The incident events of a run by event id, without what differs between two runs of
+/// the same story on other topics at another time: the receipt times (`occurred_at`,
+/// `created_at` come from `ce_time`) and the input position (`cause`).
+fn comparable(records: &[OwnedMessage]) -> Vec<IncidentEvent> {
+    let mut events: Vec<IncidentEvent> = records
+        .iter()
+        .map(|r| {
+            let mut event = IncidentEvent::decode(r.payload().unwrap_or_default()).unwrap();
+            event.occurred_at = None;
+            event.created_at = None;
+            event.cause = None;
+            event
+        })
+        .collect();
+    events.sort_by(|a, b| a.event_id.cmp(&b.event_id));
+    events
+}
+
+fn assert_same_story(reference: &[OwnedMessage], actual: &[OwnedMessage]) {
+    let (reference, actual) = (comparable(reference), comparable(actual));
+    assert_eq!(actual, reference, "the secured run's incidents differ");
+}
+
+fn assert_no_secret(logs: &str, secrets: &[&str]) {
+    for secret in secrets {
+        assert!(
+            !logs.contains(secret),
+            "a log line holds the secret {secret:?}:\n{logs}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scram_sha_512_over_tls_gives_the_same_incidents_as_plaintext() {
+    let secured = Broker::own_secured(&[GATEWAY_USER, PROCESSOR_USER]).unwrap();
+    let broker = &secured.broker;
+    let (reference, _) = run_story(
+        broker,
+        &Connection::plaintext(broker),
+        &Connection::plaintext(broker),
+    )
+    .await;
+    let (records, logs) = run_story(
+        broker,
+        &Connection::scram(&secured, GATEWAY_USER),
+        &Connection::scram(&secured, PROCESSOR_USER),
+    )
+    .await;
+    assert_same_story(&reference, &records);
+    assert_no_secret(&logs, &[GATEWAY_USER.1, PROCESSOR_USER.1]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mutual_tls_without_sasl_gives_the_same_incidents_as_plaintext() {
+    let secured = Broker::own_secured(&[]).unwrap();
+    let broker = &secured.broker;
+    let (reference, _) = run_story(
+        broker,
+        &Connection::plaintext(broker),
+        &Connection::plaintext(broker),
+    )
+    .await;
+    let (records, _) = run_story(
+        broker,
+        &Connection::mtls(&secured, "hookfold-gateway"),
+        &Connection::mtls(&secured, "hookfold-processor"),
+    )
+    .await;
+    assert_same_story(&reference, &records);
+}
+
+/// Waits until `check` holds, at most `timeout`; the elapsed time.
+async fn within(timeout: Duration, what: &str, mut check: impl AsyncFnMut() -> bool) -> Duration {
+    let started = Instant::now();
+    loop {
+        if check().await {
+            return started.elapsed();
+        }
+        assert!(
+            started.elapsed() < timeout,
+            "not within {timeout:?}: {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wrong_credentials_fail_clearly_and_leak_nothing() {
+    let secured = Broker::own_secured(&[GATEWAY_USER, PROCESSOR_USER]).unwrap();
+    let broker = &secured.broker;
+    let t = Topics::create(broker, 3).await.unwrap();
+    let other_ca = hookfold_tests::certs::TestCa::new(&secured.certs, "other").unwrap();
+    let mut wrong_ca = Connection::scram(&secured, GATEWAY_USER);
+    wrong_ca.security = wrong_ca.security.replace(
+        &secured.ca.ca_file.display().to_string(),
+        &other_ca.ca_file.display().to_string(),
+    );
+    let mut plaintext_on_tls = Connection::plaintext(broker);
+    plaintext_on_tls.bootstrap = secured.ssl.clone();
+    let cases = [
+        (
+            "a wrong password",
+            Connection::scram(&secured, (GATEWAY_USER.0, "not-the-password-0")),
+            "Authentication failed",
+        ),
+        (
+            "an unknown user",
+            Connection::scram(&secured, ("nobody-here", "nobody-pass-77")),
+            "Authentication failed",
+        ),
+        (
+            "a CA that does not match",
+            wrong_ca,
+            "certificate verify failed",
+        ),
+        (
+            "a plaintext client on the TLS port",
+            plaintext_on_tls,
+            "Disconnected",
+        ),
+    ];
+    let client = reqwest::Client::new();
+    for (what, connection, cause) in &cases {
+        // The gateway: not ready, and 503 for a webhook, within 30 s.
+        let gateway = Gateway::start(
+            &gateway_config(&t.webhooks, connection),
+            &connection.bootstrap,
+            &connection.env(),
+        )
+        .await
+        .unwrap();
+        let readyz = format!("{}/readyz", gateway.url);
+        within(
+            Duration::from_secs(30),
+            &format!("{what}: /readyz 503"),
+            async || {
+                client
+                    .get(&readyz)
+                    .send()
+                    .await
+                    .is_ok_and(|r| r.status() == 503)
+            },
+        )
+        .await;
+        let body = build_finished("web", "main", 1, "failed");
+        let response = buildkite_signed(
+            client.post(gateway.webhook_url("acme-bk")),
+            BK_SECRET,
+            "build.finished",
+            &body,
+        )
+        .send()
+        .await
+        .unwrap();
+        assert_eq!(response.status(), 503, "{what}");
+        within(
+            Duration::from_secs(30),
+            &format!("{what}: the gateway names the cause"),
+            async || gateway.process.output().contains(cause),
+        )
+        .await;
+
+        // The processor: exits non-zero within 30 s, having consumed nothing.
+        let dir = tempfile::tempdir().unwrap();
+        let mut setup = t.processor(broker, dir.path()).extra(&connection.security);
+        for (key, value) in connection.env() {
+            setup = setup.env(key, value);
+        }
+        let mut processor = setup.configure().unwrap();
+        let started = Instant::now();
+        let _ = processor.restart().await;
+        let status = loop {
+            if let Some(status) = processor.process.exited() {
+                break status;
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(30),
+                "{what}: the processor still runs after 30 s:\n{}",
+                processor.process.output()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        };
+        let output = processor.process.output();
+        assert!(!status.success(), "{what}: exited {status}\n{output}");
+        assert!(
+            output.contains(cause),
+            "{what}: the processor does not say {cause:?}:\n{output}"
+        );
+        let logs = format!("{}\n{output}", gateway.process.output());
+        assert_no_secret(
+            &logs,
+            &[
+                GATEWAY_USER.1,
+                PROCESSOR_USER.1,
+                "not-the-password-0",
+                "nobody-pass-77",
+            ],
+        );
+    }
+    // Nothing reached the topic.
+    assert!(broker.read_all(&t.webhooks).unwrap().is_empty());
+}
