@@ -494,6 +494,13 @@ async fn readyz(State(state): State<Arc<AppState>>) -> Response {
         .is_some_and(|(at, _)| at.elapsed() < Duration::from_secs(1));
     if !fresh {
         let result = state.publisher.broker_ready(Duration::from_secs(2)).await;
+        // Said once per change, not per probe.
+        let was_ready = cached.as_ref().map(|(_, r)| r.is_ok());
+        match (&result, was_ready) {
+            (Ok(()), Some(false) | None) => tracing::info!("ready: the broker answers"),
+            (Err(why), Some(true) | None) => tracing::warn!(reason = %why, "not ready"),
+            _ => {}
+        }
         *cached = Some((Instant::now(), result));
     }
     match cached.as_ref().map(|(_, r)| r) {

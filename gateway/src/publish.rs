@@ -73,6 +73,11 @@ impl ClientContext for GatewayContext {
         self.last_error.record(&error, reason);
         tracing::error!(target: "librdkafka", error = %error, "Kafka client error: {reason}");
     }
+
+    fn log(&self, level: rdkafka::config::RDKafkaLogLevel, facility: &str, message: &str) {
+        self.last_error.record_log(facility, message);
+        hookfold_kafka::log_librdkafka(level, facility, message);
+    }
 }
 
 type GatewayProducer = FutureProducer<GatewayContext>;

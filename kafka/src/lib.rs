@@ -17,8 +17,9 @@ pub mod security;
 use std::collections::BTreeMap;
 
 use rdkafka::ClientConfig;
+use rdkafka::config::RDKafkaLogLevel;
 
-pub use connect::{ConnectError, LastError, wait_for_brokers};
+pub use connect::{ConnectError, LastError, log_librdkafka, wait_for_brokers};
 pub use security::{Mechanism, Protocol, ResolvedSecurity, Sasl, Security, SecurityError};
 
 /// A client with the operator's `properties`, then the resolved security settings, then
@@ -29,6 +30,13 @@ pub fn client_config(
     security: &ResolvedSecurity,
 ) -> ClientConfig {
     let mut client = ClientConfig::new();
+    // librdkafka reports a broker connection failure (a plaintext client on a TLS port,
+    // say) only as an info-level log line, and drops lines below the level it is given,
+    // which rdkafka takes from the `log` filter: keep at least info, so that
+    // `LastError` sees them (what is printed is still up to RUST_LOG).
+    if (client.log_level as i32) < (RDKafkaLogLevel::Info as i32) {
+        client.set_log_level(RDKafkaLogLevel::Info);
+    }
     for (key, value) in properties {
         client.set(key, value);
     }

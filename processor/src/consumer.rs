@@ -170,6 +170,11 @@ impl ClientContext for ProcessorContext {
         tracing::error!(target: "librdkafka", error = %error, "Kafka client error: {reason}");
     }
 
+    fn log(&self, level: rdkafka::config::RDKafkaLogLevel, facility: &str, message: &str) {
+        self.last_error.record_log(facility, message);
+        hookfold_kafka::log_librdkafka(level, facility, message);
+    }
+
     fn stats(&self, statistics: Statistics) {
         if let Some(topic) = statistics.topics.get(&self.input_topic) {
             for (partition, stats) in &topic.partitions {
@@ -527,6 +532,10 @@ pub fn run(
         &consumer.context().last_error,
         &config.kafka.bootstrap_servers,
         STARTUP_TIMEOUT,
+        || {
+            // Not subscribed yet: this serves the error and log events, no message.
+            let _ = consumer.poll(Duration::ZERO);
+        },
     )?;
     let partitions = check_copartitioned(
         &consumer,
