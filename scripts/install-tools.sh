@@ -50,7 +50,10 @@ debian_packages() {
   fi
 }
 
-kafka_installed() { [ -f "$KAFKA_HOME/libs/.complete" ]; }
+# `.complete` holds the pom's digest: a pom that changes (another version, another jar)
+# fetches again.
+POM_DIGEST="$(sha256sum scripts/kafka/pom.xml | cut -d' ' -f1)"
+kafka_installed() { [ "$(cat "$KAFKA_HOME/libs/.complete" 2>/dev/null)" = "$POM_DIGEST" ]; }
 
 kafka_jars() {
   kafka_installed && return 0
@@ -67,7 +70,8 @@ kafka_jars() {
   mvn -q -B -f scripts/kafka/pom.xml -Dmaven.repo.local="$CACHE/m2" \
     dependency:copy-dependencies -DincludeScope=runtime -DoutputDirectory="$tmp"
   ls "$tmp"/kafka_2.13-"$KAFKA_VERSION".jar >/dev/null
-  touch "$tmp/.complete"
+  ls "$tmp"/kafka-tools-"$KAFKA_VERSION".jar >/dev/null
+  echo "$POM_DIGEST" > "$tmp/.complete"
   rm -rf "$KAFKA_HOME/libs"
   mv "$tmp" "$KAFKA_HOME/libs"
 }

@@ -14,6 +14,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::auth::Secret;
 use crate::redact::{JsonPath, PathError};
+use hookfold_kafka::acl::{Acl, Resource as AclResource};
 use hookfold_kafka::{ResolvedSecurity, Security, SecurityError};
 
 /// The configuration reference shown by `--help` and in the README.
@@ -213,6 +214,22 @@ pub enum ConfigError {
 }
 
 impl GatewayConfig {
+    /// The ACLs the gateway's Kafka principal needs, and no more.
+    pub fn acls(&self) -> Vec<Acl> {
+        vec![
+            Acl::new(
+                AclResource::Topic(self.kafka.topic.clone()),
+                &["Write", "Describe"],
+                "append webhooks to the webhook topic (Describe: its metadata, for /readyz)",
+            ),
+            Acl::new(
+                AclResource::Cluster,
+                &["IdempotentWrite"],
+                "the idempotent producer (acks=all, enable.idempotence=true)",
+            ),
+        ]
+    }
+
     /// Defaults, then the file (if any), then `HOOKFOLD_*` environment variables.
     pub fn load(file: Option<&Path>) -> Result<Self, ConfigError> {
         let mut figment = Figment::from(Serialized::defaults(GatewayConfig::default()));

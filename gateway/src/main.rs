@@ -26,6 +26,11 @@ struct Args {
     /// Check the configuration, print a summary and exit.
     #[arg(long)]
     check: bool,
+    /// Print the kafka-acls.sh commands that grant this principal (e.g.
+    /// User:hookfold-gateway) exactly what the gateway needs with this configuration, and
+    /// exit.
+    #[arg(long, value_name = "PRINCIPAL")]
+    print_acls: Option<String>,
 }
 
 fn main() -> std::process::ExitCode {
@@ -37,6 +42,13 @@ fn main() -> std::process::ExitCode {
             return std::process::ExitCode::from(2);
         }
     };
+    if let Some(principal) = &args.print_acls {
+        print!(
+            "{}",
+            hookfold_kafka::acl::script("hookfold-gateway", principal, &config.acls())
+        );
+        return std::process::ExitCode::SUCCESS;
+    }
     if args.check {
         println!(
             "configuration ok: listen {}, topic {} on {}, {} source(s): {}",

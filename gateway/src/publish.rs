@@ -247,6 +247,16 @@ impl Publisher {
                 })?;
             match metadata.topics().iter().find(|t| t.name() == topic) {
                 Some(t) if t.error().is_none() && !t.partitions().is_empty() => Ok(()),
+                Some(t)
+                    if t.error().is_some_and(|e| {
+                        RDKafkaErrorCode::from(e) == RDKafkaErrorCode::TopicAuthorizationFailed
+                    }) =>
+                {
+                    Err(format!(
+                        "not authorized to describe topic `{topic}`: grant what \
+                         `hookfold-gateway --print-acls <its principal>` prints"
+                    ))
+                }
                 _ => Err(format!("topic `{topic}` does not exist on the broker")),
             }
         })

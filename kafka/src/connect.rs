@@ -132,6 +132,20 @@ pub fn wait_for_brokers<C: ClientContext>(
     }
 }
 
+/// Whether `error` is the broker refusing an operation by ACL: retrying cannot help, the
+/// principal needs a grant.
+pub fn is_authorization_error(error: &KafkaError) -> bool {
+    matches!(
+        error.rdkafka_error_code(),
+        Some(
+            RDKafkaErrorCode::TopicAuthorizationFailed
+                | RDKafkaErrorCode::GroupAuthorizationFailed
+                | RDKafkaErrorCode::ClusterAuthorizationFailed
+                | RDKafkaErrorCode::TransactionalIdAuthorizationFailed
+        )
+    )
+}
+
 /// What rdkafka's default `ClientContext::log` does (librdkafka's syslog levels onto
 /// `tracing`, target `librdkafka`), for contexts that also watch the log.
 pub fn log_librdkafka(level: rdkafka::config::RDKafkaLogLevel, facility: &str, message: &str) {

@@ -11,6 +11,7 @@
 //!   with one message per mistake; `[kafka.properties]` still passes anything else through,
 //!   but may not set what `[kafka.security]` owns.
 
+pub mod acl;
 pub mod connect;
 pub mod security;
 
@@ -19,7 +20,9 @@ use std::collections::BTreeMap;
 use rdkafka::ClientConfig;
 use rdkafka::config::RDKafkaLogLevel;
 
-pub use connect::{ConnectError, LastError, log_librdkafka, wait_for_brokers};
+pub use connect::{
+    ConnectError, LastError, is_authorization_error, log_librdkafka, wait_for_brokers,
+};
 pub use security::{Mechanism, Protocol, ResolvedSecurity, Sasl, Security, SecurityError};
 
 /// A client with the operator's `properties`, then the resolved security settings, then

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use figment::Figment;
 use figment::providers::{Env, Format, Serialized, Toml};
+use hookfold_kafka::acl::{Acl, Resource as AclResource};
 use hookfold_kafka::{ResolvedSecurity, Security, SecurityError};
 use hookfold_rules::Rules;
 use serde::{Deserialize, Serialize};
@@ -164,6 +165,48 @@ pub enum ConfigError {
 }
 
 impl ProcessorConfig {
+    /// The ACLs the processor's Kafka principal needs for `run`, `tail`, `topics` (without
+    /// `--create`) and `rebuild`, and no more; with `create_topics`, also what
+    /// `topics --create` needs.
+    pub fn acls(&self, create_topics: bool) -> Vec<Acl> {
+        let k = &self.kafka;
+        let mut acls = vec![
+            Acl::new(
+                AclResource::Topic(k.input_topic.clone()),
+                &["Read", "Describe"],
+                "consume the webhook topic (the event log; rebuild reads it too)",
+            ),
+            Acl::new(
+                AclResource::Topic(k.output_topic.clone()),
+                &["Write", "Describe"],
+                "emit incident events (tail reads them: add Read for a principal that tails)",
+            ),
+            Acl::new(
+                AclResource::Topic(k.changelog_topic()),
+                &["Read", "Write", "Describe", "DescribeConfigs"],
+                "write state changes and batch markers, restore from them; `topics` checks compaction",
+            ),
+            Acl::new(
+                AclResource::GroupPrefix(k.group_id.clone()),
+                &["Read", "Describe"],
+                "the consumer group and its .restore/.rebuild reader ids (Describe: rebuild checks the group is empty)",
+            ),
+            Acl::new(
+                AclResource::Cluster,
+                &["IdempotentWrite"],
+                "the idempotent producers (acks=all, enable.idempotence=true)",
+            ),
+        ];
+        if create_topics {
+            acls.push(Acl::new(
+                AclResource::Cluster,
+                &["Create"],
+                "`topics --create`: create the webhook, incident and changelog topics",
+            ));
+        }
+        acls
+    }
+
     /// Defaults, then the file (if any), then `HOOKFOLD_*` environment variables.
     pub fn load(file: Option<&Path>) -> Result<Self, ConfigError> {
         let mut figment = Figment::from(Serialized::defaults(ProcessorConfig::default()));

@@ -168,6 +168,9 @@ impl ClientContext for ProcessorContext {
     fn error(&self, error: KafkaError, reason: &str) {
         self.last_error.record(&error, reason);
         tracing::error!(target: "librdkafka", error = %error, "Kafka client error: {reason}");
+        if hookfold_kafka::is_authorization_error(&error) {
+            self.fail(not_authorized(&error));
+        }
     }
 
     fn log(&self, level: rdkafka::config::RDKafkaLogLevel, facility: &str, message: &str) {
@@ -408,6 +411,14 @@ pub fn check_copartitioned(
 
 const GROUP_COMMIT_INTERVAL: Duration = Duration::from_secs(5);
 
+/// The processor's words for an ACL refusal.
+fn not_authorized(error: &KafkaError) -> String {
+    format!(
+        "Kafka refuses this processor an operation: {error}; grant what \
+         `hookfold-processor acls --principal <its principal>` prints (docs/OPERATIONS.md, ACLs)"
+    )
+}
+
 /// How long a starting processor waits for the brokers to answer before it exits.
 const STARTUP_TIMEOUT: Duration = Duration::from_secs(20);
 
@@ -588,6 +599,7 @@ pub fn run(
                      (see OPERATIONS.md, Assignment strategy)"
                 )
             }
+            Some(Err(e)) if hookfold_kafka::is_authorization_error(&e) => bail!(not_authorized(&e)),
             Some(Err(e)) => tracing::warn!(error = %e, "consumer error"),
         }
         let committed = {

@@ -58,6 +58,16 @@ enum Command {
     State,
     /// Check the configuration and exit.
     Check,
+    /// Print the kafka-acls.sh commands that grant PRINCIPAL (e.g.
+    /// User:hookfold-processor) exactly what the processor needs with this configuration.
+    Acls {
+        /// The processor's Kafka principal.
+        #[arg(long)]
+        principal: String,
+        /// Also what `topics --create` needs.
+        #[arg(long)]
+        create_topics: bool,
+    },
     /// Check the webhook, incident and changelog topics (partition counts, the changelog
     /// compacted and co-partitioned with the webhook topic); with --create, create the
     /// missing ones. Exits non-zero on a problem.
@@ -159,6 +169,20 @@ fn main() -> ExitCode {
                 },
                 &mut std::io::stdout().lock(),
             )
+        }
+        Command::Acls {
+            principal,
+            create_topics,
+        } => {
+            print!(
+                "{}",
+                hookfold_kafka::acl::script(
+                    "hookfold-processor",
+                    &principal,
+                    &config.acls(create_topics)
+                )
+            );
+            Ok(())
         }
         Command::Check => {
             println!(

@@ -28,6 +28,18 @@ pub struct Broker {
     _dir: Option<tempfile::TempDir>,
 }
 
+impl SecuredBroker {
+    /// Grants what a [`hookfold_kafka::acl::script`] (as printed by `hookfold-gateway
+    /// --print-acls` or `hookfold-processor acls`) lists.
+    pub fn grant(&mut self, script: &str) -> Result<()> {
+        let commands = hookfold_kafka::acl::parse_script(script);
+        if commands.is_empty() {
+            anyhow::bail!("no kafka-acls.sh commands in:\n{script}");
+        }
+        self.broker.cluster()?.acl_commands(&commands)
+    }
+}
+
 /// A broker with secured listeners ([`Broker::own_secured`]).
 pub struct SecuredBroker {
     /// The broker; its `bootstrap` is the plaintext listener the harness uses.

@@ -393,6 +393,37 @@ impl KafkaCluster {
             .join(",")
     }
 
+    /// Runs `kafka-acls.sh` (`org.apache.kafka.tools.AclCommand`) once per argument list,
+    /// all at once, as the plaintext listener's super user.
+    pub fn acl_commands(&self, commands: &[Vec<String>]) -> Result<()> {
+        let node = self.nodes.first().context("a cluster has a node")?;
+        let mut running = Vec::new();
+        for args in commands {
+            let mut command = node.java_command("org.apache.kafka.tools.AclCommand")?;
+            command
+                .arg("--bootstrap-server")
+                .arg(self.bootstrap())
+                .args(args)
+                .stdin(std::process::Stdio::null())
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped());
+            running.push((args, command.spawn().context("running AclCommand")?));
+        }
+        for (args, child) in running {
+            let output = child.wait_with_output()?;
+            if !output.status.success() {
+                bail!(
+                    "kafka-acls.sh {} failed ({}):\n{}{}",
+                    args.join(" "),
+                    output.status,
+                    String::from_utf8_lossy(&output.stdout),
+                    String::from_utf8_lossy(&output.stderr)
+                );
+            }
+        }
+        Ok(())
+    }
+
     /// Every node's `SASL_SSL` listener, when the cluster has them.
     pub fn sasl_ssl_bootstrap(&self) -> Option<String> {
         let all: Option<Vec<String>> = self
@@ -636,7 +667,12 @@ fn write_config(node: &KafkaNode, voters: &str, spec: &ClusterSpec) -> Result<()
              ssl.truststore.type=PEM\n\
              ssl.truststore.location={trust_store}\n\
              listener.name.ssl.ssl.client.auth=required\n\
-             ssl.principal.mapping.rules=RULE:^CN=([^,]+).*$/$1/,DEFAULT\n",
+             ssl.principal.mapping.rules=RULE:^CN=([^,]+).*$/$1/,DEFAULT\n\
+             # ACLs decide for the secured listeners' users; the plaintext listener (the\n\
+             # harness, the brokers and the controller) is ANONYMOUS, a super user.\n\
+             authorizer.class.name=org.apache.kafka.metadata.authorizer.StandardAuthorizer\n\
+             super.users=User:ANONYMOUS\n\
+             allow.everyone.if.no.acl.found=false\n",
             key_store = secure.key_store.display(),
             trust_store = secure.trust_store.display(),
         );

@@ -27,6 +27,8 @@ struct Connection {
     bootstrap: String,
     security: String,
     env: Vec<(String, String)>,
+    /// The Kafka principal it authenticates as (none on plaintext).
+    principal: Option<String>,
 }
 
 impl Connection {
@@ -35,6 +37,7 @@ impl Connection {
             bootstrap: broker.bootstrap.clone(),
             security: String::new(),
             env: Vec::new(),
+            principal: None,
         }
     }
 
@@ -48,6 +51,7 @@ impl Connection {
                 secured.ca.ca_file.display()
             ),
             env: vec![(var, password.to_owned())],
+            principal: Some(format!("User:{user}")),
         }
     }
 
@@ -63,6 +67,8 @@ impl Connection {
                 client.key.display()
             ),
             env: Vec::new(),
+            // The broker maps CN=<name> to User:<name>.
+            principal: Some(format!("User:{common_name}")),
         }
     }
 
@@ -116,19 +122,29 @@ fn story() -> Vec<(&'static str, Vec<u8>)> {
 
 /// The story through a gateway and a processor connected as given, on fresh topics;
 /// returns the incident records (read back over plaintext) and both logs.
+/// The ACLs `hookfold-gateway --print-acls` prints for this configuration.
+fn gateway_acls(config: &str, connection: &Connection, principal: &str) -> String {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("gateway.toml");
+    std::fs::write(&path, config).unwrap();
+    let output = std::process::Command::new(hookfold_tests::workspace_binary("hookfold-gateway"))
+        .arg("--config")
+        .arg(&path)
+        .args(["--print-acls", principal])
+        .envs(connection.env())
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{output:?}");
+    String::from_utf8(output.stdout).unwrap()
+}
+
 async fn run_story(
-    broker: &Broker,
+    secured: &mut SecuredBroker,
     gateway_connection: &Connection,
     processor_connection: &Connection,
 ) -> (Vec<OwnedMessage>, String) {
-    let t = Topics::create(broker, 3).await.unwrap();
-    let gateway = Gateway::start(
-        &gateway_config(&t.webhooks, gateway_connection),
-        &gateway_connection.bootstrap,
-        &gateway_connection.env(),
-    )
-    .await
-    .unwrap();
+    let t = Topics::create(&secured.broker, 3).await.unwrap();
+    let broker = &secured.broker;
     let dir = tempfile::tempdir().unwrap();
     let mut setup = t
         .processor(broker, dir.path())
@@ -136,7 +152,35 @@ async fn run_story(
     for (key, value) in processor_connection.env() {
         setup = setup.env(key, value);
     }
-    let mut processor = setup.start().await.unwrap();
+    let mut processor = setup.configure().unwrap();
+    // Exactly what the binaries say they need: with less, the run below fails.
+    let mut grants = Vec::new();
+    if let Some(principal) = &gateway_connection.principal {
+        grants.push(gateway_acls(
+            &gateway_config(&t.webhooks, gateway_connection),
+            gateway_connection,
+            principal,
+        ));
+    }
+    if let Some(principal) = &processor_connection.principal {
+        let output = processor
+            .command(&["acls", "--principal", principal], &[])
+            .unwrap();
+        assert!(output.status.success(), "{output:?}");
+        grants.push(String::from_utf8(output.stdout).unwrap());
+    }
+    for script in &grants {
+        secured.grant(script).unwrap();
+    }
+    let broker = &secured.broker;
+    let gateway = Gateway::start(
+        &gateway_config(&t.webhooks, gateway_connection),
+        &gateway_connection.bootstrap,
+        &gateway_connection.env(),
+    )
+    .await
+    .unwrap();
+    processor.restart().await.unwrap();
     let client = reqwest::Client::new();
     let url = gateway.webhook_url("acme-bk");
     let events = story();
@@ -204,40 +248,28 @@ fn assert_no_secret(logs: &str, secrets: &[&str]) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn scram_sha_512_over_tls_gives_the_same_incidents_as_plaintext() {
-    let secured = Broker::own_secured(&[GATEWAY_USER, PROCESSOR_USER]).unwrap();
-    let broker = &secured.broker;
-    let (reference, _) = run_story(
-        broker,
-        &Connection::plaintext(broker),
-        &Connection::plaintext(broker),
-    )
-    .await;
-    let (records, logs) = run_story(
-        broker,
-        &Connection::scram(&secured, GATEWAY_USER),
-        &Connection::scram(&secured, PROCESSOR_USER),
-    )
-    .await;
+    let mut secured = Broker::own_secured(&[GATEWAY_USER, PROCESSOR_USER]).unwrap();
+    let plaintext = Connection::plaintext(&secured.broker);
+    let (reference, _) = run_story(&mut secured, &plaintext, &plaintext).await;
+    let (gateway, processor) = (
+        Connection::scram(&secured, GATEWAY_USER),
+        Connection::scram(&secured, PROCESSOR_USER),
+    );
+    let (records, logs) = run_story(&mut secured, &gateway, &processor).await;
     assert_same_story(&reference, &records);
     assert_no_secret(&logs, &[GATEWAY_USER.1, PROCESSOR_USER.1]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mutual_tls_without_sasl_gives_the_same_incidents_as_plaintext() {
-    let secured = Broker::own_secured(&[]).unwrap();
-    let broker = &secured.broker;
-    let (reference, _) = run_story(
-        broker,
-        &Connection::plaintext(broker),
-        &Connection::plaintext(broker),
-    )
-    .await;
-    let (records, _) = run_story(
-        broker,
-        &Connection::mtls(&secured, "hookfold-gateway"),
-        &Connection::mtls(&secured, "hookfold-processor"),
-    )
-    .await;
+    let mut secured = Broker::own_secured(&[]).unwrap();
+    let plaintext = Connection::plaintext(&secured.broker);
+    let (reference, _) = run_story(&mut secured, &plaintext, &plaintext).await;
+    let (gateway, processor) = (
+        Connection::mtls(&secured, "hookfold-gateway"),
+        Connection::mtls(&secured, "hookfold-processor"),
+    );
+    let (records, _) = run_story(&mut secured, &gateway, &processor).await;
     assert_same_story(&reference, &records);
 }
 
@@ -379,4 +411,101 @@ async fn wrong_credentials_fail_clearly_and_leak_nothing() {
     }
     // Nothing reached the topic.
     assert!(broker.read_all(&t.webhooks).unwrap().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn missing_acls_are_named_and_nothing_is_half_written() {
+    let mut secured = Broker::own_secured(&[GATEWAY_USER, PROCESSOR_USER]).unwrap();
+    let t = Topics::create(&secured.broker, 3).await.unwrap();
+    // Work waiting for the processor, written by the harness (plaintext, a super user).
+    let waiting = hookfold_tests::records::mixed_story(50, 7);
+    hookfold_tests::records::produce(&secured.broker.bootstrap, &t.webhooks, &waiting)
+        .await
+        .unwrap();
+
+    // The processor may do everything but read its group.
+    let processor_connection = Connection::scram(&secured, PROCESSOR_USER);
+    let dir = tempfile::tempdir().unwrap();
+    let mut setup = t
+        .processor(&secured.broker, dir.path())
+        .extra(&processor_connection.security);
+    for (key, value) in processor_connection.env() {
+        setup = setup.env(key, value);
+    }
+    let mut processor = setup.configure().unwrap();
+    let output = processor
+        .command(&["acls", "--principal", "User:hookfold-processor"], &[])
+        .unwrap();
+    let script: String = String::from_utf8(output.stdout)
+        .unwrap()
+        .lines()
+        .filter(|line| !line.contains("--group"))
+        .map(|line| format!("{line}\n"))
+        .collect();
+    secured.grant(&script).unwrap();
+    let started = Instant::now();
+    let _ = processor.restart().await;
+    let status = loop {
+        if let Some(status) = processor.process.exited() {
+            break status;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "the processor without its group ACL still runs:\n{}",
+            processor.process.output()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let output = processor.process.output();
+    assert!(!status.success(), "{output}");
+    let last = output.lines().last().unwrap_or_default();
+    assert!(
+        last.contains("Group authorization failed") && last.contains("hookfold-processor acls"),
+        "the last line names the missing grant: {last}"
+    );
+    eprintln!(
+        "processor without its group ACL: exited after {:.1?}: {last}",
+        started.elapsed()
+    );
+
+    // The gateway may describe its topic but not write to it.
+    let gateway_connection = Connection::scram(&secured, GATEWAY_USER);
+    let config = gateway_config(&t.webhooks, &gateway_connection);
+    let script = gateway_acls(&config, &gateway_connection, "User:hookfold-gateway").replace(
+        "--operation Write --operation Describe",
+        "--operation Describe",
+    );
+    secured.grant(&script).unwrap();
+    let gateway = Gateway::start(
+        &config,
+        &gateway_connection.bootstrap,
+        &gateway_connection.env(),
+    )
+    .await
+    .unwrap();
+    let client = reqwest::Client::new();
+    let body = build_finished("web", "main", 1, "failed");
+    let response = buildkite_signed(
+        client.post(gateway.webhook_url("acme-bk")),
+        BK_SECRET,
+        "build.finished",
+        &body,
+    )
+    .send()
+    .await
+    .unwrap();
+    assert_eq!(response.status(), 503);
+    let answer = response.text().await.unwrap();
+    assert!(answer.contains("TopicAuthorization"), "{answer}");
+    eprintln!("gateway without Write: {answer}");
+
+    // Nothing half-written: the webhook topic holds only the harness's records, and the
+    // processor wrote no incident and no state.
+    let secured_broker = &secured.broker;
+    assert_eq!(
+        secured_broker.read_all(&t.webhooks).unwrap().len(),
+        waiting.len()
+    );
+    assert!(secured_broker.read_all(&t.incidents).unwrap().is_empty());
+    assert!(secured_broker.read_all(&t.changelog()).unwrap().is_empty());
 }
