@@ -10,7 +10,8 @@
 #     ~/.cache/hookfold/venv) when missing or when the pins change;
 #  2. hadolint lints deploy/Dockerfile;
 #  3. yamllint --strict (config: .yamllint) lints every YAML file under deploy/;
-#  4. `kubectl kustomize deploy/k8s/base` renders the manifests, and kubernetes-validate
+#  4. `kubectl kustomize` renders the base (deploy/k8s/base) and each overlay
+#     (deploy/k8s/sasl-ssl), and kubernetes-validate
 #     --strict (unknown fields are errors) checks every object against each Kubernetes
 #     version in $HOOKFOLD_K8S_VERSIONS (default: "1.30.0 1.37.0");
 #  5. check-jsonschema checks deploy/compose.yaml against the Compose specification;
@@ -108,24 +109,29 @@ step "hadolint deploy/Dockerfile" hadolint deploy/Dockerfile
 
 step "yamllint --strict deploy/" yamllint --strict -c .yamllint .yamllint deploy/
 
-rendered="$scratch/deploy-k8s-base-rendered.yaml"
-render() { kubectl kustomize deploy/k8s/base >"$rendered" && echo "$(grep -c '^kind:' "$rendered") objects rendered"; }
-step "render deploy/k8s/base (kubectl kustomize, offline)" render
-
+# The base (plaintext Kafka) and every overlay (sasl-ssl: a secured Kafka).
+KUSTOMIZATIONS=(deploy/k8s/base deploy/k8s/sasl-ssl)
+render() { kubectl kustomize "$1" >"$2" && echo "$(grep -c '^kind:' "$2") objects rendered"; }
 # Run from the scratch directory so that messages name the file, not a temporary path.
-k8s_validate() { (cd "$scratch" && kubernetes-validate --strict --quiet --kubernetes-version "$1" "$(basename "$rendered")"); }
-if [ -s "$rendered" ]; then
-  for version in $K8S_VERSIONS; do
-    step "kubernetes-validate --strict, Kubernetes $version" k8s_validate "$version"
-  done
-else
-  failed+=("kubernetes-validate (nothing rendered)")
-fi
+k8s_validate() { (cd "$scratch" && kubernetes-validate --strict --quiet --kubernetes-version "$1" "$(basename "$2")"); }
+renders=()
+for kustomization in "${KUSTOMIZATIONS[@]}"; do
+  rendered="$scratch/$(echo "$kustomization" | tr / -)-rendered.yaml"
+  step "render $kustomization (kubectl kustomize, offline)" render "$kustomization" "$rendered"
+  if [ -s "$rendered" ]; then
+    renders+=("$rendered")
+    for version in $K8S_VERSIONS; do
+      step "kubernetes-validate --strict, Kubernetes $version: $kustomization" k8s_validate "$version" "$rendered"
+    done
+  else
+    failed+=("kubernetes-validate $kustomization (nothing rendered)")
+  fi
+done
 
 step "deploy/compose.yaml against the Compose specification" \
   check-jsonschema --builtin-schema vendor.compose-spec deploy/compose.yaml
 
-cross_args=(--k8s "$rendered" --compose deploy/compose.yaml --bin-dir "$BIN_DIR")
+cross_args=(--compose deploy/compose.yaml --bin-dir "$BIN_DIR")
 if [ "${HOOKFOLD_VALIDATE_SKIP_BINARIES:-}" = 1 ]; then
   say "WARNING: HOOKFOLD_VALIDATE_SKIP_BINARIES=1: the binaries' configuration checks are skipped"
   cross_args+=(--skip-binaries)
@@ -135,9 +141,10 @@ elif [ ! -x "$BIN_DIR/hookfold-gateway" ] || [ ! -x "$BIN_DIR/hookfold-processor
   printf 'validate-deploy: error: %s/hookfold-gateway or hookfold-processor is missing: run `cargo build --bins` first (or set HOOKFOLD_BIN_DIR)\n' "$BIN_DIR" >&2
   cross_args+=(--skip-binaries)
 fi
-if [ -s "$rendered" ]; then
-  step "cross-checks and the binaries' configuration checks" python "deploy/validate/validate_deploy.py" "${cross_args[@]}"
-fi
+for rendered in "${renders[@]}"; do
+  step "cross-checks and the binaries' configuration checks: $(basename "$rendered")" \
+    python "deploy/validate/validate_deploy.py" --k8s "$rendered" "${cross_args[@]}"
+done
 
 echo
 if ((${#failed[@]})); then

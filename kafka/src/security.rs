@@ -23,8 +23,11 @@ use serde::{Deserialize, Serialize};
 #[serde(deny_unknown_fields, default)]
 pub struct Security {
     pub protocol: Protocol,
-    /// PEM file of the CA(s) that signed the brokers' certificates.
+    /// PEM file of the CA(s) that signed the brokers' certificates...
     pub ca_file: Option<PathBuf>,
+    /// ...or the name of an environment variable holding that PEM (a Kubernetes Secret's
+    /// `ca.crt` as `secretKeyRef`, e.g. Strimzi's `<cluster>-cluster-ca-cert`).
+    pub ca_pem_env: Option<String>,
     /// PEM certificate chain for mutual TLS.
     pub cert_file: Option<PathBuf>,
     /// PEM private key of `cert_file`.
@@ -130,6 +133,12 @@ pub enum SecurityError {
     EnvUnset(&'static str, String),
     #[error("kafka.security.{0} is empty")]
     EmptySecret(&'static str),
+    #[error("kafka.security: set ca_file or ca_pem_env, not both")]
+    TwoCas,
+    #[error(
+        "kafka.security.ca_pem_env: `{0}` does not hold a PEM certificate (-----BEGIN CERTIFICATE-----)"
+    )]
+    NotPem(String),
     #[error(
         "kafka.properties sets `{0}`, which [kafka.security] owns: configure it there (secrets from a file or the environment)"
     )]
@@ -222,11 +231,23 @@ impl Security {
                 return Err(SecurityError::TlsUnused(name, protocol.as_str()));
             }
         }
-        if self.key_password_env.is_some() && !protocol.tls() {
-            return Err(SecurityError::TlsUnused(
-                "key_password_env",
-                protocol.as_str(),
-            ));
+        for (name, set) in [
+            ("key_password_env", self.key_password_env.is_some()),
+            ("ca_pem_env", self.ca_pem_env.is_some()),
+        ] {
+            if set && !protocol.tls() {
+                return Err(SecurityError::TlsUnused(name, protocol.as_str()));
+            }
+        }
+        if let Some(var) = &self.ca_pem_env {
+            if self.ca_file.is_some() {
+                return Err(SecurityError::TwoCas);
+            }
+            let pem = env(var).ok_or_else(|| SecurityError::EnvUnset("ca_pem", var.clone()))?;
+            if !pem.contains("-----BEGIN CERTIFICATE-----") {
+                return Err(SecurityError::NotPem(var.clone()));
+            }
+            out.push(("ssl.ca.pem", pem));
         }
         match (&self.cert_file, &self.key_file) {
             (Some(_), None) => return Err(SecurityError::HalfPair("cert_file", "key_file")),
@@ -387,6 +408,14 @@ mod tests {
                 "kafka.security.ca_file = /nonexistent/ca.pem: No such file",
             ),
             (
+                "protocol = \"ssl\"\nca_pem_env = \"KAFKA_PASSWORD\"",
+                "`KAFKA_PASSWORD` does not hold a PEM certificate",
+            ),
+            (
+                "protocol = \"ssl\"\nca_pem_env = \"UNSET_CA\"",
+                "ca_pem_env names `UNSET_CA`, which is not set",
+            ),
+            (
                 "protocol = \"sasl_ssl\"\n[sasl]\nmechanism = \"scram-sha-256\"\nusername = \"u\"",
                 "set sasl.password_file or sasl.password_env",
             ),
@@ -421,6 +450,21 @@ mod tests {
             section.resolve(&overlap, |_| Some("x".into())),
             Err(SecurityError::Owned(_))
         ));
+    }
+
+    #[test]
+    fn a_ca_from_the_environment() {
+        let pem = "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n";
+        let resolved = parse("protocol = \"ssl\"\nca_pem_env = \"CA\"")
+            .resolve(&BTreeMap::new(), |name| {
+                (name == "CA").then(|| pem.to_string())
+            })
+            .unwrap();
+        assert!(
+            resolved
+                .properties()
+                .contains(&("ssl.ca.pem", pem.to_string()))
+        );
     }
 
     #[test]

@@ -37,6 +37,7 @@ e.g. HOOKFOLD_KAFKA__BOOTSTRAP_SERVERS=10.0.0.5:9092, HOOKFOLD_STATE_DIR=/var/li
   protocol = "sasl_ssl"               client and subcommand: plaintext (default), ssl,
                                       sasl_plaintext, sasl_ssl
   ca_file = "ca.pem"                  the brokers' CA (default: the system's)
+  ca_pem_env = "KAFKA_CA_PEM"         ...or that PEM in this variable
   cert_file = "client.pem"            mutual TLS: certificate chain and key (PEM);
   key_file = "client.key"             key_password_file / key_password_env if encrypted
   [kafka.security.sasl]
