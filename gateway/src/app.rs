@@ -440,7 +440,7 @@ async fn append(
     tracing::Span::current().record("ce_id", id.as_str());
     let redacted = redact::redact(body, &source.redact);
     let (stored, removed) = match &redacted {
-        Some(r) => (r.body.as_slice(), Some(r.removed.join(","))),
+        Some(r) => (r.body.as_slice(), Some(r.header())),
         None => (body, None),
     };
     let ce = routing::webhook_headers(

@@ -12,6 +12,7 @@
 //! - on bytes that are not one JSON object nothing is removed and nothing panics (the
 //!   gateway parses the body first; the fuzz targets feed this anything).
 
+use std::borrow::Cow;
 use std::fmt;
 use std::str::FromStr;
 
@@ -70,6 +71,14 @@ pub struct Redacted {
     pub removed: Vec<String>,
 }
 
+impl Redacted {
+    /// The value of the record's `hookfold-redacted` header: the removed paths,
+    /// comma-separated.
+    pub fn header(&self) -> String {
+        self.removed.join(",")
+    }
+}
+
 /// The body with every member at one of `paths` removed, or `None` when none is present
 /// (the body is then stored as received).
 pub fn redact(body: &[u8], paths: &[JsonPath]) -> Option<Redacted> {
@@ -82,21 +91,17 @@ pub fn redact(body: &[u8], paths: &[JsonPath]) -> Option<Redacted> {
     if scanner.peek() != Some(b'{') {
         return None;
     }
-    let end = scanner.skip_value()?;
-    scanner.skip_ws();
-    if scanner.at != body.len() {
-        return None;
-    }
     let selected: Vec<&[String]> = paths.iter().map(|p| p.segments.as_slice()).collect();
     let mut matched = vec![false; paths.len()];
-    let mut object = Vec::with_capacity(body.len());
-    rewrite_object(body, start, &selected, &mut matched, &mut object)?;
-    if !matched.contains(&true) {
-        return None;
-    }
     let mut out = Vec::with_capacity(body.len());
     out.extend_from_slice(&body[..start]);
-    out.extend_from_slice(&object);
+    // One pass: the rewrite finds where the object ends as it goes.
+    let end = rewrite_object(body, start, &selected, &mut matched, &mut out)?;
+    scanner.at = end;
+    scanner.skip_ws();
+    if scanner.at != body.len() || !matched.contains(&true) {
+        return None;
+    }
     out.extend_from_slice(&body[end..]);
     Some(Redacted {
         body: out,
@@ -110,9 +115,9 @@ pub fn redact(body: &[u8], paths: &[JsonPath]) -> Option<Redacted> {
 }
 
 /// One member of an object: where its key starts, its decoded key, and its value's span.
-struct Member {
+struct Member<'a> {
     key_start: usize,
-    key: String,
+    key: Cow<'a, str>,
     value_start: usize,
     value_end: usize,
 }
@@ -140,7 +145,10 @@ fn rewrite_object(
         let mut removed = false;
         let mut deeper: Vec<(usize, &[String])> = Vec::new();
         for (i, path) in paths.iter().enumerate() {
-            if path.first().is_some_and(|segment| *segment == member.key) {
+            if path
+                .first()
+                .is_some_and(|segment| segment.as_str() == member.key)
+            {
                 if path.len() == 1 {
                     removed = true;
                     matched[i] = true;
@@ -178,7 +186,7 @@ fn rewrite_object(
 }
 
 /// The members of the object starting at `start`, and the position of its `}`.
-fn members(bytes: &[u8], start: usize) -> Option<(Vec<Member>, usize)> {
+fn members(bytes: &[u8], start: usize) -> Option<(Vec<Member<'_>>, usize)> {
     let mut scanner = Scanner {
         bytes,
         at: start + 1,
@@ -197,9 +205,9 @@ fn members(bytes: &[u8], start: usize) -> Option<(Vec<Member>, usize)> {
         let key_end = scanner.skip_value()?;
         let raw = &bytes[key_start + 1..key_end - 1];
         let key = if raw.contains(&b'\\') {
-            serde_json::from_slice::<String>(&bytes[key_start..key_end]).ok()?
+            Cow::Owned(serde_json::from_slice::<String>(&bytes[key_start..key_end]).ok()?)
         } else {
-            String::from_utf8(raw.to_vec()).ok()?
+            Cow::Borrowed(std::str::from_utf8(raw).ok()?)
         };
         scanner.skip_ws();
         if scanner.peek()? != b':' {

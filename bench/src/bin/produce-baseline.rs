@@ -90,19 +90,18 @@ fn load_bodies(
             serde_json::from_slice(&bytes).with_context(|| format!("{name} is not JSON"))?;
         let key = routing::routing_key(source_id, kind, &args.event, &parsed);
         let id = routing::event_id(source_id, &args.event, &bytes, None);
-        bodies.push(match redact::redact(&bytes, redact) {
-            Some(r) => Body {
-                bytes: r.body,
-                key,
-                id,
-                redacted: Some(r.removed.join(",")),
-            },
-            None => Body {
-                bytes,
-                key,
-                id,
-                redacted: None,
-            },
+        let (bytes, redacted) = match redact::redact(&bytes, redact) {
+            Some(r) => {
+                let header = r.header();
+                (r.body, Some(header))
+            }
+            None => (bytes, None),
+        };
+        bodies.push(Body {
+            bytes,
+            key,
+            id,
+            redacted,
         });
     }
     if bodies.is_empty() {
