@@ -7,13 +7,15 @@
 //! the users and certificates are the test's own); the harness itself reads and creates
 //! topics over the broker's plaintext listener.
 
+use std::path::Path;
+use std::process::ExitStatus;
 use std::time::{Duration, Instant};
 
 use hookfold_proto::Message as _;
 use hookfold_proto::v1::IncidentEvent;
 use hookfold_tests::broker::SecuredBroker;
 use hookfold_tests::webhooks::{agent_event, build_finished, buildkite_signed};
-use hookfold_tests::{Broker, Gateway, Topics};
+use hookfold_tests::{Broker, Gateway, Processor, Topics};
 use rdkafka::Message;
 use rdkafka::message::OwnedMessage;
 
@@ -81,6 +83,27 @@ impl Connection {
     }
 }
 
+/// A processor for topics `t`, connected as `connection`, configured but not started.
+fn processor_for(t: &Topics, broker: &Broker, dir: &Path, connection: &Connection) -> Processor {
+    let mut setup = t.processor(broker, dir).extra(&connection.security);
+    for (key, value) in connection.env() {
+        setup = setup.env(key, value);
+    }
+    setup.configure().unwrap()
+}
+
+/// Starts `processor` and waits for it to exit, at most `timeout`; its exit status.
+async fn exit_of(processor: &mut Processor, timeout: Duration, what: &str) -> ExitStatus {
+    // A start that fails fast may exit before serving /metrics: that is what is waited for.
+    let _ = processor.restart().await;
+    hookfold_tests::wait_for(what, timeout, || processor.process.exited()).unwrap_or_else(|e| {
+        panic!(
+            "{e}: the processor still runs:\n{}",
+            processor.process.output()
+        )
+    })
+}
+
 fn gateway_config(topic: &str, connection: &Connection) -> String {
     format!(
         "[kafka]\ntopic = \"{topic}\"\n{}\n[[sources]]\nid = \"acme-bk\"\nkind = \"buildkite\"\nsecrets = [\"{BK_SECRET}\"]\n",
@@ -146,13 +169,7 @@ async fn run_story(
     let t = Topics::create(&secured.broker, 3).await.unwrap();
     let broker = &secured.broker;
     let dir = tempfile::tempdir().unwrap();
-    let mut setup = t
-        .processor(broker, dir.path())
-        .extra(&processor_connection.security);
-    for (key, value) in processor_connection.env() {
-        setup = setup.env(key, value);
-    }
-    let mut processor = setup.configure().unwrap();
+    let mut processor = processor_for(&t, broker, dir.path(), processor_connection);
     // Exactly what the binaries say they need: with less, the run below fails.
     let mut grants = Vec::new();
     if let Some(principal) = &gateway_connection.principal {
@@ -357,36 +374,23 @@ async fn wrong_credentials_fail_clearly_and_leak_nothing() {
         .await
         .unwrap();
         assert_eq!(response.status(), 503, "{what}");
-        let named = Instant::now() + Duration::from_secs(30);
-        while !gateway.process.output().contains(cause) {
-            assert!(
-                Instant::now() < named,
-                "{what}: the gateway does not say {cause:?} within 30 s:\n{}",
-                gateway.process.output()
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        hookfold_tests::wait_for(
+            &format!("{what}: the gateway to say {cause:?}"),
+            Duration::from_secs(30),
+            || gateway.process.output().contains(cause).then_some(()),
+        )
+        .unwrap_or_else(|e| panic!("{e}:\n{}", gateway.process.output()));
 
         // The processor: exits non-zero within 30 s, having consumed nothing.
         let dir = tempfile::tempdir().unwrap();
-        let mut setup = t.processor(broker, dir.path()).extra(&connection.security);
-        for (key, value) in connection.env() {
-            setup = setup.env(key, value);
-        }
-        let mut processor = setup.configure().unwrap();
+        let mut processor = processor_for(&t, broker, dir.path(), connection);
         let started = Instant::now();
-        let _ = processor.restart().await;
-        let status = loop {
-            if let Some(status) = processor.process.exited() {
-                break status;
-            }
-            assert!(
-                started.elapsed() < Duration::from_secs(30),
-                "{what}: the processor still runs after 30 s:\n{}",
-                processor.process.output()
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        };
+        let status = exit_of(
+            &mut processor,
+            Duration::from_secs(30),
+            &format!("{what}: the processor to exit"),
+        )
+        .await;
         let output = processor.process.output();
         assert!(!status.success(), "{what}: exited {status}\n{output}");
         eprintln!(
@@ -426,13 +430,7 @@ async fn missing_acls_are_named_and_nothing_is_half_written() {
     // The processor may do everything but read its group.
     let processor_connection = Connection::scram(&secured, PROCESSOR_USER);
     let dir = tempfile::tempdir().unwrap();
-    let mut setup = t
-        .processor(&secured.broker, dir.path())
-        .extra(&processor_connection.security);
-    for (key, value) in processor_connection.env() {
-        setup = setup.env(key, value);
-    }
-    let mut processor = setup.configure().unwrap();
+    let mut processor = processor_for(&t, &secured.broker, dir.path(), &processor_connection);
     let output = processor
         .command(&["acls", "--principal", "User:hookfold-processor"], &[])
         .unwrap();
@@ -444,18 +442,12 @@ async fn missing_acls_are_named_and_nothing_is_half_written() {
         .collect();
     secured.grant(&script).unwrap();
     let started = Instant::now();
-    let _ = processor.restart().await;
-    let status = loop {
-        if let Some(status) = processor.process.exited() {
-            break status;
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(60),
-            "the processor without its group ACL still runs:\n{}",
-            processor.process.output()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+    let status = exit_of(
+        &mut processor,
+        Duration::from_secs(60),
+        "the processor without its group ACL to exit",
+    )
+    .await;
     let output = processor.process.output();
     assert!(!status.success(), "{output}");
     let last = output.lines().last().unwrap_or_default();
