@@ -67,12 +67,19 @@ say "filling $RUN.mixed with $EVENTS mixed events"
 # The fill warmed up the broker's produce path; the copy also fetches. Warm-up copies of
 # (up to) 200,000 records, each in a group of its own, until the broker's JIT has settled.
 WARM_COUNT=$((EVENTS < 200000 ? EVENTS : 200000))
+# The copy connects as a processor would: the same configuration file format and client
+# settings (hookfold-kafka::client_config).
+cat >"$WORK/copy.toml" <<TOML
+[kafka]
+bootstrap_servers = "$KAFKA"
+input_topic = "$RUN.mixed"
+TOML
 "$BIN/hookfold-dev" topics "$RUN.warmup:$PARTITIONS" >/dev/null 2>&1
-warm_broker "$BIN/copy-baseline" --bootstrap "$KAFKA" --input "$RUN.mixed" --output "$RUN.warmup" --count "$WARM_COUNT"
+warm_broker "$BIN/copy-baseline" --config "$WORK/copy.toml" --output "$RUN.warmup" --count "$WARM_COUNT"
 
 say "ceiling: raw consume-and-produce copy of $EVENTS records"
 cpu_start
-measured "$WORK/copy.cpu" "$BIN/copy-baseline" --bootstrap "$KAFKA" --input "$RUN.mixed" --output "$RUN.copy" --count "$EVENTS" >"$WORK/copy.out"
+measured "$WORK/copy.cpu" "$BIN/copy-baseline" --config "$WORK/copy.toml" --output "$RUN.copy" --count "$EVENTS" >"$WORK/copy.out"
 read -r _ c_n c_s <"$WORK/copy.out"
 c_cpu=$(cpu_end "copy=$(cat "$WORK/copy.cpu")")
 say "processor over the same $EVENTS records"

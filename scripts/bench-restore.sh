@@ -28,14 +28,14 @@ TOML
 "$BIN/hookfold-processor" --config "$WORK/processor.toml" topics --create --partitions 1 >&2
 
 say "writing $KEYS states to the changelog $RUN.group.state"
-read -r _ f_n f_bytes f_s < <("$BIN/changelog-fill" --bootstrap "$KAFKA" --topic "$RUN.group.state" fill --keys "$KEYS")
+read -r _ f_n f_bytes f_s < <("$BIN/changelog-fill" --config "$WORK/processor.toml" fill --keys "$KEYS")
 # The fill warmed up the broker's produce path; a restore fetches. Unmeasured reads of the
 # partition until the broker's JIT has settled (they also leave it in the page cache, as it
 # is for the restore after them).
-warm_broker "$BIN/changelog-fill" --bootstrap "$KAFKA" --topic "$RUN.group.state" read
+warm_broker "$BIN/changelog-fill" --config "$WORK/processor.toml" read
 say "baseline: a plain consumer reads the changelog partition"
 cpu_start
-measured "$WORK/read.cpu" "$BIN/changelog-fill" --bootstrap "$KAFKA" --topic "$RUN.group.state" read >"$WORK/read.out"
+measured "$WORK/read.cpu" "$BIN/changelog-fill" --config "$WORK/processor.toml" read >"$WORK/read.out"
 read -r _ r_n r_s <"$WORK/read.out"
 r_cpu=$(cpu_end "reader=$(cat "$WORK/read.cpu")")
 # One webhook waiting in the input: the first event processed after the restore.

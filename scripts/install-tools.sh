@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs what hookfold's build, tests and local stack need, when missing:
 #   - Debian packages: clang/libclang (RocksDB bindings), cmake and friends (librdkafka),
-#     libssl-dev (librdkafka's TLS and SASL SCRAM),
+#     libssl-dev (librdkafka's TLS and SASL SCRAM), libcurl4-openssl-dev (its OAUTHBEARER OIDC),
 #     kcat (an independent Kafka client), protobuf-compiler (protoc --decode), wrk (bench),
 #     OpenJDK 17 and Maven (to fetch and run Apache Kafka);
 #   - just (the command runner), from crates.io;
@@ -28,8 +28,9 @@ export PATH="$TOOLS/bin:$HOME/.cargo/bin:$PATH"
 say() { printf '\033[1minstall-tools:\033[0m %s\n' "$*" >&2; }
 
 debian_packages() {
-  local packages=(clang libclang-dev cmake pkg-config build-essential zlib1g-dev libssl-dev kcat
-    protobuf-compiler libprotobuf-dev wrk curl openjdk-17-jdk-headless maven)
+  local packages=(clang libclang-dev cmake pkg-config build-essential zlib1g-dev libssl-dev
+    libcurl4-openssl-dev kcat protobuf-compiler libprotobuf-dev wrk curl openjdk-17-jdk-headless
+    maven)
   local missing=() p
   for p in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -14,7 +14,8 @@
 #     (deploy/k8s/sasl-ssl), and kubernetes-validate
 #     --strict (unknown fields are errors) checks every object against each Kubernetes
 #     version in $HOOKFOLD_K8S_VERSIONS (default: "1.30.0 1.37.0");
-#  5. check-jsonschema checks deploy/compose.yaml against the Compose specification;
+#  5. check-jsonschema checks deploy/compose.yaml and deploy/compose.sasl-ssl.yaml against the
+#     Compose specification;
 #  6. deploy/validate/validate_deploy.py cross-checks what schemas cannot (ports, probes,
 #     references, volumes, topics) and runs the real binaries' configuration checks on
 #     every embedded configuration with the environment its container gets:
@@ -114,12 +115,10 @@ KUSTOMIZATIONS=(deploy/k8s/base deploy/k8s/sasl-ssl)
 render() { kubectl kustomize "$1" >"$2" && echo "$(grep -c '^kind:' "$2") objects rendered"; }
 # Run from the scratch directory so that messages name the file, not a temporary path.
 k8s_validate() { (cd "$scratch" && kubernetes-validate --strict --quiet --kubernetes-version "$1" "$(basename "$2")"); }
-renders=()
 for kustomization in "${KUSTOMIZATIONS[@]}"; do
   rendered="$scratch/$(echo "$kustomization" | tr / -)-rendered.yaml"
   step "render $kustomization (kubectl kustomize, offline)" render "$kustomization" "$rendered"
   if [ -s "$rendered" ]; then
-    renders+=("$rendered")
     for version in $K8S_VERSIONS; do
       step "kubernetes-validate --strict, Kubernetes $version: $kustomization" k8s_validate "$version" "$rendered"
     done
@@ -128,10 +127,14 @@ for kustomization in "${KUSTOMIZATIONS[@]}"; do
   fi
 done
 
-step "deploy/compose.yaml against the Compose specification" \
-  check-jsonschema --builtin-schema vendor.compose-spec deploy/compose.yaml
+# Each kustomization is cross-checked together with the compose file of the same Kafka.
+declare -A COMPOSE_OF=([deploy/k8s/base]=deploy/compose.yaml [deploy/k8s/sasl-ssl]=deploy/compose.sasl-ssl.yaml)
+for compose in "${COMPOSE_OF[@]}"; do
+  step "$compose against the Compose specification" \
+    check-jsonschema --builtin-schema vendor.compose-spec "$compose"
+done
 
-cross_args=(--compose deploy/compose.yaml --bin-dir "$BIN_DIR")
+cross_args=(--bin-dir "$BIN_DIR")
 if [ "${HOOKFOLD_VALIDATE_SKIP_BINARIES:-}" = 1 ]; then
   say "WARNING: HOOKFOLD_VALIDATE_SKIP_BINARIES=1: the binaries' configuration checks are skipped"
   cross_args+=(--skip-binaries)
@@ -141,9 +144,12 @@ elif [ ! -x "$BIN_DIR/hookfold-gateway" ] || [ ! -x "$BIN_DIR/hookfold-processor
   printf 'validate-deploy: error: %s/hookfold-gateway or hookfold-processor is missing: run `cargo build --bins` first (or set HOOKFOLD_BIN_DIR)\n' "$BIN_DIR" >&2
   cross_args+=(--skip-binaries)
 fi
-for rendered in "${renders[@]}"; do
-  step "cross-checks and the binaries' configuration checks: $(basename "$rendered")" \
-    python "deploy/validate/validate_deploy.py" --k8s "$rendered" "${cross_args[@]}"
+for kustomization in "${KUSTOMIZATIONS[@]}"; do
+  rendered="$scratch/$(echo "$kustomization" | tr / -)-rendered.yaml"
+  [ -s "$rendered" ] || continue
+  step "cross-checks and the binaries' configuration checks: $kustomization, ${COMPOSE_OF[$kustomization]}" \
+    python "deploy/validate/validate_deploy.py" --k8s "$rendered" \
+      --compose "${COMPOSE_OF[$kustomization]}" "${cross_args[@]}"
 done
 
 echo

@@ -15,10 +15,14 @@ Kubernetes (the objects rendered from deploy/k8s/base):
     named by volumes and env exist and have the keys;
   - resource quantities parse.
 
-Compose (deploy/compose.yaml):
+Compose (deploy/compose.yaml, deploy/compose.sasl-ssl.yaml):
   - ${...} interpolation is well formed (a bare $ is an error in compose);
   - services have an image or a build whose context and Dockerfile exist; depends_on
-    targets exist; bind-mounted files exist; named volumes are declared;
+    targets exist; bind-mounted files exist; named volumes are declared; the files of
+    Compose secrets exist and every secret a service uses is declared;
+  - every `*_file` of a configuration (CA, password) lies on a bind mount, a secret or a
+    named volume of its service, and the binaries check it with that file (an empty
+    stand-in for a volume that a service fills at run time);
   - the gateway and processor configurations pass the binaries' checks with the service's
     environment; state_dir is on a named volume; the topics service creates every topic
     the configurations use, the changelog compacted with the webhook topic's partitions;
@@ -528,6 +532,54 @@ def parse_mount(volume) -> tuple[str, str, str] | None:
     return kind, source, target
 
 
+def service_secrets(problems: Problems, where: str, service: dict, declared: dict, base: Path) -> list[tuple[str, str, str]]:
+    """The service's Compose secrets as ("secret", local file, container path) mounts."""
+    mounts = []
+    for entry in service.get("secrets") or []:
+        name = entry if isinstance(entry, str) else entry.get("source", "")
+        target = name if isinstance(entry, str) else entry.get("target", name)
+        if name not in declared:
+            problems.add(where, f"uses secret {name!r}, which is not declared under secrets:")
+            continue
+        file = (declared[name] or {}).get("file")
+        if file is None:
+            continue
+        target = target if str(target).startswith("/") else f"/run/secrets/{target}"
+        mounts.append(("secret", str(base / file), str(target)))
+    return mounts
+
+
+def localise_files(problems: Problems, where: str, text: str, mounts: list, base: Path,
+                   scratch: Path) -> str:
+    """The configuration with every `*_file = "<container path>"` pointed at what the
+    container would see there: the bind-mounted or secret file, or, on a named volume that
+    another service fills at run time (certificates), an empty stand-in. A path on no mount
+    is a problem: the container would not have the file."""
+    def replace(m: re.Match) -> str:
+        key, value = m.group(1), m.group(2)
+        container = PurePosixPath(value)
+        for kind, source, target in mounts:
+            target_path = PurePosixPath(target)
+            if container != target_path and target_path not in container.parents:
+                continue
+            rel = container.relative_to(target_path)
+            if kind == "secret":
+                local = Path(source)
+            elif kind == "bind":
+                local = base / source / rel if str(rel) != "." else base / source
+            else:
+                local = scratch / "volumes" / (source or "anonymous") / rel
+                local.parent.mkdir(parents=True, exist_ok=True)
+                local.touch()
+                problems.ok(f"{where}: {key} {value} is on the volume {source!r}, filled at run time")
+            if not local.exists():
+                problems.add(where, f"{key} = {value}: {local} does not exist")
+            return f'{key} = "{local}"'
+        problems.add(where, f"{key} = {value} is on no mount, volume or secret of the service")
+        return m.group(0)
+    return re.sub(r'^(\w+_file)\s*=\s*"([^"]+)"', replace, text, flags=re.M)
+
+
 def check_compose(problems: Problems, path: Path, bin_dir: Path | None, scratch: Path) -> None:
     base = path.parent
     raw = yaml.safe_load(path.read_text())
@@ -536,6 +588,11 @@ def check_compose(problems: Problems, path: Path, bin_dir: Path | None, scratch:
     doc = interpolate_tree(problems, path.name, raw, environ)
     services = doc.get("services") or {}
     volumes = doc.get("volumes") or {}
+    secrets = doc.get("secrets") or {}
+    for name, secret in secrets.items():
+        file = (secret or {}).get("file")
+        if file is not None and not (base / file).is_file():
+            problems.add(f"compose secret {name}", f"file {file} does not exist (relative to {base})")
     topics_created: dict[str, tuple[int, str]] = {}
     topics_used: list[tuple[str, str]] = []
     changelog_of: dict[str, str] = {}
@@ -567,6 +624,7 @@ def check_compose(problems: Problems, path: Path, bin_dir: Path | None, scratch:
                 problems.add(where, f"bind mount source {source} does not exist (relative to {base})")
             if kind == "volume" and source and source not in volumes:
                 problems.add(where, f"named volume {source!r} is not declared under volumes:")
+        mounts += service_secrets(problems, where, service, secrets, base)
         env = service_env(service)
         if "CLUSTER_ID" in env:
             cluster_id = env["CLUSTER_ID"]
@@ -599,7 +657,8 @@ def check_compose(problems: Problems, path: Path, bin_dir: Path | None, scratch:
         file = base / source
         if not file.is_file():
             continue
-        config = check_config(problems, where, binary, file.read_text(), env, bin_dir, scratch)
+        text = localise_files(problems, where, file.read_text(), mounts, base, scratch)
+        config = check_config(problems, where, binary, text, env, bin_dir, scratch)
         if config is None:
             continue
         kafka = config.get("kafka") or {}

@@ -42,9 +42,12 @@ e.g. HOOKFOLD_KAFKA__BOOTSTRAP_SERVERS=10.0.0.5:9092, HOOKFOLD_LISTEN=0.0.0.0:80
   cert_file = "client.pem"           mutual TLS: certificate chain and key (PEM);
   key_file = "client.key"            key_password_file / key_password_env if encrypted
   [kafka.security.sasl]
-  mechanism = "scram-sha-512"        plain, scram-sha-256, scram-sha-512
+  mechanism = "scram-sha-512"        plain, scram-sha-256, scram-sha-512, oauthbearer
   username = "hookfold-gateway"
   password_file = "/run/secrets/kafka-password"   or password_env = "KAFKA_PASSWORD"
+                                     oauthbearer (OIDC client credentials) instead:
+                                     token_endpoint_url, client_id, client_secret_file
+                                     or client_secret_env; optional scope, extensions
 
   [tls]                              optional; serve HTTPS (rustls)
   cert_path = "cert.pem"             PEM certificate chain
@@ -231,13 +234,15 @@ impl GatewayConfig {
         ]
     }
 
-    /// Defaults, then the file (if any), then `HOOKFOLD_*` environment variables.
-    pub fn load(file: Option<&Path>) -> Result<Self, ConfigError> {
+    /// Defaults, then the file (if any), then `HOOKFOLD_*` environment variables, without
+    /// reading a secret: enough to say which ACLs it needs (`--print-acls`, `acls`) on a
+    /// machine that holds none of the credentials.
+    pub fn without_secrets(file: Option<&Path>) -> Result<Self, ConfigError> {
         let mut figment = Figment::from(Serialized::defaults(GatewayConfig::default()));
         if let Some(file) = file {
             figment = figment.merge(Toml::file_exact(file));
         }
-        let mut config: GatewayConfig = figment
+        let config: GatewayConfig = figment
             // HOOKFOLD_CONFIG names the file (--config); the scripts' own variables are
             // not keys either.
             .merge(
@@ -247,6 +252,13 @@ impl GatewayConfig {
             )
             .extract()
             .map_err(Box::new)?;
+        Ok(config)
+    }
+
+    /// [`Self::without_secrets`], then the sources' secrets and `[kafka.security]` read
+    /// and everything checked: what the gateway runs with.
+    pub fn load(file: Option<&Path>) -> Result<Self, ConfigError> {
+        let mut config = Self::without_secrets(file)?;
         config.resolve_secret_env(|name| std::env::var(name).ok())?;
         config.kafka.resolved_security = config
             .kafka

@@ -35,7 +35,12 @@ struct Args {
 
 fn main() -> std::process::ExitCode {
     let args = Args::parse();
-    let config = match GatewayConfig::load(args.config.as_deref()) {
+    // The ACLs follow from the topic alone: printing them needs none of the secrets.
+    let load = match args.print_acls {
+        Some(_) => GatewayConfig::without_secrets,
+        None => GatewayConfig::load,
+    };
+    let config = match load(args.config.as_deref()) {
         Ok(config) => config,
         Err(e) => {
             eprintln!("hookfold-gateway: invalid configuration: {e}");
@@ -51,10 +56,11 @@ fn main() -> std::process::ExitCode {
     }
     if args.check {
         println!(
-            "configuration ok: listen {}, topic {} on {}, {} source(s): {}",
+            "configuration ok: listen {}, topic {} on {} over {}, {} source(s): {}",
             config.listen,
             config.kafka.topic,
             config.kafka.bootstrap_servers,
+            config.kafka.security.describe(),
             config.sources.len(),
             config
                 .sources

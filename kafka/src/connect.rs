@@ -32,7 +32,16 @@ impl LastError {
 
     /// Call from `ClientContext::error`.
     pub fn record(&self, error: &KafkaError, reason: &str) {
-        self.seen().error = Some((error.rdkafka_error_code(), reason.to_owned()));
+        let mut reason = reason.to_owned();
+        // librdkafka quotes the identity provider's answer, which does not say where the
+        // settings are.
+        if reason.contains("Failed to acquire SASL OAUTHBEARER token") {
+            reason.push_str(
+                " (from the identity provider: check kafka.security.sasl.token_endpoint_url, \
+                 client_id and the client secret)",
+            );
+        }
+        self.seen().error = Some((error.rdkafka_error_code(), reason));
     }
 
     /// Call from `ClientContext::log`: keeps broker connection failures (facility `FAIL`).

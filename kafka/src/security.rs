@@ -7,10 +7,16 @@
 //! cert_file = "/etc/kafka/client.pem"  # mTLS: the client's certificate chain...
 //! key_file = "/etc/kafka/client.key"   # ...and key (key_password_file/_env if encrypted)
 //! [kafka.security.sasl]
-//! mechanism = "scram-sha-512"        # plain, scram-sha-256, scram-sha-512
+//! mechanism = "scram-sha-512"        # plain, scram-sha-256, scram-sha-512, oauthbearer
 //! username = "hookfold-processor"
 //! password_file = "/run/secrets/kafka-password"   # or password_env = "KAFKA_PASSWORD"
 //! ```
+//!
+//! `oauthbearer` is OIDC client credentials, fetched and refreshed by librdkafka itself
+//! (`sasl.oauthbearer.method=oidc`): `token_endpoint_url`, `client_id`,
+//! `client_secret_file` or `client_secret_env`, and optionally `scope` and `extensions`
+//! (Confluent Cloud's `logicalCluster` and `identityPoolId`) instead of a username and
+//! password.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -73,13 +79,62 @@ impl Protocol {
 #[serde(deny_unknown_fields)]
 pub struct Sasl {
     pub mechanism: Mechanism,
-    pub username: String,
-    /// A file holding the password (a trailing newline is not part of it)...
+    /// plain, scram-*: the user...
+    #[serde(default)]
+    pub username: Option<String>,
+    /// ...a file holding the password (a trailing newline is not part of it)...
     #[serde(default)]
     pub password_file: Option<PathBuf>,
     /// ...or the name of an environment variable holding it.
     #[serde(default)]
     pub password_env: Option<String>,
+    /// oauthbearer: the identity provider's token endpoint (OIDC client credentials)...
+    #[serde(default)]
+    pub token_endpoint_url: Option<String>,
+    /// ...the client registered there...
+    #[serde(default)]
+    pub client_id: Option<String>,
+    /// ...its secret, from a file...
+    #[serde(default)]
+    pub client_secret_file: Option<PathBuf>,
+    /// ...or an environment variable...
+    #[serde(default)]
+    pub client_secret_env: Option<String>,
+    /// ...the scope to ask for, if the provider wants one...
+    #[serde(default)]
+    pub scope: Option<String>,
+    /// ...and SASL extensions sent with the token (Confluent Cloud: `logicalCluster`,
+    /// `identityPoolId`).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub extensions: BTreeMap<String, String>,
+}
+
+impl Sasl {
+    /// The fields set that `mechanism` does not take.
+    fn foreign_fields(&self) -> Vec<&'static str> {
+        let password = [
+            ("username", self.username.is_some()),
+            ("password_file", self.password_file.is_some()),
+            ("password_env", self.password_env.is_some()),
+        ];
+        let oidc = [
+            ("token_endpoint_url", self.token_endpoint_url.is_some()),
+            ("client_id", self.client_id.is_some()),
+            ("client_secret_file", self.client_secret_file.is_some()),
+            ("client_secret_env", self.client_secret_env.is_some()),
+            ("scope", self.scope.is_some()),
+            ("extensions", !self.extensions.is_empty()),
+        ];
+        let foreign = match self.mechanism {
+            Mechanism::OauthBearer => &password[..],
+            _ => &oidc[..],
+        };
+        foreign
+            .iter()
+            .filter(|(_, set)| *set)
+            .map(|(name, _)| *name)
+            .collect()
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -90,6 +145,9 @@ pub enum Mechanism {
     ScramSha256,
     #[serde(rename = "scram-sha-512")]
     ScramSha512,
+    /// OIDC client credentials (KIP-768), the token fetched and refreshed by librdkafka.
+    #[serde(rename = "oauthbearer")]
+    OauthBearer,
 }
 
 impl Mechanism {
@@ -99,6 +157,17 @@ impl Mechanism {
             Mechanism::Plain => "PLAIN",
             Mechanism::ScramSha256 => "SCRAM-SHA-256",
             Mechanism::ScramSha512 => "SCRAM-SHA-512",
+            Mechanism::OauthBearer => "OAUTHBEARER",
+        }
+    }
+
+    /// Its name in `[kafka.security.sasl]`.
+    pub fn config_name(self) -> &'static str {
+        match self {
+            Mechanism::Plain => "plain",
+            Mechanism::ScramSha256 => "scram-sha-256",
+            Mechanism::ScramSha512 => "scram-sha-512",
+            Mechanism::OauthBearer => "oauthbearer",
         }
     }
 }
@@ -125,6 +194,18 @@ pub enum SecurityError {
     Unreadable(&'static str, PathBuf, String),
     #[error("kafka.security.sasl.username is empty")]
     NoUsername,
+    #[error("kafka.security.sasl.{0} does not apply to mechanism = \"{1}\" ({2})")]
+    ForeignField(&'static str, &'static str, &'static str),
+    #[error(
+        "kafka.security.sasl.{0} is not set: mechanism = \"oauthbearer\" gets a token from the identity provider with client credentials (token_endpoint_url, client_id, client_secret_file or client_secret_env)"
+    )]
+    OidcMissing(&'static str),
+    #[error("kafka.security.sasl.token_endpoint_url = {0:?} is not an http:// or https:// URL")]
+    NotAnEndpoint(String),
+    #[error(
+        "kafka.security.sasl.extensions.{0}: a key is letters only and a value has no comma or control character (RFC 7628)"
+    )]
+    BadExtension(String),
     #[error("kafka.security.{0}: set {0}_file or {0}_env (a secret is never written inline)")]
     NoSecret(&'static str),
     #[error("kafka.security.{0}: set {0}_file or {0}_env, not both")]
@@ -153,7 +234,11 @@ pub struct ResolvedSecurity {
 }
 
 /// Properties that hold secrets: never shown.
-const SECRET_PROPERTIES: [&str; 2] = ["sasl.password", "ssl.key.password"];
+const SECRET_PROPERTIES: [&str; 3] = [
+    "sasl.password",
+    "ssl.key.password",
+    "sasl.oauthbearer.client.secret",
+];
 
 impl fmt::Debug for ResolvedSecurity {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -197,6 +282,34 @@ fn owned_by_security(key: &str) -> bool {
 }
 
 impl Security {
+    /// How a client connects, in a few words and without a secret, for `--check`:
+    /// `plaintext`, `ssl (client certificate)`, `sasl_ssl (scram-sha-512 as gw)`, ...
+    pub fn describe(&self) -> String {
+        let mut out = self.protocol.as_str().to_owned();
+        let mut parts = Vec::new();
+        if let Some(sasl) = &self.sasl {
+            parts.push(match sasl.mechanism {
+                Mechanism::OauthBearer => format!(
+                    "oauthbearer as client {} from {}",
+                    sasl.client_id.as_deref().unwrap_or("?"),
+                    sasl.token_endpoint_url.as_deref().unwrap_or("?")
+                ),
+                mechanism => format!(
+                    "{} as {}",
+                    mechanism.config_name(),
+                    sasl.username.as_deref().unwrap_or("?")
+                ),
+            });
+        }
+        if self.cert_file.is_some() {
+            parts.push("client certificate".to_owned());
+        }
+        if !parts.is_empty() {
+            out.push_str(&format!(" ({})", parts.join(", ")));
+        }
+        out
+    }
+
     /// Checks the section and reads its secrets. `properties` is `[kafka.properties]`:
     /// it may not hold a secret inline, nor, once `[kafka.security]` is used, anything the
     /// section owns.
@@ -279,20 +392,89 @@ impl Security {
             Ok(password) => out.push(("ssl.key.password", password)),
         }
         if let Some(sasl) = &self.sasl {
-            if sasl.username.trim().is_empty() {
+            out.extend(sasl.resolve(&env)?);
+        }
+        Ok(ResolvedSecurity { properties: out })
+    }
+}
+
+impl Sasl {
+    fn resolve(
+        &self,
+        env: &impl Fn(&str) -> Option<String>,
+    ) -> Result<Vec<(&'static str, String)>, SecurityError> {
+        let mechanism = self.mechanism;
+        if let Some(field) = self.foreign_fields().first() {
+            let takes = match mechanism {
+                Mechanism::OauthBearer => {
+                    "it takes token_endpoint_url, client_id and client_secret_file or client_secret_env"
+                }
+                _ => "it takes username and password_file or password_env",
+            };
+            return Err(SecurityError::ForeignField(
+                field,
+                mechanism.config_name(),
+                takes,
+            ));
+        }
+        let mut out = vec![("sasl.mechanism", mechanism.as_str().to_owned())];
+        if mechanism != Mechanism::OauthBearer {
+            let username = self.username.as_deref().unwrap_or_default();
+            if username.trim().is_empty() {
                 return Err(SecurityError::NoUsername);
             }
             let password = secret(
                 "sasl.password",
-                sasl.password_file.as_deref(),
-                sasl.password_env.as_deref(),
-                &env,
+                self.password_file.as_deref(),
+                self.password_env.as_deref(),
+                env,
             )?;
-            out.push(("sasl.mechanism", sasl.mechanism.as_str().to_owned()));
-            out.push(("sasl.username", sasl.username.clone()));
+            out.push(("sasl.username", username.to_owned()));
             out.push(("sasl.password", password));
+            return Ok(out);
         }
-        Ok(ResolvedSecurity { properties: out })
+        let endpoint = self
+            .token_endpoint_url
+            .as_deref()
+            .ok_or(SecurityError::OidcMissing("token_endpoint_url"))?;
+        if !(endpoint.starts_with("https://") || endpoint.starts_with("http://")) {
+            return Err(SecurityError::NotAnEndpoint(endpoint.to_owned()));
+        }
+        let client_id = self
+            .client_id
+            .as_deref()
+            .filter(|id| !id.trim().is_empty())
+            .ok_or(SecurityError::OidcMissing("client_id"))?;
+        let client_secret = secret(
+            "sasl.client_secret",
+            self.client_secret_file.as_deref(),
+            self.client_secret_env.as_deref(),
+            env,
+        )?;
+        out.push(("sasl.oauthbearer.method", "oidc".to_owned()));
+        out.push(("sasl.oauthbearer.token.endpoint.url", endpoint.to_owned()));
+        out.push(("sasl.oauthbearer.client.id", client_id.to_owned()));
+        out.push(("sasl.oauthbearer.client.secret", client_secret));
+        if let Some(scope) = &self.scope {
+            out.push(("sasl.oauthbearer.scope", scope.clone()));
+        }
+        if !self.extensions.is_empty() {
+            for (key, value) in &self.extensions {
+                let key_ok = !key.is_empty() && key.chars().all(|c| c.is_ascii_alphabetic());
+                let value_ok = !value.contains(',') && !value.chars().any(char::is_control);
+                if !key_ok || !value_ok {
+                    return Err(SecurityError::BadExtension(key.clone()));
+                }
+            }
+            let extensions = self
+                .extensions
+                .iter()
+                .map(|(key, value)| format!("{key}={value}"))
+                .collect::<Vec<_>>()
+                .join(",");
+            out.push(("sasl.oauthbearer.extensions", extensions));
+        }
+        Ok(out)
     }
 }
 
@@ -315,6 +497,7 @@ fn secret(
         (Some(path), None) => {
             let field: &'static str = match name {
                 "key_password" => "key_password_file",
+                "sasl.client_secret" => "sasl.client_secret_file",
                 _ => "sasl.password_file",
             };
             std::fs::read_to_string(path)
@@ -370,6 +553,23 @@ mod tests {
         let shown = format!("{resolved:?}");
         assert!(!shown.contains("p4ss"), "{shown}");
         assert_eq!(resolved.secrets().collect::<Vec<_>>(), ["p4ss-from-file"]);
+    }
+
+    #[test]
+    fn describe_names_the_protocol_and_who_without_secrets() {
+        assert_eq!(parse("").describe(), "plaintext");
+        assert_eq!(
+            parse("protocol = \"ssl\"\ncert_file = \"c\"\nkey_file = \"k\"").describe(),
+            "ssl (client certificate)"
+        );
+        assert_eq!(
+            parse("protocol = \"sasl_ssl\"\n[sasl]\nmechanism = \"scram-sha-512\"\nusername = \"gw\"\npassword_env = \"P\"").describe(),
+            "sasl_ssl (scram-sha-512 as gw)"
+        );
+        assert_eq!(
+            parse("protocol = \"sasl_ssl\"\n[sasl]\nmechanism = \"oauthbearer\"\nclient_id = \"c\"\ntoken_endpoint_url = \"https://idp/t\"\nclient_secret_env = \"S\"").describe(),
+            "sasl_ssl (oauthbearer as client c from https://idp/t)"
+        );
     }
 
     #[test]
@@ -465,6 +665,76 @@ mod tests {
                 .properties()
                 .contains(&("ssl.ca.pem", pem.to_string()))
         );
+    }
+
+    #[test]
+    fn oauthbearer_is_oidc_client_credentials() {
+        let resolved = resolve(
+            "protocol = \"sasl_ssl\"\n[sasl]\nmechanism = \"oauthbearer\"\ntoken_endpoint_url = \"https://idp.example/oauth2/token\"\nclient_id = \"hookfold\"\nclient_secret_env = \"KAFKA_PASSWORD\"\nscope = \"kafka\"\n[sasl.extensions]\nlogicalCluster = \"lkc-1\"\nidentityPoolId = \"pool-2\"",
+        )
+        .unwrap();
+        let props: BTreeMap<_, _> = resolved.properties().iter().cloned().collect();
+        assert_eq!(props["sasl.mechanism"], "OAUTHBEARER");
+        assert_eq!(props["sasl.oauthbearer.method"], "oidc");
+        assert_eq!(
+            props["sasl.oauthbearer.token.endpoint.url"],
+            "https://idp.example/oauth2/token"
+        );
+        assert_eq!(props["sasl.oauthbearer.client.id"], "hookfold");
+        assert_eq!(props["sasl.oauthbearer.scope"], "kafka");
+        assert_eq!(
+            props["sasl.oauthbearer.extensions"],
+            "identityPoolId=pool-2,logicalCluster=lkc-1"
+        );
+        assert!(!props.contains_key("sasl.username"));
+        assert_eq!(resolved.secrets().collect::<Vec<_>>(), ["from-env-pw"]);
+        assert!(!format!("{resolved:?}").contains("from-env-pw"));
+    }
+
+    #[test]
+    fn oauthbearer_mistakes_have_their_messages() {
+        let head = "protocol = \"sasl_ssl\"\n[sasl]\n";
+        for (body, needle) in [
+            (
+                "mechanism = \"oauthbearer\"\nusername = \"u\"",
+                "sasl.username does not apply to mechanism = \"oauthbearer\"",
+            ),
+            (
+                "mechanism = \"scram-sha-512\"\nusername = \"u\"\npassword_env = \"KAFKA_PASSWORD\"\nclient_id = \"c\"",
+                "sasl.client_id does not apply to mechanism = \"scram-sha-512\"",
+            ),
+            (
+                "mechanism = \"oauthbearer\"\nclient_id = \"c\"\nclient_secret_env = \"KAFKA_PASSWORD\"",
+                "sasl.token_endpoint_url is not set",
+            ),
+            (
+                "mechanism = \"oauthbearer\"\ntoken_endpoint_url = \"idp.example/token\"\nclient_id = \"c\"\nclient_secret_env = \"KAFKA_PASSWORD\"",
+                "is not an http:// or https:// URL",
+            ),
+            (
+                "mechanism = \"oauthbearer\"\ntoken_endpoint_url = \"https://idp/t\"\nclient_secret_env = \"KAFKA_PASSWORD\"",
+                "sasl.client_id is not set",
+            ),
+            (
+                "mechanism = \"oauthbearer\"\ntoken_endpoint_url = \"https://idp/t\"\nclient_id = \"c\"",
+                "set sasl.client_secret_file or sasl.client_secret_env",
+            ),
+            (
+                "mechanism = \"oauthbearer\"\ntoken_endpoint_url = \"https://idp/t\"\nclient_id = \"c\"\nclient_secret_env = \"KAFKA_PASSWORD\"\n[sasl.extensions]\npool = \"a,b\"",
+                "extensions.pool: a key is letters only",
+            ),
+        ] {
+            let err = resolve(&format!("{head}{body}")).unwrap_err().to_string();
+            assert!(err.contains(needle), "{body:?}: {err}");
+        }
+        let inline = BTreeMap::from([(
+            "sasl.oauthbearer.client.secret".to_string(),
+            "inline".to_string(),
+        )]);
+        assert!(matches!(
+            Security::default().resolve(&inline, |_| None),
+            Err(SecurityError::Owned(_))
+        ));
     }
 
     #[test]

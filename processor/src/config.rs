@@ -41,9 +41,12 @@ e.g. HOOKFOLD_KAFKA__BOOTSTRAP_SERVERS=10.0.0.5:9092, HOOKFOLD_STATE_DIR=/var/li
   cert_file = "client.pem"            mutual TLS: certificate chain and key (PEM);
   key_file = "client.key"             key_password_file / key_password_env if encrypted
   [kafka.security.sasl]
-  mechanism = "scram-sha-512"         plain, scram-sha-256, scram-sha-512
+  mechanism = "scram-sha-512"         plain, scram-sha-256, scram-sha-512, oauthbearer
   username = "hookfold-processor"
   password_file = "/run/secrets/kafka-password"   or password_env = "KAFKA_PASSWORD"
+                                      oauthbearer (OIDC client credentials) instead:
+                                      token_endpoint_url, client_id, client_secret_file
+                                      or client_secret_env; optional scope, extensions
 
   [batch]
   max_records = 1000                  commit after this many records...
@@ -208,13 +211,15 @@ impl ProcessorConfig {
         acls
     }
 
-    /// Defaults, then the file (if any), then `HOOKFOLD_*` environment variables.
-    pub fn load(file: Option<&Path>) -> Result<Self, ConfigError> {
+    /// Defaults, then the file (if any), then `HOOKFOLD_*` environment variables, without
+    /// reading a secret: enough to say which ACLs it needs (`--print-acls`, `acls`) on a
+    /// machine that holds none of the credentials.
+    pub fn without_secrets(file: Option<&Path>) -> Result<Self, ConfigError> {
         let mut figment = Figment::from(Serialized::defaults(ProcessorConfig::default()));
         if let Some(file) = file {
             figment = figment.merge(Toml::file_exact(file));
         }
-        let mut config: ProcessorConfig = figment
+        let config: ProcessorConfig = figment
             // HOOKFOLD_CONFIG names the file (--config); the scripts' own variables are
             // not keys either.
             .merge(
@@ -224,11 +229,18 @@ impl ProcessorConfig {
             )
             .extract()
             .map_err(Box::new)?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// [`Self::without_secrets`], then `[kafka.security]` checked and its secrets read:
+    /// what every command that connects loads.
+    pub fn load(file: Option<&Path>) -> Result<Self, ConfigError> {
+        let mut config = Self::without_secrets(file)?;
         config.kafka.resolved_security = config
             .kafka
             .security
             .resolve(&config.kafka.properties, |name| std::env::var(name).ok())?;
-        config.validate()?;
         Ok(config)
     }
 

@@ -109,7 +109,13 @@ enum Command {
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    let config = match ProcessorConfig::load(args.config.as_deref()) {
+    // The ACLs follow from the topics and the group alone: printing them needs none of
+    // the secrets.
+    let load = match args.command {
+        Some(Command::Acls { .. }) => ProcessorConfig::without_secrets,
+        _ => ProcessorConfig::load,
+    };
+    let config = match load(args.config.as_deref()) {
         Ok(config) => config,
         Err(e) => {
             eprintln!("hookfold-processor: invalid configuration: {e}");
@@ -186,12 +192,14 @@ fn main() -> ExitCode {
         }
         Command::Check => {
             println!(
-                "configuration ok: {} -> {} (changelog {}), group {}, state in {}",
+                "configuration ok: {} -> {} (changelog {}), group {}, state in {}, Kafka {} over {}",
                 config.kafka.input_topic,
                 config.kafka.output_topic,
                 config.kafka.changelog_topic(),
                 config.kafka.group_id,
-                config.state_dir.display()
+                config.state_dir.display(),
+                config.kafka.bootstrap_servers,
+                config.kafka.security.describe()
             );
             Ok(())
         }

@@ -17,7 +17,8 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::OwnedMessage;
 
 use crate::certs::TestCa;
-use crate::kafka::{ClusterSpec, KafkaCluster, KafkaNode, SecureListeners};
+use crate::kafka::{ClusterSpec, KafkaCluster, KafkaNode, OauthValidation, SecureListeners};
+use crate::oidc::TestIdp;
 use crate::topics;
 
 /// A Kafka for one test.
@@ -52,6 +53,9 @@ pub struct SecuredBroker {
     pub sasl_ssl: String,
     /// The `SSL` listener (client certificate required).
     pub ssl: String,
+    /// The identity provider whose tokens the `SASL_SSL` listener takes (OAUTHBEARER): its
+    /// clients are `users`, a user's password its client secret.
+    pub idp: TestIdp,
 }
 
 /// Where one partition lives, as the cluster's metadata shows it now.
@@ -169,6 +173,7 @@ impl Broker {
         let ca = TestCa::new(&certs, "cluster")?;
         let key_store = certs.join("broker-keystore.pem");
         std::fs::write(&key_store, ca.broker("broker")?.key_store()?)?;
+        let idp = TestIdp::start(&certs, users)?;
         let mut spec = ClusterSpec::new(1, dir.path().join("cluster"));
         spec.secure = Some(SecureListeners {
             key_store,
@@ -177,6 +182,11 @@ impl Broker {
                 .iter()
                 .map(|(n, p)| (n.to_string(), p.to_string()))
                 .collect(),
+            oauth: Some(OauthValidation {
+                jwks_file: idp.jwks_file.clone(),
+                issuer: idp.issuer.clone(),
+                audience: crate::oidc::AUDIENCE.to_owned(),
+            }),
         });
         let cluster = KafkaCluster::start(&spec)?;
         let sasl_ssl = cluster
@@ -195,6 +205,7 @@ impl Broker {
             certs,
             sasl_ssl,
             ssl,
+            idp,
         })
     }
 

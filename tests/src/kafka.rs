@@ -103,6 +103,17 @@ pub struct SecureListeners {
     /// `(name, password)`: SCRAM credentials created when the storage is formatted, and
     /// PLAIN users of the SASL listener.
     pub users: Vec<(String, String)>,
+    /// OAUTHBEARER on the `SASL_SSL` listener too: tokens from this issuer, checked against
+    /// its JWKS file ([`crate::oidc::TestIdp`]).
+    pub oauth: Option<OauthValidation>,
+}
+
+/// How the brokers check OAUTHBEARER tokens.
+#[derive(Clone, Debug)]
+pub struct OauthValidation {
+    pub jwks_file: PathBuf,
+    pub issuer: String,
+    pub audience: String,
 }
 
 impl ClusterSpec {
@@ -128,6 +139,8 @@ pub struct KafkaNode {
     pub secure_ports: Option<(u16, u16)>,
     pub dir: PathBuf,
     users: Vec<(String, String)>,
+    /// `-D` system properties of the JVM.
+    jvm_properties: Vec<String>,
     heap: String,
     lifetime: Lifetime,
     process: Process,
@@ -185,6 +198,7 @@ impl KafkaNode {
                 "-XX:InitiatingHeapOccupancyPercent=35",
                 "-Djava.awt.headless=true",
             ])
+            .args(&self.jvm_properties)
             .arg(format!(
                 "-Dlog4j2.configurationFile={}",
                 self.dir.join("log4j2.properties").display()
@@ -343,6 +357,18 @@ impl KafkaCluster {
                     .as_ref()
                     .map(|s| s.users.clone())
                     .unwrap_or_default(),
+                // Kafka 4 reads a JWKS only from files (or URLs) an operator allowed.
+                jvm_properties: spec
+                    .secure
+                    .iter()
+                    .flat_map(|s| &s.oauth)
+                    .map(|o| {
+                        format!(
+                            "-Dorg.apache.kafka.sasl.oauthbearer.allowed.files={}",
+                            o.jwks_file.display()
+                        )
+                    })
+                    .collect(),
                 dir,
                 heap: spec.heap.clone(),
                 lifetime: spec.lifetime.clone(),
@@ -655,10 +681,14 @@ fn write_config(node: &KafkaNode, voters: &str, spec: &ClusterSpec) -> Result<()
             .iter()
             .map(|(name, password)| format!(" user_{name}=\"{password}\""))
             .collect();
+        let mechanisms = match &secure.oauth {
+            Some(_) => "SCRAM-SHA-512,SCRAM-SHA-256,PLAIN,OAUTHBEARER",
+            None => "SCRAM-SHA-512,SCRAM-SHA-256,PLAIN",
+        };
         let _ = write!(
             secured,
             "# Secured listeners (tests/src/kafka.rs SecureListeners).\n\
-             sasl.enabled.mechanisms=SCRAM-SHA-512,SCRAM-SHA-256,PLAIN\n\
+             sasl.enabled.mechanisms={mechanisms}\n\
              listener.name.sasl_ssl.scram-sha-512.sasl.jaas.config=org.apache.kafka.common.security.scram.ScramLoginModule required;\n\
              listener.name.sasl_ssl.scram-sha-256.sasl.jaas.config=org.apache.kafka.common.security.scram.ScramLoginModule required;\n\
              listener.name.sasl_ssl.plain.sasl.jaas.config=org.apache.kafka.common.security.plain.PlainLoginModule required{plain_users};\n\
@@ -676,6 +706,20 @@ fn write_config(node: &KafkaNode, voters: &str, spec: &ClusterSpec) -> Result<()
             key_store = secure.key_store.display(),
             trust_store = secure.trust_store.display(),
         );
+        if let Some(oauth) = &secure.oauth {
+            let _ = write!(
+                secured,
+                "# OAUTHBEARER: JWTs signed by the test identity provider (tests/src/oidc.rs).\n\
+                 listener.name.sasl_ssl.oauthbearer.sasl.jaas.config=org.apache.kafka.common.security.oauthbearer.OAuthBearerLoginModule required;\n\
+                 listener.name.sasl_ssl.oauthbearer.sasl.server.callback.handler.class=org.apache.kafka.common.security.oauthbearer.OAuthBearerValidatorCallbackHandler\n\
+                 sasl.oauthbearer.jwks.endpoint.url=file://{jwks}\n\
+                 sasl.oauthbearer.expected.issuer={issuer}\n\
+                 sasl.oauthbearer.expected.audience={audience}\n",
+                jwks = oauth.jwks_file.display(),
+                issuer = oauth.issuer,
+                audience = oauth.audience,
+            );
+        }
     }
     let mut config = format!(
         "# Written by hookfold's Kafka launcher (tests/src/kafka.rs); rewritten at each start.\n\

@@ -24,6 +24,7 @@ pub mod comparisons;
 pub mod fuzz_seeds;
 pub mod gateway;
 pub mod kafka;
+pub mod oidc;
 pub mod process;
 pub mod processor;
 pub mod records;

@@ -1,7 +1,8 @@
 //! The gateway and the processor against a secured Apache Kafka (issue 10): `SASL_SSL`
-//! with SCRAM-SHA-512 and mutual TLS give the same incidents as plaintext, and wrong
-//! credentials, an unknown user, a CA that does not match and a plaintext client on the
-//! TLS port each fail clearly without a secret in any log line.
+//! with SCRAM-SHA-512, `SASL_SSL` with OAUTHBEARER (OIDC client credentials from a test
+//! identity provider) and mutual TLS give the same incidents as plaintext, and wrong
+//! credentials, an unknown user, a wrong client secret, a CA that does not match and a
+//! plaintext client on the TLS port each fail clearly without a secret in any log line.
 //!
 //! Each test starts its own broker with secured listeners (never `KAFKA_BOOTSTRAP_SERVERS`:
 //! the users and certificates are the test's own); the harness itself reads and creates
@@ -54,6 +55,25 @@ impl Connection {
             ),
             env: vec![(var, password.to_owned())],
             principal: Some(format!("User:{user}")),
+        }
+    }
+
+    /// OAUTHBEARER over TLS: OIDC client credentials from the test identity provider, the
+    /// client secret from a file.
+    fn oauth(secured: &SecuredBroker, (client_id, secret): (&str, &str)) -> Self {
+        let secret_file = secured.certs.join(format!("{client_id}-{secret}.secret"));
+        std::fs::write(&secret_file, format!("{secret}\n")).unwrap();
+        Self {
+            bootstrap: secured.sasl_ssl.clone(),
+            security: format!(
+                "[kafka.security]\nprotocol = \"sasl_ssl\"\nca_file = \"{}\"\n[kafka.security.sasl]\nmechanism = \"oauthbearer\"\ntoken_endpoint_url = \"{}\"\nclient_id = \"{client_id}\"\nclient_secret_file = \"{}\"\nscope = \"kafka\"\n",
+                secured.ca.ca_file.display(),
+                secured.idp.token_endpoint,
+                secret_file.display()
+            ),
+            env: Vec::new(),
+            // The broker maps the token's `sub` (the client id) to User:<sub>.
+            principal: Some(format!("User:{client_id}")),
         }
     }
 
@@ -278,6 +298,24 @@ async fn scram_sha_512_over_tls_gives_the_same_incidents_as_plaintext() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oauthbearer_with_oidc_gives_the_same_incidents_as_plaintext() {
+    let mut secured = Broker::own_secured(&[GATEWAY_USER, PROCESSOR_USER]).unwrap();
+    let plaintext = Connection::plaintext(&secured.broker);
+    let (reference, _) = run_story(&mut secured, &plaintext, &plaintext).await;
+    assert_eq!(secured.idp.issued(), 0);
+    let (gateway, processor) = (
+        Connection::oauth(&secured, GATEWAY_USER),
+        Connection::oauth(&secured, PROCESSOR_USER),
+    );
+    let (records, logs) = run_story(&mut secured, &gateway, &processor).await;
+    assert_same_story(&reference, &records);
+    // Both binaries fetched their tokens from the identity provider (not, say, librdkafka's
+    // unsecured test tokens, which the broker would refuse anyway).
+    assert!(secured.idp.issued() >= 2, "{} tokens", secured.idp.issued());
+    assert_no_secret(&logs, &[GATEWAY_USER.1, PROCESSOR_USER.1]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mutual_tls_without_sasl_gives_the_same_incidents_as_plaintext() {
     let mut secured = Broker::own_secured(&[]).unwrap();
     let plaintext = Connection::plaintext(&secured.broker);
@@ -328,6 +366,11 @@ async fn wrong_credentials_fail_clearly_and_leak_nothing() {
             "an unknown user",
             Connection::scram(&secured, ("nobody-here", "nobody-pass-77")),
             "Authentication failed",
+        ),
+        (
+            "a wrong OIDC client secret",
+            Connection::oauth(&secured, (GATEWAY_USER.0, "not-the-client-secret-5")),
+            "invalid_client",
         ),
         (
             "a CA that does not match",
@@ -410,6 +453,7 @@ async fn wrong_credentials_fail_clearly_and_leak_nothing() {
                 PROCESSOR_USER.1,
                 "not-the-password-0",
                 "nobody-pass-77",
+                "not-the-client-secret-5",
             ],
         );
     }
@@ -500,4 +544,65 @@ async fn missing_acls_are_named_and_nothing_is_half_written() {
     );
     assert!(secured_broker.read_all(&t.incidents).unwrap().is_empty());
     assert!(secured_broker.read_all(&t.changelog()).unwrap().is_empty());
+}
+
+/// The ACLs are printed where none of the credentials are (a laptop, a CI job granting
+/// them), while every command that connects still refuses to start without its secret.
+#[test]
+fn acls_are_printed_without_the_secrets() {
+    let dir = tempfile::tempdir().unwrap();
+    let security = "[kafka.security]\nprotocol = \"sasl_ssl\"\n[kafka.security.sasl]\nmechanism = \"scram-sha-512\"\nusername = \"u\"\npassword_env = \"HOOKFOLD_TEST_UNSET_PASSWORD\"\n";
+    let gateway = dir.path().join("gateway.toml");
+    std::fs::write(
+        &gateway,
+        format!(
+            "[kafka]\ntopic = \"webhooks-x\"\n{security}\n[[sources]]\nid = \"bk\"\nkind = \"buildkite\"\nsecrets_env = [\"HOOKFOLD_TEST_UNSET_SECRET\"]\n"
+        ),
+    )
+    .unwrap();
+    let processor = dir.path().join("processor.toml");
+    std::fs::write(
+        &processor,
+        format!("[kafka]\ninput_topic = \"webhooks-x\"\n{security}"),
+    )
+    .unwrap();
+    let run = |binary: &str, config: &Path, args: &[&str]| {
+        std::process::Command::new(hookfold_tests::workspace_binary(binary))
+            .arg("--config")
+            .arg(config)
+            .args(args)
+            .env_remove("HOOKFOLD_TEST_UNSET_PASSWORD")
+            .env_remove("HOOKFOLD_TEST_UNSET_SECRET")
+            .output()
+            .unwrap()
+    };
+    for (binary, config, acls, check) in [
+        (
+            "hookfold-gateway",
+            &gateway,
+            &["--print-acls", "User:u"][..],
+            &["--check"][..],
+        ),
+        (
+            "hookfold-processor",
+            &processor,
+            &["acls", "--principal", "User:u"][..],
+            &["check"][..],
+        ),
+    ] {
+        let output = run(binary, config, acls);
+        let script = String::from_utf8_lossy(&output.stdout);
+        assert!(output.status.success(), "{binary}: {output:?}");
+        assert!(
+            script.contains("--topic webhooks-x") && script.contains("User:u"),
+            "{binary}: {script}"
+        );
+        let output = run(binary, config, check);
+        assert_eq!(output.status.code(), Some(2), "{binary}: {output:?}");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(
+            stderr.contains("HOOKFOLD_TEST_UNSET_"),
+            "{binary}: {stderr}"
+        );
+    }
 }

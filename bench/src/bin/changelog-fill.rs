@@ -11,19 +11,24 @@ use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
 use hookfold_processor::changelog::{BATCH_MARKER_KEY, NEXT_OFFSET_HEADER};
 use hookfold_processor::codec;
+use hookfold_processor::config::ProcessorConfig;
+use hookfold_processor::consumer::{client_config, reader_config};
 use hookfold_rules::{Cause, KeyState, Rules};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{BaseRecord, Producer, ThreadedProducer};
-use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
+use rdkafka::{Message, Offset, TopicPartitionList};
 
 #[derive(Parser)]
 struct Args {
+    /// A processor configuration: the Kafka connection (bootstrap servers, properties,
+    /// `[kafka.security]`) the fill and the read use, as the processor's clients would.
     #[arg(long)]
-    bootstrap: String,
+    config: std::path::PathBuf,
+    /// The changelog topic (default: the configuration's).
     #[arg(long)]
-    topic: String,
+    topic: Option<String>,
     #[command(subcommand)]
     command: Command,
 }
@@ -39,9 +44,11 @@ enum Command {
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
+    let config = ProcessorConfig::load(Some(&args.config))?;
+    let topic = args.topic.unwrap_or_else(|| config.kafka.changelog_topic());
     match args.command {
-        Command::Fill { keys } => fill(&args.bootstrap, &args.topic, keys),
-        Command::Read => read(&args.bootstrap, &args.topic),
+        Command::Fill { keys } => fill(&config, &topic, keys),
+        Command::Read => read(&config, &topic),
     }
 }
 
@@ -52,9 +59,8 @@ fn headers(next_offset: &str) -> OwnedHeaders {
     })
 }
 
-fn fill(bootstrap: &str, topic: &str, keys: usize) -> anyhow::Result<()> {
-    let producer: ThreadedProducer<_> = ClientConfig::new()
-        .set("bootstrap.servers", bootstrap)
+fn fill(config: &ProcessorConfig, topic: &str, keys: usize) -> anyhow::Result<()> {
+    let producer: ThreadedProducer<_> = client_config(config)
         .set("acks", "all")
         .set("linger.ms", "50")
         .set("batch.size", "1000000")
@@ -116,14 +122,13 @@ fn fill(bootstrap: &str, topic: &str, keys: usize) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn read(bootstrap: &str, topic: &str) -> anyhow::Result<()> {
-    let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", bootstrap)
+fn read(config: &ProcessorConfig, topic: &str) -> anyhow::Result<()> {
+    // The processor's restore consumer's settings (`reader_config`): without its short
+    // `fetch.queue.backoff.ms` a read that falls behind its fetcher for a moment idles for a
+    // second (librdkafka's default backoff once 100,000 records are queued), which made this
+    // baseline swing between 0.6 and 1.6 s.
+    let consumer: BaseConsumer = reader_config(config)
         .set("group.id", "changelog-read-baseline")
-        // As the processor's restore consumer sets it: without it a read that falls behind
-        // its fetcher for a moment idles for a second (librdkafka's default backoff once
-        // 100,000 records are queued), which made this baseline swing between 0.6 and 1.6 s.
-        .set("fetch.queue.backoff.ms", "10")
         .set("enable.auto.commit", "false")
         .set("enable.partition.eof", "true")
         .create()?;

@@ -7,18 +7,23 @@
 use std::time::{Duration, Instant};
 
 use clap::Parser;
+use hookfold_processor::config::ProcessorConfig;
+use hookfold_processor::consumer::client_config;
 use hookfold_processor::delivery::TrackedProducer;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
 use rdkafka::message::Message;
 use rdkafka::producer::BaseRecord;
-use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+use rdkafka::{Offset, TopicPartitionList};
 
 #[derive(Parser)]
 struct Args {
+    /// A processor configuration: the Kafka connection (bootstrap servers, properties,
+    /// `[kafka.security]`) every client of this copy uses, as the processor's would.
     #[arg(long)]
-    bootstrap: String,
+    config: std::path::PathBuf,
+    /// The topic to copy (default: the configuration's input topic).
     #[arg(long)]
-    input: String,
+    input: Option<String>,
     #[arg(long)]
     output: String,
     /// Stop after copying this many records.
@@ -32,20 +37,22 @@ struct Args {
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
+    let config = ProcessorConfig::load(Some(&args.config))?;
+    let input = args
+        .input
+        .unwrap_or_else(|| config.kafka.input_topic.clone());
     let mut producer = TrackedProducer::create(
-        ClientConfig::new()
-            .set("bootstrap.servers", &args.bootstrap)
+        client_config(&config)
             .set("acks", "all")
             .set("enable.idempotence", "true")
             .set("linger.ms", "5"),
     )?;
-    let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", &args.bootstrap)
+    let consumer: BaseConsumer = client_config(&config)
         .set("group.id", format!("copy-baseline-{}", std::process::id()))
         .set("enable.auto.commit", "false")
         .set("auto.offset.reset", "earliest")
         .create()?;
-    consumer.subscribe(&[&args.input])?;
+    consumer.subscribe(&[&input])?;
     let started = Instant::now();
     let mut copied = 0u64;
     let mut batch: Vec<(i32, i64)> = Vec::new();
@@ -69,7 +76,7 @@ fn main() -> anyhow::Result<()> {
             producer.wait(Duration::from_secs(60))?;
             let mut tpl = TopicPartitionList::new();
             for (partition, next) in &batch {
-                tpl.add_partition_offset(&args.input, *partition, Offset::Offset(*next))?;
+                tpl.add_partition_offset(&input, *partition, Offset::Offset(*next))?;
             }
             consumer.commit(&tpl, CommitMode::Async)?;
             copied += batch.len() as u64;
