@@ -50,7 +50,12 @@ demo: up
     @echo "--- hookfold.incidents (hookfold-processor tail --from-beginning --summary) ---"
     {{bin}}/hookfold-processor --config deploy/local/processor.toml tail --from-beginning --summary
     @echo
+    @echo "--- open now (hookfold-processor incidents: the table hookfold.incidents.open) ---"
+    {{bin}}/hookfold-processor --config deploy/local/processor.toml incidents
+    @echo
     @echo "Full records: {{bin}}/hookfold-processor -c deploy/local/processor.toml tail --from-beginning"
+    @echo "What is open, live: {{bin}}/hookfold-processor -c deploy/local/processor.toml incidents --watch"
+    @echo "The page of open incidents (live): http://127.0.0.1:8090/"
 
 # Run every test: unit, property and end to end (against Apache Kafka, or KAFKA_BOOTSTRAP_SERVERS)
 test: tools-overlapped build

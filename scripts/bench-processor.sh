@@ -34,7 +34,7 @@ topic_bytes() {
 run_processor() {
   local name=$1 input=$2 port start end pid
   port=$(free_port)
-  "$BIN/hookfold-dev" topics "$RUN.$name.incidents:$PARTITIONS" "$RUN.$name.group.state:$PARTITIONS:compact" >/dev/null 2>&1
+  "$BIN/hookfold-dev" topics "$RUN.$name.incidents:$PARTITIONS" "$RUN.$name.incidents.open:$PARTITIONS:compact" "$RUN.$name.group.state:$PARTITIONS:compact" >/dev/null 2>&1
   cat >"$WORK/$name.toml" <<TOML
 state_dir = "$WORK/$name-state"
 metrics_listen = "127.0.0.1:$port"

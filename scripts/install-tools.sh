@@ -3,8 +3,10 @@
 #   - Debian packages: clang/libclang (RocksDB bindings), cmake and friends (librdkafka),
 #     libssl-dev (librdkafka's TLS and SASL SCRAM), libcurl4-openssl-dev (its OAUTHBEARER OIDC),
 #     kcat (an independent Kafka client), protobuf-compiler (protoc --decode), wrk (bench),
-#     OpenJDK 17 and Maven (to fetch and run Apache Kafka);
+#     OpenJDK 17 and Maven (to fetch and run Apache Kafka), chromium and Node.js (the
+#     page's browser test);
 #   - just (the command runner), from crates.io;
+#   - playwright-core (drives chromium), from npm into ~/.cache/hookfold/node;
 #   - Apache Kafka (the broker), the version pinned in scripts/kafka/pom.xml: its jars from
 #     Maven Central into ~/.cache/hookfold/kafka/<version>/libs.
 # Everything goes to ~/.cache/hookfold (HOOKFOLD_TOOLS for cargo-installed tools), outside
@@ -30,7 +32,7 @@ say() { printf '\033[1minstall-tools:\033[0m %s\n' "$*" >&2; }
 debian_packages() {
   local packages=(clang libclang-dev cmake pkg-config build-essential zlib1g-dev libssl-dev
     libcurl4-openssl-dev kcat protobuf-compiler libprotobuf-dev wrk curl openjdk-17-jdk-headless
-    maven)
+    maven chromium nodejs npm)
   local missing=() p
   for p in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -40,6 +42,9 @@ debian_packages() {
     missing=("${missing[@]/openjdk-17-jdk-headless}")
   fi
   command -v mvn >/dev/null && missing=("${missing[@]/maven}")
+  # A Node.js (with npm) installed some other way is fine too.
+  command -v node >/dev/null && missing=("${missing[@]/nodejs}")
+  command -v npm >/dev/null && missing=("${missing[@]/npm}")
   local wanted=()
   for p in "${missing[@]}"; do [ -n "$p" ] && wanted+=("$p"); done
   if ((${#wanted[@]})); then
@@ -77,6 +82,18 @@ kafka_jars() {
   mv "$tmp" "$KAFKA_HOME/libs"
 }
 
+# playwright-core (npm) drives Debian's chromium in the page's browser test
+# (tests/browser/page.cjs); it downloads no browser of its own.
+PLAYWRIGHT_VERSION=1.65.2
+NODE_HOME="$CACHE/node"
+install_playwright() {
+  if ! grep -qs "\"version\": \"$PLAYWRIGHT_VERSION\"" "$NODE_HOME/node_modules/playwright-core/package.json"; then
+    say "installing playwright-core $PLAYWRIGHT_VERSION (npm) into $NODE_HOME"
+    mkdir -p "$NODE_HOME"
+    npm install --silent --no-audit --no-fund --prefix "$NODE_HOME" "playwright-core@$PLAYWRIGHT_VERSION" >/dev/null
+  fi
+}
+
 install_just() {
   if ! command -v just >/dev/null 2>&1; then
     say "installing just $JUST_VERSION into $TOOLS (about a minute)"
@@ -91,6 +108,7 @@ case "${1:-all}" in
   --background-kafka)
     debian_packages
     install_just
+    install_playwright
     if ! kafka_installed; then
       say "fetching Apache Kafka $KAFKA_VERSION in the background (log: $CACHE/kafka/install.log)"
       (kafka_jars >"$CACHE/kafka/install.log" 2>&1 || echo "failed" >>"$CACHE/kafka/install.log") &
@@ -105,6 +123,7 @@ case "${1:-all}" in
   all)
     debian_packages
     install_just
+    install_playwright
     kafka_jars
     say "tools ready: just $(just --version | cut -d' ' -f2), $(java -version 2>&1 | head -1), Apache Kafka $KAFKA_VERSION ($KAFKA_HOME/libs)"
     ;;

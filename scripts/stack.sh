@@ -73,12 +73,15 @@ up() {
   wait_http gateway http://127.0.0.1:8080/readyz
   start processor "$BIN/hookfold-processor" --config deploy/local/processor.toml
   wait_http processor http://127.0.0.1:9464/readyz
+  start view "$BIN/hookfold-processor" --config deploy/local/processor.toml view --listen 127.0.0.1:8090
+  wait_http view http://127.0.0.1:8090/readyz
   status
 }
 
 down() {
   stop gateway
   stop processor
+  stop view
   [ -n "${HOOKFOLD_EXTERNAL_KAFKA:-}" ] || "$BIN/hookfold-dev" kafka stop --data-dir "$DATA/kafka"
 }
 
@@ -86,12 +89,13 @@ status() {
   if [ -z "${HOOKFOLD_EXTERNAL_KAFKA:-}" ]; then
     echo "  kafka: $("$BIN/hookfold-dev" kafka status --data-dir "$DATA/kafka" || true) (log .data/kafka/node-1/kafka.log)"
   fi
-  for name in gateway processor; do
+  for name in gateway processor view; do
     if alive "$name"; then echo "  $name: running (pid $(cat "$RUN/$name.pid"))"; else echo "  $name: stopped"; fi
   done
   echo "  broker:   $KAFKA"
   echo "  gateway:   http://127.0.0.1:8080/webhooks/{demo-buildkite,demo-bitbucket}  (/healthz /readyz /metrics)"
   echo "  processor: http://127.0.0.1:9464/metrics; incidents: target/debug/hookfold-processor -c deploy/local/processor.toml tail --from-beginning"
+  echo "  view:      http://127.0.0.1:8090/  (open incidents, live; /api/incidents /readyz /metrics)"
 }
 
 case "${1:-}" in

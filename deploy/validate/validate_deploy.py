@@ -596,6 +596,7 @@ def check_compose(problems: Problems, path: Path, bin_dir: Path | None, scratch:
     topics_created: dict[str, tuple[int, str]] = {}
     topics_used: list[tuple[str, str]] = []
     changelog_of: dict[str, str] = {}
+    tables: list[str] = []
 
     for name, service in services.items():
         where = f"compose service {name}"
@@ -679,8 +680,11 @@ def check_compose(problems: Problems, path: Path, bin_dir: Path | None, scratch:
         else:
             input_topic = kafka.get("input_topic", DEFAULT_INPUT_TOPIC)
             changelog = kafka.get("changelog_topic") or f"{kafka.get('group_id', DEFAULT_GROUP_ID)}.state"
-            topics_used += [(input_topic, where), (kafka.get("output_topic", DEFAULT_OUTPUT_TOPIC), where),
-                            (changelog, where)]
+            output_topic = kafka.get("output_topic", DEFAULT_OUTPUT_TOPIC)
+            open_incidents = kafka.get("open_incidents_topic") or f"{output_topic}.open"
+            topics_used += [(input_topic, where), (output_topic, where), (changelog, where),
+                            (open_incidents, where)]
+            tables.append(open_incidents)
             changelog_of[changelog] = input_topic
             state_dir = PurePosixPath(str(config.get("state_dir", DEFAULT_STATE_DIR)))
             if not any(k == "volume" and s and (state_dir == PurePosixPath(t) or PurePosixPath(t) in state_dir.parents)
@@ -697,6 +701,9 @@ def check_compose(problems: Problems, path: Path, bin_dir: Path | None, scratch:
                 problems.add("compose", f"changelog topic {changelog} must be created with cleanup.policy=compact")
             if partitions != topics_created[input_topic][0]:
                 problems.add("compose", f"changelog topic {changelog} needs as many partitions as {input_topic}")
+    for table in tables:
+        if table in topics_created and "cleanup.policy=compact" not in topics_created[table][1]:
+            problems.add("compose", f"open-incident table {table} must be created with cleanup.policy=compact")
     problems.ok(f"compose: {len(services)} services cross-checked")
 
 

@@ -27,6 +27,8 @@ e.g. HOOKFOLD_KAFKA__BOOTSTRAP_SERVERS=10.0.0.5:9092, HOOKFOLD_STATE_DIR=/var/li
   output_topic = "hookfold.incidents"
   group_id = "hookfold-processor"
   changelog_topic = "<group_id>.state" compacted, one partition per input partition
+  open_incidents_topic = "<output_topic>.open"  compacted: the latest event of every open
+                                      incident by dedup key, a tombstone once resolved
   instance_id = "processor-0"         optional static membership (group.instance.id): a
                                       restarted instance keeps its partitions, no rebalance
   ack_timeout = "120s"                outputs not acked within this: exit with an error
@@ -103,6 +105,8 @@ pub struct KafkaConfig {
     pub output_topic: String,
     pub group_id: String,
     pub changelog_topic: Option<String>,
+    /// The compacted table of open incidents (default `<output_topic>.open`).
+    pub open_incidents_topic: Option<String>,
     /// `group.instance.id`: static group membership. A restarted instance with the same id
     /// gets its partitions back without a rebalance (e.g. the StatefulSet pod name).
     pub instance_id: Option<String>,
@@ -124,6 +128,7 @@ impl Default for KafkaConfig {
             output_topic: "hookfold.incidents".into(),
             group_id: "hookfold-processor".into(),
             changelog_topic: None,
+            open_incidents_topic: None,
             instance_id: None,
             ack_timeout: Duration::from_secs(120),
             properties: BTreeMap::new(),
@@ -138,6 +143,13 @@ impl KafkaConfig {
         self.changelog_topic
             .clone()
             .unwrap_or_else(|| format!("{}.state", self.group_id))
+    }
+
+    /// The open-incident table: `open_incidents_topic`, else `<output_topic>.open`.
+    pub fn open_incidents_topic(&self) -> String {
+        self.open_incidents_topic
+            .clone()
+            .unwrap_or_else(|| format!("{}.open", self.output_topic))
     }
 }
 
@@ -184,6 +196,11 @@ impl ProcessorConfig {
                 AclResource::Topic(k.output_topic.clone()),
                 &["Write", "Describe"],
                 "emit incident events (tail reads them: add Read for a principal that tails)",
+            ),
+            Acl::new(
+                AclResource::Topic(k.open_incidents_topic()),
+                &["Read", "Write", "Describe", "DescribeConfigs"],
+                "keep the open-incident table (rebuild reads it; `topics` checks compaction)",
             ),
             Acl::new(
                 AclResource::Topic(k.changelog_topic()),
@@ -255,13 +272,20 @@ impl ProcessorConfig {
                 return Err(ConfigError::Invalid(format!("{name} is empty")));
             }
         }
-        let changelog = k.changelog_topic();
-        if k.input_topic == k.output_topic
-            || k.input_topic == changelog
-            || k.output_topic == changelog
+        let topics = [
+            k.input_topic.clone(),
+            k.output_topic.clone(),
+            k.changelog_topic(),
+            k.open_incidents_topic(),
+        ];
+        if topics
+            .iter()
+            .collect::<std::collections::BTreeSet<_>>()
+            .len()
+            != topics.len()
         {
             return Err(ConfigError::Invalid(
-                "the input, output and changelog topics must differ".into(),
+                "the input, output, changelog and open-incident topics must differ".into(),
             ));
         }
         if self.batch.max_records == 0 {

@@ -376,12 +376,14 @@ fn finish_restores(consumer: &BaseConsumer<ProcessorContext>) -> anyhow::Result<
     Ok(())
 }
 
-/// Refuses a changelog that is missing or not co-partitioned with the input: partition `p`
-/// of the changelog holds the state of input partition `p`.
+/// Refuses a changelog that is missing or not co-partitioned with the input (partition `p`
+/// of the changelog holds the state of input partition `p`), and a missing open-incident
+/// table.
 pub fn check_copartitioned(
     consumer: &BaseConsumer<impl ConsumerContext>,
     input: &str,
     changelog: &str,
+    open_incidents: &str,
     timeout: Duration,
 ) -> anyhow::Result<usize> {
     let count = |topic: &str| -> anyhow::Result<usize> {
@@ -399,6 +401,9 @@ pub fn check_copartitioned(
     };
     let inputs = count(input)?;
     let states = count(changelog)?;
+    // Every batch writes the open-incident table too: a missing one would fail the
+    // first batch with an incident after the produce timeout.
+    count(open_incidents)?;
     if inputs != states {
         bail!(
             "the changelog {changelog} has {states} partitions but the input {input} has {inputs}: \
@@ -470,6 +475,7 @@ pub fn new_engine(config: &ProcessorConfig, metrics: Metrics) -> anyhow::Result<
         input: config.kafka.input_topic.clone(),
         output: config.kafka.output_topic.clone(),
         changelog: config.kafka.changelog_topic(),
+        open_incidents: config.kafka.open_incidents_topic(),
     };
     Ok(Engine::new(
         config.rules.clone(),
@@ -552,6 +558,7 @@ pub fn run(
         &consumer,
         &config.kafka.input_topic,
         &config.kafka.changelog_topic(),
+        &config.kafka.open_incidents_topic(),
         config.kafka.ack_timeout,
     )?;
     consumer
@@ -561,6 +568,7 @@ pub fn run(
         input = %config.kafka.input_topic,
         output = %config.kafka.output_topic,
         changelog = %config.kafka.changelog_topic(),
+        open_incidents = %config.kafka.open_incidents_topic(),
         group = %config.kafka.group_id,
         partitions,
         state_dir = %config.state_dir.display(),

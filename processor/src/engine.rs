@@ -2,7 +2,9 @@
 //!
 //! Per batch, in this order (the processing guarantee in docs):
 //! 1. every record is parsed and applied to its key's state (pure `hookfold_rules::apply`);
-//! 2. the incident events and one changelog record per changed key are produced;
+//! 2. the incident events, the open-incident table's records (the latest event of an
+//!    incident still open, a tombstone for one resolved; keyed by dedup key) and one
+//!    changelog record per changed key are produced;
 //! 3. the engine waits until every one of them is acked (`delivery`), or the batch fails;
 //! 4. per partition, the changed states and the next input offset are written in one
 //!    RocksDB `WriteBatch`.
@@ -53,6 +55,8 @@ pub struct Topics {
     pub input: String,
     pub output: String,
     pub changelog: String,
+    /// The compacted table of open incidents (`kafka.open_incidents_topic`).
+    pub open_incidents: String,
 }
 
 pub struct Engine {
@@ -193,6 +197,32 @@ impl Engine {
             }
         }
         Ok(committed)
+    }
+
+    /// The dedup keys of the incidents open in `partition`'s stored state.
+    pub fn open_dedup_keys(
+        &self,
+        partition: i32,
+    ) -> Result<std::collections::BTreeSet<String>, EngineError> {
+        let mut open = std::collections::BTreeSet::new();
+        let Some(store) = self.partitions.get(&partition) else {
+            return Ok(open);
+        };
+        for entry in store.states() {
+            let (key, bytes) = entry?;
+            let state = codec::decode(&bytes).map_err(|source| EngineError::State {
+                partition,
+                key: String::from_utf8_lossy(&key).into_owned(),
+                source,
+            })?;
+            open.extend(
+                state
+                    .open_incidents()
+                    .iter()
+                    .map(|incident| incident.dedup_key.to_owned()),
+            );
+        }
+        Ok(open)
     }
 
     pub fn assigned(&self) -> Vec<i32> {
@@ -433,12 +463,40 @@ impl Engine {
                 .emit_from
                 .get(&partition)
                 .is_some_and(|&from| message.offset() >= from);
-        if emit {
-            for incident in &outputs {
+        for incident in &outputs {
+            if emit {
                 self.emit(incident)?;
             }
+            // The table follows the state, emitted or not: a rebuild without `--emit`
+            // still leaves it as the new state says.
+            self.table(incident)?;
         }
         Ok(())
+    }
+
+    /// The incident's record in the open-incident table: the event while the incident is
+    /// open, a tombstone once it is resolved (compaction then forgets the key).
+    fn table(&self, incident: &IncidentEvent) -> Result<(), EngineError> {
+        let resolved = incident.transition == Transition::Resolved as i32;
+        let value = (!resolved).then(|| incident.encode_to_vec());
+        let mut record: BaseRecord<'_, str, [u8]> =
+            BaseRecord::to(&self.topics.open_incidents).key(incident.dedup_key.as_str());
+        if let Some(value) = &value {
+            record = record.payload(value.as_slice());
+        }
+        self.outputs.send(record).map_err(EngineError::Produce)
+    }
+
+    /// Tombstones in the open-incident table for `dedup_keys` (a rebuild's incidents that
+    /// the new state no longer has open), acked before it returns.
+    pub fn close_in_table(&mut self, dedup_keys: &[String]) -> Result<(), EngineError> {
+        self.outputs.start_batch();
+        for key in dedup_keys {
+            self.outputs
+                .send(BaseRecord::<str, [u8]>::to(&self.topics.open_incidents).key(key.as_str()))
+                .map_err(EngineError::Produce)?;
+        }
+        Ok(self.outputs.wait(self.ack_timeout)?)
     }
 
     fn emit(&self, incident: &IncidentEvent) -> Result<(), EngineError> {

@@ -12,10 +12,12 @@ pub mod delivery;
 pub mod engine;
 pub mod http;
 pub mod metrics;
+pub mod open_incidents;
 pub mod rebuild;
 pub mod store;
 pub mod tail;
 pub mod topics;
+pub mod view;
 
 /// The state codec, re-exported: the store, the engine and the benchmarks use it from here.
 pub use hookfold_state::codec;

@@ -8,6 +8,7 @@ use clap::{Parser, Subcommand};
 use hookfold_processor::config::{self, LogFormat, ProcessorConfig};
 use hookfold_processor::engine::Engine;
 use hookfold_processor::metrics::Metrics;
+use hookfold_processor::open_incidents::{self, Filter, IncidentsOptions};
 use hookfold_processor::rebuild::{self, RebuildOptions};
 use hookfold_processor::store::PartitionStore;
 use hookfold_processor::tail::{TailOptions, tail};
@@ -53,6 +54,36 @@ enum Command {
         #[arg(long)]
         summary: bool,
     },
+    /// Print the open incidents, from the open-incident table (kafka.open_incidents_topic):
+    /// most severe first, then oldest. Any number of processors may be running.
+    Incidents {
+        /// JSON lines (the incident's latest event) instead of a table.
+        #[arg(long)]
+        json: bool,
+        /// Keep printing changes: `open` (opened or updated) and `closed` lines.
+        #[arg(long, short)]
+        watch: bool,
+        /// Only this source (source_id).
+        #[arg(long)]
+        source: Option<String>,
+        /// Only this entity kind: pipeline, agent, pull_request, branch.
+        #[arg(long, value_parser = open_incidents::parse_kind)]
+        kind: Option<hookfold_proto::v1::EntityKind>,
+        /// Only this severity and above: info, warning, error, critical.
+        #[arg(long, value_parser = open_incidents::parse_severity)]
+        severity: Option<hookfold_proto::v1::Severity>,
+        /// Only dedup keys starting with this (e.g. buildkite/acme/pipeline/).
+        #[arg(long)]
+        prefix: Option<String>,
+    },
+    /// Serve the open incidents: a JSON API (/api/incidents, /api/incidents/{dedup_key}
+    /// with its history), a live page (/), /metrics and /readyz. Stateless: it reads the
+    /// whole open-incident table; run as many as you like.
+    View {
+        /// Address to serve on.
+        #[arg(long, default_value = "127.0.0.1:8090")]
+        listen: std::net::SocketAddr,
+    },
     /// Print the state in state_dir as JSON lines: partition, key, stored state. Stop the
     /// processor first (RocksDB allows one process per store).
     State,
@@ -68,9 +99,10 @@ enum Command {
         #[arg(long)]
         create_topics: bool,
     },
-    /// Check the webhook, incident and changelog topics (partition counts, the changelog
-    /// compacted and co-partitioned with the webhook topic); with --create, create the
-    /// missing ones. Exits non-zero on a problem.
+    /// Check the webhook, incident, open-incident and changelog topics (partition counts,
+    /// the changelog and the open-incident table compacted, the changelog co-partitioned
+    /// with the webhook topic); with --create, create the missing ones. Exits non-zero on
+    /// a problem.
     Topics {
         /// Create missing topics.
         #[arg(long)]
@@ -142,6 +174,37 @@ fn main() -> ExitCode {
                 summary,
             };
             tail(&options, &mut std::io::stdout().lock()).map(|_| ())
+        }
+        Command::Incidents {
+            json,
+            watch,
+            source,
+            kind,
+            severity,
+            prefix,
+        } => open_incidents::print(
+            hookfold_processor::consumer::client_config(&config),
+            &config.kafka.open_incidents_topic(),
+            &IncidentsOptions {
+                filter: Filter {
+                    source,
+                    kind,
+                    min_severity: severity,
+                    prefix,
+                },
+                json,
+                watch,
+            },
+            &mut std::io::stdout().lock(),
+        ),
+        Command::View { listen } => {
+            init_tracing(config.log_format);
+            hookfold_processor::view::run(hookfold_processor::view::ViewOptions {
+                listen,
+                client: hookfold_processor::consumer::client_config(&config),
+                table_topic: config.kafka.open_incidents_topic(),
+                incident_topic: config.kafka.output_topic.clone(),
+            })
         }
         Command::State => dump_state(&config),
         Command::Topics {

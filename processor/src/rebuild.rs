@@ -7,7 +7,9 @@
 //! through the same engine as `run` (states to the store and the changelog). Incident events:
 //! all of them with `--emit`; without it, only those of records after the position the
 //! processors had reached (the local store's or the changelog's last batch marker), which
-//! nobody has seen yet.
+//! nobody has seen yet. The open-incident table follows the rebuilt state: the fold
+//! rewrites every incident it leaves open, and the incidents of the partition that were open
+//! before and are not any more get a tombstone.
 
 use std::io::Write;
 use std::time::{Duration, Instant};
@@ -22,6 +24,7 @@ use crate::config::ProcessorConfig;
 use crate::consumer::{check_copartitioned, client_config, new_engine, reader_config};
 use crate::engine::Engine;
 use crate::metrics::Metrics;
+use crate::open_incidents;
 use crate::store::PartitionStore;
 
 #[derive(Debug, Clone)]
@@ -50,7 +53,13 @@ pub fn run(
     let reader: BaseConsumer = reader_client
         .create()
         .context("creating a Kafka consumer")?;
-    let count = check_copartitioned(&reader, &k.input_topic, &k.changelog_topic(), timeout)?;
+    let count = check_copartitioned(
+        &reader,
+        &k.input_topic,
+        &k.changelog_topic(),
+        &k.open_incidents_topic(),
+        timeout,
+    )?;
 
     // Two writers of one partition's changelog would interleave: refuse while processors
     // run, and when it cannot be told whether they do.
@@ -98,6 +107,16 @@ pub fn run(
     if !options.emit {
         engine = engine.without_incident_events();
     }
+    // The open-incident table before the rebuild: what the new state no longer has open
+    // is closed there afterwards (the fold itself rewrites what it has open).
+    let table_topic = k.open_incidents_topic();
+    let table = open_incidents::load(
+        client_config(config),
+        &table_topic,
+        &format!("{}.rebuild", k.group_id),
+        timeout,
+    )
+    .with_context(|| format!("reading the open-incident table {table_topic}"))?;
     for partition in partitions {
         rebuild_partition(
             config,
@@ -109,7 +128,44 @@ pub fn run(
             out,
         )
         .with_context(|| format!("rebuilding partition {partition}"))?;
+        close_vanished(config, &mut engine, &table, partition, out)
+            .with_context(|| format!("updating {table_topic} for partition {partition}"))?;
+        engine.revoke(&[partition])?;
     }
+    Ok(())
+}
+
+/// Tombstones in the open-incident table for the incidents of `partition` that were open
+/// before the rebuild and are not in the rebuilt state.
+fn close_vanished(
+    config: &ProcessorConfig,
+    engine: &mut Engine,
+    before: &open_incidents::Table,
+    partition: i32,
+    out: &mut impl Write,
+) -> anyhow::Result<()> {
+    let open_now = engine.open_dedup_keys(partition)?;
+    let vanished: Vec<String> = before
+        .open
+        .values()
+        .filter(|event| {
+            event.cause.as_ref().is_some_and(|cause| {
+                cause.partition == partition && cause.topic == config.kafka.input_topic
+            })
+        })
+        .map(|event| event.dedup_key.clone())
+        .filter(|key| !open_now.contains(key))
+        .collect();
+    if !vanished.is_empty() {
+        engine.close_in_table(&vanished)?;
+    }
+    writeln!(
+        out,
+        "partition {partition}: {} incident(s) open; {} closed in {} that the rebuilt state no longer has",
+        open_now.len(),
+        vanished.len(),
+        config.kafka.open_incidents_topic()
+    )?;
     Ok(())
 }
 
@@ -390,7 +446,6 @@ fn rebuild_partition(
         }
     }
     engine.commit()?;
-    engine.revoke(&[partition])?;
     writeln!(
         out,
         "partition {partition}: rebuilt {} records in {:.1} s; state at offset {high}",

@@ -1,5 +1,6 @@
-//! `hookfold-processor topics`: checks (and with `--create`, creates) the webhook, incident
-//! and changelog topics: the changelog compacted and co-partitioned with the webhook topic.
+//! `hookfold-processor topics`: checks (and with `--create`, creates) the webhook, incident,
+//! open-incident and changelog topics: the changelog compacted and co-partitioned with the
+//! webhook topic, the open-incident table compacted.
 
 use std::io::Write;
 use std::time::Duration;
@@ -28,10 +29,11 @@ pub struct TopicOptions {
 enum Role {
     Webhooks,
     Incidents,
+    OpenIncidents,
     Changelog,
 }
 
-/// Checks or creates the three topics; writes one line per topic to `out`. Fails on a
+/// Checks or creates the four topics; writes one line per topic to `out`. Fails on a
 /// missing topic (without `--create`), a changelog with another partition count than the
 /// webhook topic, or a changelog that is not `cleanup.policy=compact` or whose policy
 /// cannot be read (DescribeConfigs).
@@ -69,9 +71,11 @@ pub fn run(
     let changelog = k.changelog_topic();
     let mut input_partitions = None;
     let mut problems = Vec::new();
+    let open_incidents = k.open_incidents_topic();
     for (role, topic) in [
         (Role::Webhooks, k.input_topic.as_str()),
         (Role::Incidents, k.output_topic.as_str()),
+        (Role::OpenIncidents, open_incidents.as_str()),
         (Role::Changelog, changelog.as_str()),
     ] {
         let wanted = match role {
@@ -96,7 +100,7 @@ pub fn run(
                 new = match role {
                     Role::Webhooks => new.set("max.message.bytes", &max_bytes),
                     Role::Incidents => new,
-                    Role::Changelog => new.set("cleanup.policy", "compact"),
+                    Role::OpenIncidents | Role::Changelog => new.set("cleanup.policy", "compact"),
                 };
                 let results = runtime
                     .block_on(admin.create_topics(
@@ -123,6 +127,31 @@ pub fn run(
         match role {
             Role::Webhooks => input_partitions = Some(count),
             Role::Incidents => {}
+            Role::OpenIncidents => {
+                // Without compaction the table grows with every event and a reader
+                // deleting by time would lose incidents that are still open.
+                match cleanup_policy(&runtime, &admin, topic, timeout)
+                    .as_deref()
+                    .map(compaction_problem)
+                {
+                    Ok(None) => writeln!(out, "ok       {topic}: cleanup.policy=compact")?,
+                    Ok(Some(problem)) => {
+                        writeln!(out, "not ok   {topic}: {problem}")?;
+                        problems.push(format!(
+                            "open-incident table {topic}: {problem}; make it compacted: \
+                             kafka-configs.sh --bootstrap-server {} --alter --entity-type topics \
+                             --entity-name {topic} --add-config cleanup.policy=compact",
+                            k.bootstrap_servers
+                        ));
+                    }
+                    Err(e) => {
+                        writeln!(out, "unknown  {topic}: cleanup.policy not readable: {e:#}")?;
+                        problems.push(format!(
+                            "open-incident table {topic}: cleanup.policy could not be read ({e:#})"
+                        ));
+                    }
+                }
+            }
             Role::Changelog => {
                 if let Some(inputs) = input_partitions
                     && inputs != count

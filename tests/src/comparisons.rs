@@ -1,8 +1,11 @@
-//! Comparing a run's incident records with a reference run's.
+//! Comparing a run's incident records with a reference run's, and the open-incident table
+//! with what a fold of the incident topic says is open.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 
-use anyhow::{Result, bail};
+use anyhow::{Context, Result, bail};
+use hookfold_proto::Message as _;
+use hookfold_proto::v1::{IncidentEvent, Transition};
 use rdkafka::message::{Message, OwnedMessage};
 
 use crate::topics::headers_of;
@@ -55,4 +58,83 @@ pub fn assert_same_incidents(reference: &[OwnedMessage], actual: &[OwnedMessage]
         }
     }
     Ok(actual.len() - reference.len())
+}
+
+/// The incidents open after the incident topic's `records` (in each partition's order; a
+/// dedup key always lands in one partition): the last event of each incident whose last
+/// event is not RESOLVED.
+pub fn open_by_fold(records: &[OwnedMessage]) -> Result<BTreeMap<String, IncidentEvent>> {
+    let mut open = BTreeMap::new();
+    for record in records {
+        let event = IncidentEvent::decode(record.payload().unwrap_or_default())
+            .with_context(|| format!("incident record at offset {}", record.offset()))?;
+        if event.transition == Transition::Resolved as i32 {
+            open.remove(&event.dedup_key);
+        } else {
+            open.insert(event.dedup_key.clone(), event);
+        }
+    }
+    Ok(open)
+}
+
+/// What the open-incident table's `records` hold: the last value of each key, a tombstone
+/// removing it.
+pub fn table_contents(records: &[OwnedMessage]) -> Result<BTreeMap<String, IncidentEvent>> {
+    let mut table = BTreeMap::new();
+    for record in records {
+        let key = String::from_utf8(record.key().unwrap_or_default().to_vec())
+            .context("a table key that is not UTF-8")?;
+        match record.payload() {
+            None => {
+                table.remove(&key);
+            }
+            Some(bytes) => {
+                let event = IncidentEvent::decode(bytes)
+                    .with_context(|| format!("table record at offset {}", record.offset()))?;
+                if event.dedup_key != key {
+                    bail!("table key {key} holds the event of {}", event.dedup_key);
+                }
+                table.insert(key, event);
+            }
+        }
+    }
+    Ok(table)
+}
+
+/// The table holds exactly the incidents the fold of the incident topic says are open,
+/// each with its latest event; returns how many are open.
+pub fn assert_table_matches(incidents: &[OwnedMessage], table: &[OwnedMessage]) -> Result<usize> {
+    let expected = open_by_fold(incidents)?;
+    let actual = table_contents(table)?;
+    let missing: Vec<&String> = expected
+        .keys()
+        .filter(|k| !actual.contains_key(*k))
+        .collect();
+    let extra: Vec<&String> = actual
+        .keys()
+        .filter(|k| !expected.contains_key(*k))
+        .collect();
+    if !missing.is_empty() || !extra.is_empty() {
+        bail!(
+            "the open-incident table differs from the fold of the incident topic: {} missing \
+             (e.g. {:?}), {} that are not open (e.g. {:?})",
+            missing.len(),
+            missing.first(),
+            extra.len(),
+            extra.first()
+        );
+    }
+    for (key, event) in &expected {
+        if &actual[key] != event {
+            bail!(
+                "the table's event for {key} is {} (sequence {}), the incident's latest is {} \
+                 (sequence {})",
+                actual[key].event_id,
+                actual[key].sequence,
+                event.event_id,
+                event.sequence
+            );
+        }
+    }
+    Ok(expected.len())
 }

@@ -29,6 +29,7 @@ pub mod process;
 pub mod processor;
 pub mod records;
 pub mod topics;
+pub mod view;
 pub mod webhooks;
 
 pub use broker::Broker;

@@ -128,7 +128,8 @@ pub struct Processor {
     pub metrics_url: String,
     pub config_path: PathBuf,
     env: Vec<(String, String)>,
-    dir: PathBuf,
+    /// Where its config file and log are.
+    pub dir: PathBuf,
 }
 
 impl Processor {
@@ -283,15 +284,22 @@ impl Processor {
     /// Runs another `hookfold-processor` command (`topics`, `rebuild`, `state`, ...) with
     /// this processor's configuration and environment, plus `env`.
     pub fn command(&self, args: &[&str], env: &[(&str, &str)]) -> Result<std::process::Output> {
+        let mut command = self.subcommand(args);
+        for (key, value) in env {
+            command.env(key, value);
+        }
+        Ok(command.output()?)
+    }
+
+    /// `hookfold-processor --config <its config> <args>` with its environment, not started
+    /// (for a subcommand that keeps running, such as `incidents --watch`).
+    pub fn subcommand(&self, args: &[&str]) -> Command {
         let mut command = Command::new(workspace_binary("hookfold-processor"));
         command.arg("--config").arg(&self.config_path).args(args);
         for (key, value) in &self.env {
             command.env(key, value);
         }
-        for (key, value) in env {
-            command.env(key, value);
-        }
-        Ok(command.output()?)
+        command
     }
 
     /// `hookfold-processor state`: the stored state as sorted JSON lines (stop it first).

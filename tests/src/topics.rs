@@ -165,7 +165,7 @@ pub struct Topics {
 }
 
 impl Topics {
-    /// Fresh webhook, incident and changelog topics, and a fresh group.
+    /// Fresh webhook, incident, open-incident and changelog topics, and a fresh group.
     pub async fn create(broker: &Broker, partitions: i32) -> Result<Self> {
         let webhooks = unique_name("hookfold.webhooks");
         broker.create_topic(&webhooks, partitions).await?;
@@ -177,6 +177,13 @@ impl Topics {
     pub async fn on_input(broker: &Broker, webhooks: &str, partitions: i32) -> Result<Self> {
         let topics = Self::named(webhooks, partitions);
         broker.create_topic(&topics.incidents, partitions).await?;
+        create_topic(
+            &broker.bootstrap,
+            &topics.open_incidents(),
+            partitions,
+            &[("cleanup.policy", "compact")],
+        )
+        .await?;
         create_topic(
             &broker.bootstrap,
             &topics.changelog(),
@@ -199,5 +206,10 @@ impl Topics {
 
     pub fn changelog(&self) -> String {
         format!("{}.state", self.group)
+    }
+
+    /// The open-incident table (the processor's default name for it).
+    pub fn open_incidents(&self) -> String {
+        format!("{}.open", self.incidents)
     }
 }

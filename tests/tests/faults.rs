@@ -65,6 +65,7 @@ impl Deployment {
             group: unique_name("hookfold-processor"),
         };
         create_topic(cluster, &deployment.output);
+        create_topic(cluster, &format!("{}.open", deployment.output));
         create_topic(cluster, &format!("{}.state", deployment.group));
         deployment
     }

@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use hookfold_proto::Message as _;
 use hookfold_proto::v1::IncidentEvent;
+use hookfold_tests::comparisons::{assert_table_matches, open_by_fold};
 use hookfold_tests::records::{mixed_story, produce};
 use hookfold_tests::{
     Broker, Topics, assert_same_incidents, create_topic, unique_name, watermarks,
@@ -51,7 +52,12 @@ async fn topics_creates_checks_and_refuses_a_changelog_that_is_not_copartitioned
         .command(&["topics", "--create", "--partitions", "4"], &[])
         .unwrap();
     assert!(create.status.success(), "{}", text(&create));
-    for topic in [&t.webhooks, &t.incidents, &t.changelog()] {
+    for topic in [
+        &t.webhooks,
+        &t.incidents,
+        &t.open_incidents(),
+        &t.changelog(),
+    ] {
         assert!(
             text(&create).contains(&format!("created  {topic}: 4 partitions")),
             "{}",
@@ -62,15 +68,15 @@ async fn topics_creates_checks_and_refuses_a_changelog_that_is_not_copartitioned
     let again = processor.command(&["topics"], &[]).unwrap();
     assert!(again.status.success(), "{}", text(&again));
     assert!(text(&again).contains(&format!("ok       {}: 4 partitions", t.changelog())));
-    // The changelog `--create` made is compacted (read back with DescribeConfigs).
-    assert!(
-        text(&again).contains(&format!(
-            "ok       {}: cleanup.policy=compact",
-            t.changelog()
-        )),
-        "{}",
-        text(&again)
-    );
+    // The changelog and the table `--create` made are compacted (read back with
+    // DescribeConfigs).
+    for topic in [t.changelog(), t.open_incidents()] {
+        assert!(
+            text(&again).contains(&format!("ok       {topic}: cleanup.policy=compact")),
+            "{}",
+            text(&again)
+        );
+    }
 
     // Another group whose changelog was made with the wrong partition count.
     let group = unique_name("hookfold-processor");
@@ -257,8 +263,9 @@ async fn rebuild_refuses_while_a_processor_is_in_the_group_and_force_overrides()
 
 /// `rebuild` after a rules change: the state becomes what a processor with the new rules
 /// computes; the only incident events are those of records that arrived after the
-/// processors stopped (all of them with `--emit`); and the changelog carries the rebuilt
-/// state to a processor that starts with nothing.
+/// processors stopped (all of them with `--emit`); the open-incident table says what the new
+/// rules have open; and the changelog carries the rebuilt state to a processor that starts
+/// with nothing.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rebuild_recomputes_state_under_new_rules_and_the_changelog_carries_it() {
     const FOLDED: usize = 2_000;
@@ -364,6 +371,17 @@ async fn rebuild_recomputes_state_under_new_rules_and_the_changelog_carries_it()
         0,
         "a rebuild without --emit emits only the unseen records' events"
     );
+    // The open-incident table now says what the new rules have open: the per-branch
+    // incidents of the old rules are gone (tombstones), the per-pipeline ones are there.
+    let table = broker.read_all(&t.open_incidents()).unwrap();
+    let open_before = open_by_fold(&outputs_before).unwrap();
+    let open_after = assert_table_matches(&reference_out, &table).unwrap();
+    let open_new = open_by_fold(&reference_out).unwrap();
+    assert!(
+        open_before.keys().any(|k| !open_new.contains_key(k)),
+        "the rules change leaves some incidents of the old rules not open: the table must \
+         have closed them"
+    );
 
     // A processor on another machine (empty state_dir) restores the rebuilt state.
     std::fs::remove_dir_all(dir.path().join("state")).unwrap();
@@ -399,12 +417,24 @@ async fn rebuild_recomputes_state_under_new_rules_and_the_changelog_carries_it()
     let rebuild = processor
         .command(
             &["rebuild", "--emit"],
-            &[("HOOKFOLD_KAFKA__OUTPUT_TOPIC", fresh.as_str())],
+            &[
+                ("HOOKFOLD_KAFKA__OUTPUT_TOPIC", fresh.as_str()),
+                (
+                    "HOOKFOLD_KAFKA__OPEN_INCIDENTS_TOPIC",
+                    t.open_incidents().as_str(),
+                ),
+            ],
         )
         .unwrap();
     assert!(rebuild.status.success(), "{}", text(&rebuild));
     let repeats = assert_same_incidents(&reference_out, &broker.read_all(&fresh).unwrap()).unwrap();
     assert_eq!(repeats, 0);
+    // A second rebuild leaves the table as it was: the same open incidents, same events.
+    let table = broker.read_all(&t.open_incidents()).unwrap();
+    assert_eq!(
+        assert_table_matches(&reference_out, &table).unwrap(),
+        open_after
+    );
 }
 
 /// The scripts' own `HOOKFOLD_` variables (a developer may have exported them, and

@@ -320,3 +320,83 @@ async fn sigkill_at_three_points_loses_nothing_and_repeats_only_identical_events
         crash_out.len() - clean_out.len()
     );
 }
+
+/// `incidents` lists what is open now from the open-incident table, and `--watch` then
+/// prints each incident that opens and each that closes, as it happens.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn incidents_lists_what_is_open_and_watch_follows_it() {
+    let broker = Broker::start().unwrap();
+    let t = Topics::create(&broker, 3).await.unwrap();
+    let gateway_config = format!(
+        "[kafka]\ntopic = \"{}\"\n[[sources]]\nid = \"acme-bk\"\nkind = \"buildkite\"\nsecrets = [\"{BK_SECRET}\"]\n",
+        t.webhooks
+    );
+    let gateway = Gateway::start(&gateway_config, &broker.bootstrap, &[])
+        .await
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let mut processor = t.processor(&broker, dir.path()).start().await.unwrap();
+    let client = reqwest::Client::new();
+    let url = gateway.webhook_url("acme-bk");
+    let mut posted = 0;
+    let mut post = async |event: &str, body: Vec<u8>| {
+        let response = buildkite_signed(client.post(&url), BK_SECRET, event, &body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 202);
+        posted += 1;
+        posted
+    };
+    post("agent.lost", agent_event("agent.lost", "ci-7", "id-1")).await;
+    let n = post("build.finished", build_finished("api", "main", 3, "failed")).await;
+    processor
+        .wait_committed(n, Duration::from_secs(60))
+        .await
+        .unwrap();
+
+    let listed = processor.command(&["incidents", "--json"], &[]).unwrap();
+    assert!(listed.status.success(), "{listed:?}");
+    let keys: Vec<String> = String::from_utf8(listed.stdout)
+        .unwrap()
+        .lines()
+        .map(|line| {
+            let event: serde_json::Value = serde_json::from_str(line).unwrap();
+            event["dedupKey"].as_str().unwrap().to_owned()
+        })
+        .collect();
+    let agent = "buildkite/acme-bk/agent/ci-7";
+    let build = "buildkite/acme-bk/pipeline/api/branch/main";
+    assert_eq!(keys.len(), 2, "{keys:?}");
+    assert!(keys.contains(&agent.to_owned()) && keys.contains(&build.to_owned()));
+    let human = processor
+        .command(&["incidents", "--kind", "agent"], &[])
+        .unwrap();
+    let human = String::from_utf8(human.stdout).unwrap();
+    assert!(human.contains(agent) && !human.contains(build), "{human}");
+    assert!(human.contains("1 open"), "{human}");
+
+    let command = processor.subcommand(&["incidents", "--watch", "--json"]);
+    let watch = hookfold_tests::Process::spawn("incidents-watch", command, dir.path()).unwrap();
+    hookfold_tests::wait_for("the initial listing", Duration::from_secs(30), || {
+        (watch.output().lines().count() >= 2).then_some(())
+    })
+    .unwrap();
+    post(
+        "agent.connected",
+        agent_event("agent.connected", "ci-7", "id-2"),
+    )
+    .await;
+    post("build.finished", build_finished("web", "main", 8, "failed")).await;
+    let closed = format!("{{\"closed\":\"{agent}\"}}");
+    hookfold_tests::wait_for("closed and open lines", Duration::from_secs(30), || {
+        let output = watch.output();
+        let opened = output.lines().any(|line| {
+            serde_json::from_str::<serde_json::Value>(line).is_ok_and(|v| {
+                v["open"]["dedupKey"] == "buildkite/acme-bk/pipeline/web/branch/main"
+            })
+        });
+        (opened && output.lines().any(|line| line == closed)).then_some(())
+    })
+    .unwrap_or_else(|e| panic!("{e}:\n{}", watch.output()));
+}

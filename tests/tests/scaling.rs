@@ -1,12 +1,14 @@
 //! Several processors in one group against a real broker: partitions move between them
 //! with their state (restored from the changelog), and the outcome is the one a single
 //! processor gives: the same incident events (a repeat only as an identical record) and
-//! the same final state.
+//! the same final state, and an open-incident table that holds exactly what is open.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+use hookfold_proto::v1::EntityKind;
+use hookfold_tests::comparisons::{assert_table_matches, open_by_fold};
 use hookfold_tests::records::{WebhookRecord, mixed_story, produce};
 use hookfold_tests::{Broker, Processor, Topics, assert_same_incidents};
 use rdkafka::message::OwnedMessage;
@@ -284,8 +286,44 @@ async fn one_to_three_to_one_processors_with_a_sigkill_equal_a_single_processor(
         state, reference_state,
         "final state differs from a single processor's"
     );
+    // The open-incident table, through the rebalances and the SIGKILL, holds exactly what
+    // the incident topic says is open; and so does `incidents --json`, filters included.
+    let table = broker.read_all(&t.open_incidents()).unwrap();
+    let open = assert_table_matches(&outputs, &table).unwrap();
+    assert!(open > 0, "the story leaves incidents open");
+    assert_table_matches(
+        &reference_out,
+        &broker.read_all(&single.open_incidents()).unwrap(),
+    )
+    .unwrap();
+    let expected = open_by_fold(&outputs).unwrap();
+    for (args, kind) in [
+        (&["incidents", "--json"][..], None),
+        (
+            &["incidents", "--json", "--kind", "agent"][..],
+            Some(EntityKind::Agent),
+        ),
+    ] {
+        let listed = p1.command(args, &[]).unwrap();
+        assert!(listed.status.success(), "{listed:?}");
+        let keys: BTreeSet<String> = String::from_utf8(listed.stdout)
+            .unwrap()
+            .lines()
+            .map(|line| {
+                let event: serde_json::Value = serde_json::from_str(line).unwrap();
+                event["dedupKey"].as_str().unwrap().to_owned()
+            })
+            .collect();
+        let wanted: BTreeSet<String> = expected
+            .values()
+            .filter(|e| kind.is_none_or(|k| e.entity.as_ref().is_some_and(|x| x.kind == k as i32)))
+            .map(|e| e.dedup_key.clone())
+            .collect();
+        assert!(!wanted.is_empty(), "{args:?}: nothing to compare");
+        assert_eq!(keys, wanted, "{args:?}");
+    }
     eprintln!(
-        "{total} events; single processor: {} incident events; 1->3->1 with a SIGKILL: {} ({repeats} identical repeats); {restored} changelog records restored by p1",
+        "{total} events; single processor: {} incident events; 1->3->1 with a SIGKILL: {} ({repeats} identical repeats); {restored} changelog records restored by p1; {open} open in the table",
         reference_out.len(),
         outputs.len()
     );

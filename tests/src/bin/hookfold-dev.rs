@@ -448,6 +448,11 @@ async fn demo(
         "agent.connected",
         agent_event("agent.connected", "ci-agent-7", "0190-a2"),
     ));
+    steps.push(bk_step(
+        "build #7 of api on main fails (still open at the end)",
+        "build.finished",
+        build_finished("api", "main", 7, "failed"),
+    ));
     for (label, file, event, uuid) in [
         (
             "pull request #16 opens",

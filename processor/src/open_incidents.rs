@@ -1,0 +1,456 @@
+//! The open-incident table (`kafka.open_incidents_topic`, compacted, keyed by dedup key):
+//! what is open right now, without replaying the incident topic. The processor writes the
+//! latest [`IncidentEvent`] of an incident with each of its events and a tombstone when it
+//! is resolved, in the same batch as the event (`engine`); `rebuild` tombstones what the
+//! new state no longer has open.
+//!
+//! Invariants: reading the table from its beginning to its end and keeping the last value
+//! of each key ([`Table::apply`]) gives exactly the incidents a fold of the incident topic
+//! says are open; a record that is not an `IncidentEvent` is skipped and counted, never
+//! taken as an open incident.
+
+use std::collections::{BTreeMap, HashMap};
+use std::io::Write;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use hookfold_proto::Message as _;
+use hookfold_proto::v1::{EntityKind, IncidentEvent, Severity};
+use rdkafka::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::Message;
+use rdkafka::{Offset, TopicPartitionList};
+
+/// The table as read so far: open incidents by dedup key.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct Table {
+    pub open: BTreeMap<String, IncidentEvent>,
+    /// Records skipped because they were not an `IncidentEvent` (or had no key).
+    pub skipped: u64,
+}
+
+/// What one table record did.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Change {
+    /// Opened or updated: the incident's latest event.
+    Open(Box<IncidentEvent>),
+    /// Resolved (a tombstone), with the event it had before, if it was known.
+    Closed(String, Option<Box<IncidentEvent>>),
+    Skipped,
+}
+
+impl Table {
+    /// Applies one record of the table topic.
+    pub fn apply(&mut self, key: Option<&[u8]>, value: Option<&[u8]>) -> Change {
+        let Some(key) = key.and_then(|k| std::str::from_utf8(k).ok()) else {
+            self.skipped += 1;
+            return Change::Skipped;
+        };
+        match value {
+            None => {
+                let before = self.open.remove(key).map(Box::new);
+                Change::Closed(key.to_owned(), before)
+            }
+            Some(bytes) => match IncidentEvent::decode(bytes) {
+                Ok(event) if event.dedup_key == key => {
+                    self.open.insert(key.to_owned(), event.clone());
+                    Change::Open(Box::new(event))
+                }
+                _ => {
+                    self.skipped += 1;
+                    Change::Skipped
+                }
+            },
+        }
+    }
+}
+
+/// Which open incidents to show.
+#[derive(Debug, Clone, Default)]
+pub struct Filter {
+    /// `source_id` equal to this.
+    pub source: Option<String>,
+    /// Entity kind: pipeline, agent, pull_request, branch.
+    pub kind: Option<EntityKind>,
+    /// At least this severity.
+    pub min_severity: Option<Severity>,
+    /// Dedup key starting with this.
+    pub prefix: Option<String>,
+}
+
+/// `pipeline`, `agent`, `pull_request` (or `pull-request`), `branch`.
+pub fn parse_kind(text: &str) -> Result<EntityKind, String> {
+    let name = format!(
+        "ENTITY_KIND_{}",
+        text.trim().replace('-', "_").to_ascii_uppercase()
+    );
+    EntityKind::from_str_name(&name)
+        .filter(|k| *k != EntityKind::Unspecified)
+        .ok_or_else(|| format!("{text:?} is not pipeline, agent, pull_request or branch"))
+}
+
+/// `info`, `warning`, `error`, `critical`.
+pub fn parse_severity(text: &str) -> Result<Severity, String> {
+    let name = format!("SEVERITY_{}", text.trim().to_ascii_uppercase());
+    Severity::from_str_name(&name)
+        .filter(|s| *s != Severity::Unspecified)
+        .ok_or_else(|| format!("{text:?} is not info, warning, error or critical"))
+}
+
+impl Filter {
+    pub fn matches(&self, event: &IncidentEvent) -> bool {
+        let kind = event.entity.as_ref().map(|e| e.kind);
+        self.source.as_ref().is_none_or(|s| *s == event.source_id)
+            && self.kind.is_none_or(|k| kind == Some(k as i32))
+            && self.min_severity.is_none_or(|s| event.severity >= s as i32)
+            && self
+                .prefix
+                .as_ref()
+                .is_none_or(|p| event.dedup_key.starts_with(p.as_str()))
+    }
+}
+
+/// The open incidents `filter` lets through, most severe first, then oldest first (by
+/// `created_at`), then by dedup key.
+pub fn listed<'a>(table: &'a Table, filter: &Filter) -> Vec<&'a IncidentEvent> {
+    let mut open: Vec<&IncidentEvent> = table.open.values().filter(|e| filter.matches(e)).collect();
+    let since = |e: &IncidentEvent| e.created_at.map(|t| (t.seconds, t.nanos));
+    open.sort_by(|a, b| {
+        b.severity
+            .cmp(&a.severity)
+            .then_with(|| since(a).cmp(&since(b)))
+            .then_with(|| a.dedup_key.cmp(&b.dedup_key))
+    });
+    open
+}
+
+/// A consumer of the whole table, from the beginning, and the end offsets it had when
+/// assigned (the point at which the table is "loaded").
+pub struct TableReader {
+    consumer: BaseConsumer,
+    topic: String,
+    ends: HashMap<i32, i64>,
+}
+
+impl TableReader {
+    /// `client` is the processor's client configuration; a group id is set here (the
+    /// reader commits nothing: every reader reads the whole table).
+    pub fn open(
+        mut client: ClientConfig,
+        topic: &str,
+        group: &str,
+        timeout: Duration,
+    ) -> anyhow::Result<Self> {
+        let consumer: BaseConsumer = client
+            .set("group.id", group)
+            .set("enable.auto.commit", "false")
+            .create()
+            .context("creating a Kafka consumer")?;
+        let metadata = consumer
+            .fetch_metadata(Some(topic), timeout)
+            .with_context(|| format!("reading the metadata of {topic}"))?;
+        let partitions = match metadata.topics().first() {
+            Some(t) if t.error().is_none() && !t.partitions().is_empty() => t.partitions().len(),
+            _ => bail!(
+                "topic {topic} does not exist; create it with `hookfold-processor topics --create`"
+            ),
+        };
+        let mut tpl = TopicPartitionList::new();
+        let mut ends = HashMap::new();
+        for partition in 0..partitions as i32 {
+            let (low, high) = consumer
+                .fetch_watermarks(topic, partition, timeout)
+                .with_context(|| format!("reading the watermarks of {topic}[{partition}]"))?;
+            tpl.add_partition_offset(topic, partition, Offset::Beginning)?;
+            if high > low {
+                ends.insert(partition, high);
+            }
+        }
+        consumer.assign(&tpl)?;
+        Ok(Self {
+            consumer,
+            topic: topic.to_owned(),
+            ends,
+        })
+    }
+
+    /// Whether the brokers answer a metadata request for the table now.
+    pub fn reachable(&self, timeout: Duration) -> anyhow::Result<()> {
+        let metadata = self.consumer.fetch_metadata(Some(&self.topic), timeout)?;
+        match metadata.topics().first() {
+            Some(t) if t.error().is_none() => Ok(()),
+            _ => bail!("topic {} is not in the metadata", self.topic),
+        }
+    }
+
+    /// Whether every partition has been read up to where it ended when the reader opened.
+    pub fn loaded(&self) -> bool {
+        self.ends.is_empty()
+    }
+
+    /// Applies the next record (waiting at most `wait`), if any.
+    pub fn poll(&mut self, table: &mut Table, wait: Duration) -> anyhow::Result<Option<Change>> {
+        match self.consumer.poll(wait) {
+            Some(Ok(message)) => {
+                let partition = message.partition();
+                if self
+                    .ends
+                    .get(&partition)
+                    .is_some_and(|end| message.offset() + 1 >= *end)
+                {
+                    self.ends.remove(&partition);
+                }
+                Ok(Some(table.apply(message.key(), message.payload())))
+            }
+            Some(Err(e)) => bail!("reading {}: {e}", self.topic),
+            None => Ok(None),
+        }
+    }
+
+    /// Reads up to the ends; fails when no record arrives for `timeout` before that.
+    pub fn load(&mut self, table: &mut Table, timeout: Duration) -> anyhow::Result<()> {
+        let mut last = Instant::now();
+        while !self.loaded() {
+            if self.poll(table, Duration::from_millis(100))?.is_some() {
+                last = Instant::now();
+            } else if last.elapsed() > timeout {
+                bail!(
+                    "no record from {} for {timeout:?} before the end of partitions {:?}",
+                    self.topic,
+                    self.ends.keys().collect::<Vec<_>>()
+                );
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The whole table as it is now.
+pub fn load(
+    client: ClientConfig,
+    topic: &str,
+    group: &str,
+    timeout: Duration,
+) -> anyhow::Result<Table> {
+    let mut reader = TableReader::open(client, topic, group, timeout)?;
+    let mut table = Table::default();
+    reader.load(&mut table, timeout)?;
+    Ok(table)
+}
+
+fn lower_name(name: &str, prefix: &str) -> String {
+    name.trim_start_matches(prefix).to_ascii_lowercase()
+}
+
+fn since(event: &IncidentEvent) -> String {
+    event
+        .created_at
+        .as_ref()
+        .and_then(|t| hookfold_proto::timestamp::to_rfc3339(t).ok())
+        .unwrap_or_else(|| "?".into())
+}
+
+/// One line of the human table: severity, since when, kind, dedup key, summary.
+pub fn human_line(event: &IncidentEvent) -> String {
+    let severity = lower_name(event.severity().as_str_name(), "SEVERITY_");
+    let kind = event
+        .entity
+        .as_ref()
+        .map(|e| lower_name(e.kind().as_str_name(), "ENTITY_KIND_"))
+        .unwrap_or_default();
+    format!(
+        "{severity:<9} {:<25} {kind:<13} {:<55} {}",
+        since(event),
+        event.dedup_key,
+        event.summary
+    )
+}
+
+pub const HUMAN_HEADER: &str = "SEVERITY  SINCE                     KIND          DEDUP KEY";
+
+/// Options of `hookfold-processor incidents`.
+#[derive(Debug, Clone, Default)]
+pub struct IncidentsOptions {
+    pub filter: Filter,
+    pub json: bool,
+    pub watch: bool,
+}
+
+/// `hookfold-processor incidents`: the open incidents now, then (with `watch`) every
+/// change as it comes.
+pub fn print(
+    client: ClientConfig,
+    topic: &str,
+    options: &IncidentsOptions,
+    out: &mut impl Write,
+) -> anyhow::Result<()> {
+    let group = "hookfold-incidents";
+    let timeout = Duration::from_secs(30);
+    let mut reader = TableReader::open(client, topic, group, timeout)?;
+    let mut table = Table::default();
+    reader.load(&mut table, timeout)?;
+    let open = listed(&table, &options.filter);
+    if options.json {
+        for event in &open {
+            writeln!(out, "{}", hookfold_proto::json::incident_to_json(event))?;
+        }
+    } else {
+        writeln!(out, "{HUMAN_HEADER}")?;
+        for event in &open {
+            writeln!(out, "{}", human_line(event))?;
+        }
+        writeln!(out, "{} open", open.len())?;
+    }
+    if table.skipped > 0 {
+        eprintln!(
+            "hookfold-processor incidents: skipped {} record(s) of {topic} that are not incident events",
+            table.skipped
+        );
+    }
+    out.flush()?;
+    if !options.watch {
+        return Ok(());
+    }
+    loop {
+        let Some(change) = reader.poll(&mut table, Duration::from_millis(500))? else {
+            continue;
+        };
+        let line = match &change {
+            Change::Open(event) if options.filter.matches(event) => {
+                if options.json {
+                    serde_json::json!({"open": hookfold_proto::json::incident_to_json(event)})
+                        .to_string()
+                } else {
+                    format!("open      {}", human_line(event))
+                }
+            }
+            Change::Closed(key, before)
+                if before.as_ref().is_none_or(|e| options.filter.matches(e))
+                    && options
+                        .filter
+                        .prefix
+                        .as_ref()
+                        .is_none_or(|p| key.starts_with(p.as_str())) =>
+            {
+                if options.json {
+                    serde_json::json!({"closed": key}).to_string()
+                } else {
+                    format!("closed    {key}")
+                }
+            }
+            _ => continue,
+        };
+        writeln!(out, "{line}")?;
+        out.flush()?;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use hookfold_proto::v1::{Entity, Transition};
+
+    fn event(key: &str, severity: Severity, kind: EntityKind, created: i64) -> IncidentEvent {
+        IncidentEvent {
+            dedup_key: key.into(),
+            source_id: key.split('/').nth(1).unwrap_or_default().into(),
+            severity: severity as i32,
+            transition: Transition::Created as i32,
+            entity: Some(Entity {
+                kind: kind as i32,
+                id: key.into(),
+                name: key.into(),
+            }),
+            created_at: Some(hookfold_proto::prost_types::Timestamp {
+                seconds: created,
+                nanos: 0,
+            }),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn the_last_record_of_a_key_wins_and_a_tombstone_closes() {
+        let mut table = Table::default();
+        let a = event("bk/s1/agent/a", Severity::Warning, EntityKind::Agent, 1);
+        let mut a2 = a.clone();
+        a2.sequence = 2;
+        table.apply(Some(b"bk/s1/agent/a"), Some(&a.encode_to_vec()));
+        table.apply(Some(b"bk/s1/agent/a"), Some(&a2.encode_to_vec()));
+        assert_eq!(table.open["bk/s1/agent/a"].sequence, 2);
+        let change = table.apply(Some(b"bk/s1/agent/a"), None);
+        assert!(matches!(change, Change::Closed(_, Some(_))));
+        assert!(table.open.is_empty());
+        // Garbage and a value under another key are skipped, not taken as open.
+        assert_eq!(table.apply(Some(b"x"), Some(b"\xff\xff")), Change::Skipped);
+        assert_eq!(
+            table.apply(Some(b"other"), Some(&a.encode_to_vec())),
+            Change::Skipped
+        );
+        assert_eq!(table.apply(None, Some(&a.encode_to_vec())), Change::Skipped);
+        assert_eq!(table.skipped, 3);
+        assert!(table.open.is_empty());
+    }
+
+    #[test]
+    fn listed_is_filtered_and_sorted_by_severity_then_age() {
+        let mut table = Table::default();
+        for e in [
+            event("bk/s1/agent/a", Severity::Warning, EntityKind::Agent, 5),
+            event(
+                "bk/s1/pipeline/p",
+                Severity::Critical,
+                EntityKind::Pipeline,
+                9,
+            ),
+            event(
+                "bk/s1/pipeline/q",
+                Severity::Critical,
+                EntityKind::Pipeline,
+                3,
+            ),
+            event(
+                "bb/s2/repo/r/pr/1",
+                Severity::Info,
+                EntityKind::PullRequest,
+                1,
+            ),
+        ] {
+            table.apply(Some(e.dedup_key.as_bytes()), Some(&e.encode_to_vec()));
+        }
+        let keys = |filter: &Filter| -> Vec<String> {
+            listed(&table, filter)
+                .iter()
+                .map(|e| e.dedup_key.clone())
+                .collect()
+        };
+        assert_eq!(
+            keys(&Filter::default()),
+            [
+                "bk/s1/pipeline/q",
+                "bk/s1/pipeline/p",
+                "bk/s1/agent/a",
+                "bb/s2/repo/r/pr/1"
+            ]
+        );
+        let kind = Filter {
+            kind: Some(parse_kind("agent").unwrap()),
+            ..Default::default()
+        };
+        assert_eq!(keys(&kind), ["bk/s1/agent/a"]);
+        let severe = Filter {
+            min_severity: Some(parse_severity("warning").unwrap()),
+            source: Some("s1".into()),
+            ..Default::default()
+        };
+        assert_eq!(keys(&severe).len(), 3);
+        let prefix = Filter {
+            prefix: Some("bk/s1/pipeline/".into()),
+            ..Default::default()
+        };
+        assert_eq!(keys(&prefix), ["bk/s1/pipeline/q", "bk/s1/pipeline/p"]);
+        assert!(parse_kind("pull-request").is_ok());
+        assert!(parse_kind("build").is_err());
+        assert!(parse_severity("unspecified").is_err());
+    }
+}

@@ -1,0 +1,566 @@
+//! `hookfold-processor view --listen ADDR`: a stateless read-only service over the
+//! open-incident table. It materialises the table in memory (every view reads all of it:
+//! no routing between instances, any number may run) and serves:
+//!
+//! - `GET /api/incidents[?source=&kind=&severity=&prefix=]`: the open incidents as JSON,
+//!   most severe first, then oldest (the same filters and order as `incidents`);
+//! - `GET /api/incidents/{dedup_key}`: the incident if open, and its whole event history
+//!   from the incident topic, in order;
+//! - `GET /`: a page listing the open incidents (no framework, no asset from elsewhere),
+//!   rendered on the server and refreshed by a few lines of script;
+//! - `/metrics`, `/healthz`, `/readyz` (ready once the table is read to the end it had when
+//!   the view connected, and while the brokers answer).
+//!
+//! Invariants: the view never writes to Kafka; a view that cannot reach the brokers keeps
+//! serving what it has but says it is not ready, and reconnects by itself.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use axum::Router;
+use axum::extract::{Path, Query, State};
+use axum::http::{StatusCode, header};
+use axum::response::{Html, IntoResponse, Response};
+use axum::routing::get;
+use hookfold_proto::Message as _;
+use hookfold_proto::json::incident_to_json;
+use hookfold_proto::v1::IncidentEvent;
+use prometheus::{Encoder, IntGauge, Registry, TextEncoder};
+use rdkafka::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::Message;
+use rdkafka::{Offset, TopicPartitionList};
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use crate::open_incidents::{Filter, Table, TableReader, listed, parse_kind, parse_severity};
+
+/// What the view knows, shared between the reader thread and the HTTP handlers.
+#[derive(Default)]
+struct Shared {
+    table: Table,
+    /// The table was read to its end once (since the last reconnect).
+    loaded: bool,
+    /// Why the view is not ready, when it is not.
+    problem: Option<String>,
+}
+
+#[derive(Clone)]
+struct ViewState {
+    shared: Arc<RwLock<Shared>>,
+    client: ClientConfig,
+    incident_topic: String,
+    metrics: ViewMetrics,
+}
+
+#[derive(Clone)]
+struct ViewMetrics {
+    registry: Registry,
+    open: IntGauge,
+    ready: IntGauge,
+}
+
+impl ViewMetrics {
+    fn new() -> Self {
+        let registry = Registry::new();
+        let open = IntGauge::new(
+            "hookfold_view_open_incidents",
+            "Open incidents in the view's copy of the open-incident table.",
+        )
+        .expect("static metric definition");
+        let ready = IntGauge::new(
+            "hookfold_view_ready",
+            "1 when the table is read to its end and the brokers answer, else 0.",
+        )
+        .expect("static metric definition");
+        for metric in [&open, &ready] {
+            registry
+                .register(Box::new(metric.clone()))
+                .expect("metric registered once");
+        }
+        Self {
+            registry,
+            open,
+            ready,
+        }
+    }
+}
+
+pub struct ViewOptions {
+    pub listen: SocketAddr,
+    /// The processor's client settings (bootstrap, properties, security).
+    pub client: ClientConfig,
+    pub table_topic: String,
+    pub incident_topic: String,
+}
+
+/// Serves until the process ends.
+pub fn run(options: ViewOptions) -> anyhow::Result<()> {
+    let listener = std::net::TcpListener::bind(options.listen)
+        .with_context(|| format!("listening on {}", options.listen))?;
+    listener.set_nonblocking(true)?;
+    let state = ViewState {
+        shared: Arc::new(RwLock::new(Shared {
+            problem: Some("starting: the table is not read yet".into()),
+            ..Shared::default()
+        })),
+        client: options.client.clone(),
+        incident_topic: options.incident_topic.clone(),
+        metrics: ViewMetrics::new(),
+    };
+    {
+        let state = state.clone();
+        let (client, topic) = (options.client, options.table_topic);
+        std::thread::Builder::new()
+            .name("view-table".into())
+            .spawn(move || follow_table(&state, client, &topic))
+            .context("starting the table reader")?;
+    }
+    tracing::info!(listen = %options.listen, "view serving /, /api/incidents, /metrics, /readyz");
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("starting the runtime")?;
+    runtime.block_on(async move {
+        let app = router(state);
+        let listener = tokio::net::TcpListener::from_std(listener)?;
+        axum::serve(listener, app).await?;
+        anyhow::Ok(())
+    })
+}
+
+fn set_problem(state: &ViewState, problem: Option<String>) {
+    let mut shared = state.shared.write().unwrap_or_else(|e| e.into_inner());
+    if shared.problem != problem {
+        match &problem {
+            Some(why) => tracing::warn!(reason = %why, "view not ready"),
+            None => tracing::info!(open = shared.table.open.len(), "view ready"),
+        }
+    }
+    let ready = problem.is_none() && shared.loaded;
+    shared.problem = problem;
+    state.metrics.ready.set(i64::from(ready));
+}
+
+/// Reads the table from the beginning, then follows it; on a failure (no broker, the topic
+/// missing) starts over after a pause, keeping the last copy to serve meanwhile.
+fn follow_table(state: &ViewState, client: ClientConfig, topic: &str) {
+    let timeout = Duration::from_secs(5);
+    loop {
+        let mut reader = match TableReader::open(client.clone(), topic, "hookfold-view", timeout) {
+            Ok(reader) => reader,
+            Err(e) => {
+                set_problem(state, Some(format!("cannot read {topic}: {e:#}")));
+                std::thread::sleep(Duration::from_secs(1));
+                continue;
+            }
+        };
+        // A fresh copy: the table is re-read whole, so keys tombstoned meanwhile go too.
+        let mut table = Table::default();
+        let mut last_check = Instant::now();
+        let result: anyhow::Result<()> = (|| loop {
+            while reader
+                .poll(&mut table, Duration::from_millis(200))?
+                .is_some()
+            {}
+            let loaded = reader.loaded();
+            {
+                let mut shared = state.shared.write().unwrap_or_else(|e| e.into_inner());
+                if loaded {
+                    // Until loaded, keep serving the previous copy.
+                    shared.table = table.clone();
+                    shared.loaded = true;
+                }
+                state.metrics.open.set(shared.table.open.len() as i64);
+            }
+            // librdkafka reconnects by itself and a consumer's poll does not fail while the
+            // brokers are away: ask them, so that readiness says whether the copy is live.
+            if last_check.elapsed() >= Duration::from_secs(2) {
+                last_check = Instant::now();
+                match reader.reachable(Duration::from_secs(2)) {
+                    Ok(()) if loaded => set_problem(state, None),
+                    Ok(()) => set_problem(state, Some(format!("reading {topic} to its end"))),
+                    Err(e) => set_problem(state, Some(format!("the brokers do not answer: {e:#}"))),
+                }
+            }
+        })();
+        if let Err(e) = result {
+            set_problem(state, Some(format!("reading {topic}: {e:#}")));
+            std::thread::sleep(Duration::from_secs(1));
+        }
+    }
+}
+
+fn router(state: ViewState) -> Router {
+    Router::new()
+        .route("/", get(page))
+        .route("/api/incidents", get(list))
+        .route("/api/incidents/{*dedup_key}", get(one))
+        .route("/metrics", get(metrics))
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/readyz", get(readyz))
+        .with_state(state)
+}
+
+#[derive(Debug, Default, Deserialize)]
+struct FilterQuery {
+    source: Option<String>,
+    kind: Option<String>,
+    severity: Option<String>,
+    prefix: Option<String>,
+}
+
+impl FilterQuery {
+    fn filter(&self) -> Result<Filter, String> {
+        let nonempty = |v: &Option<String>| v.clone().filter(|s| !s.is_empty());
+        Ok(Filter {
+            source: nonempty(&self.source),
+            kind: nonempty(&self.kind).map(|k| parse_kind(&k)).transpose()?,
+            min_severity: nonempty(&self.severity)
+                .map(|s| parse_severity(&s))
+                .transpose()?,
+            prefix: nonempty(&self.prefix),
+        })
+    }
+}
+
+fn bad_request(why: String) -> Response {
+    (StatusCode::BAD_REQUEST, axum::Json(json!({"error": why}))).into_response()
+}
+
+fn open_list(state: &ViewState, filter: &Filter) -> (Vec<IncidentEvent>, bool) {
+    let shared = state.shared.read().unwrap_or_else(|e| e.into_inner());
+    let ready = shared.loaded && shared.problem.is_none();
+    (
+        listed(&shared.table, filter).into_iter().cloned().collect(),
+        ready,
+    )
+}
+
+async fn list(State(state): State<ViewState>, Query(query): Query<FilterQuery>) -> Response {
+    let filter = match query.filter() {
+        Ok(filter) => filter,
+        Err(why) => return bad_request(why),
+    };
+    let (open, ready) = open_list(&state, &filter);
+    let body: Vec<Value> = open.iter().map(incident_to_json).collect();
+    (
+        [(header::CACHE_CONTROL, "no-store")],
+        [("hookfold-view-ready", if ready { "true" } else { "false" })],
+        axum::Json(Value::Array(body)),
+    )
+        .into_response()
+}
+
+async fn one(State(state): State<ViewState>, Path(dedup_key): Path<String>) -> Response {
+    let current = {
+        let shared = state.shared.read().unwrap_or_else(|e| e.into_inner());
+        shared.table.open.get(&dedup_key).cloned()
+    };
+    let (client, topic, key) = (
+        state.client.clone(),
+        state.incident_topic.clone(),
+        dedup_key.clone(),
+    );
+    let history = tokio::task::spawn_blocking(move || history(client, &topic, &key)).await;
+    match history {
+        Ok(Ok(events)) if events.is_empty() && current.is_none() => (
+            StatusCode::NOT_FOUND,
+            axum::Json(json!({"error": format!("no incident with dedup key {dedup_key}")})),
+        )
+            .into_response(),
+        Ok(Ok(events)) => axum::Json(json!({
+            "dedupKey": dedup_key,
+            "open": current.as_ref().map(incident_to_json),
+            "history": events.iter().map(incident_to_json).collect::<Vec<_>>(),
+        }))
+        .into_response(),
+        Ok(Err(e)) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            axum::Json(json!({"error": format!("reading the incident topic: {e:#}")})),
+        )
+            .into_response(),
+        Err(e) => (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            axum::Json(json!({"error": e.to_string()})),
+        )
+            .into_response(),
+    }
+}
+
+/// Every event of `dedup_key` on the incident topic, in order. The incident topic is keyed
+/// by dedup key, so one partition holds them all; which one depends on the producer's
+/// partitioner, so every partition is read (the cost of a lookup is a read of the topic;
+/// see OPERATIONS.md).
+fn history(
+    client: ClientConfig,
+    topic: &str,
+    dedup_key: &str,
+) -> anyhow::Result<Vec<IncidentEvent>> {
+    let timeout = Duration::from_secs(10);
+    let mut client = client;
+    let consumer: BaseConsumer = client
+        .set("group.id", "hookfold-view")
+        .set("enable.auto.commit", "false")
+        .create()
+        .context("creating a Kafka consumer")?;
+    let metadata = consumer.fetch_metadata(Some(topic), timeout)?;
+    let partitions = metadata
+        .topics()
+        .first()
+        .filter(|t| t.error().is_none())
+        .map(|t| t.partitions().len())
+        .with_context(|| format!("topic {topic} not found"))?;
+    let mut tpl = TopicPartitionList::new();
+    let mut ends: BTreeMap<i32, i64> = BTreeMap::new();
+    for partition in 0..partitions as i32 {
+        let (low, high) = consumer.fetch_watermarks(topic, partition, timeout)?;
+        if high > low {
+            tpl.add_partition_offset(topic, partition, Offset::Beginning)?;
+            ends.insert(partition, high);
+        }
+    }
+    let mut events = Vec::new();
+    if ends.is_empty() {
+        return Ok(events);
+    }
+    consumer.assign(&tpl)?;
+    let mut last = Instant::now();
+    while !ends.is_empty() {
+        match consumer.poll(Duration::from_millis(100)) {
+            Some(Ok(message)) => {
+                last = Instant::now();
+                let partition = message.partition();
+                if ends
+                    .get(&partition)
+                    .is_some_and(|end| message.offset() + 1 >= *end)
+                {
+                    ends.remove(&partition);
+                }
+                if message.key() == Some(dedup_key.as_bytes())
+                    && let Ok(event) = IncidentEvent::decode(message.payload().unwrap_or_default())
+                {
+                    events.push(event);
+                }
+            }
+            Some(Err(e)) => anyhow::bail!("reading {topic}: {e}"),
+            None if last.elapsed() > timeout => {
+                anyhow::bail!("no record from {topic} for {timeout:?}")
+            }
+            None => {}
+        }
+    }
+    Ok(events)
+}
+
+async fn metrics(State(state): State<ViewState>) -> impl IntoResponse {
+    let mut out = Vec::new();
+    let _ = TextEncoder::new().encode(&state.metrics.registry.gather(), &mut out);
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out)
+}
+
+async fn readyz(State(state): State<ViewState>) -> Response {
+    let shared = state.shared.read().unwrap_or_else(|e| e.into_inner());
+    match (&shared.problem, shared.loaded) {
+        (None, true) => (StatusCode::OK, "ready".to_owned()).into_response(),
+        (Some(why), _) => {
+            (StatusCode::SERVICE_UNAVAILABLE, format!("not ready: {why}")).into_response()
+        }
+        (None, false) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not ready: reading the table".to_owned(),
+        )
+            .into_response(),
+    }
+}
+
+fn escape(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&#39;"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+/// Only http(s) links become anchors: a `javascript:` URL from a webhook body must not run
+/// in an SRE's browser.
+fn safe_url(url: &str) -> bool {
+    url.starts_with("https://") || url.starts_with("http://")
+}
+
+fn row(event: &IncidentEvent) -> String {
+    let json = incident_to_json(event);
+    let severity = json["severity"]
+        .as_str()
+        .unwrap_or("")
+        .trim_start_matches("SEVERITY_")
+        .to_ascii_lowercase();
+    let since = json["createdAt"].as_str().unwrap_or("").to_owned();
+    let links: String = event
+        .links
+        .iter()
+        .filter(|link| safe_url(&link.url))
+        .map(|link| {
+            format!(
+                "<a href=\"{}\" rel=\"noopener noreferrer\">{}</a>",
+                escape(&link.url),
+                escape(&link.rel)
+            )
+        })
+        .collect::<Vec<_>>()
+        .join(" ");
+    format!(
+        "<tr data-dedup-key=\"{key}\" class=\"sev-{severity}\"><td class=\"severity\">{severity}</td>\
+         <td class=\"summary\">{summary}<div class=\"key\">{key}</div></td>\
+         <td class=\"since\"><time datetime=\"{since}\">{since}</time></td><td class=\"links\">{links}</td></tr>",
+        key = escape(&event.dedup_key),
+        summary = escape(&event.summary),
+        since = escape(&since),
+    )
+}
+
+async fn page(State(state): State<ViewState>) -> Html<String> {
+    let (open, ready) = open_list(&state, &Filter::default());
+    let rows: String = open.iter().map(row).collect();
+    let status = format!(
+        "{} open{}",
+        open.len(),
+        if ready {
+            ""
+        } else {
+            " (not up to date: the view is not ready)"
+        }
+    );
+    // Status first: the rows are text from webhooks (escaped, but they may spell a marker).
+    Html(
+        PAGE.replace("{{status}}", &status)
+            .replace("{{rows}}", &rows),
+    )
+}
+
+/// The page: server-rendered rows, refreshed every second from `/api/incidents` by a few
+/// lines of plain script (no framework, nothing fetched from elsewhere).
+const PAGE: &str = r#"<!doctype html>
+<html lang="en">
+<head>
+<meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<title>hookfold: open incidents</title>
+<style>
+body { font: 14px/1.4 system-ui, sans-serif; margin: 1.5rem; color: #1d1d1f; }
+h1 { font-size: 1.3rem; margin: 0 0 .3rem; }
+#status { color: #555; margin-bottom: 1rem; }
+table { border-collapse: collapse; width: 100%; }
+th, td { text-align: left; padding: .45rem .6rem; border-bottom: 1px solid #e3e3e3; vertical-align: top; }
+th { font-size: .8rem; text-transform: uppercase; color: #666; }
+.key { font: 12px ui-monospace, monospace; color: #777; }
+.severity { font-weight: 600; text-transform: uppercase; font-size: .8rem; }
+.sev-critical .severity { color: #b00020; } .sev-error .severity { color: #d9480f; }
+.sev-warning .severity { color: #a66a00; } .sev-info .severity { color: #1c6dd0; }
+.links a { margin-right: .5rem; }
+</style>
+</head>
+<body>
+<h1>Open incidents</h1>
+<div id="status">{{status}}</div>
+<table>
+<thead><tr><th>Severity</th><th>What</th><th>Since</th><th>Links</th></tr></thead>
+<tbody id="incidents">{{rows}}</tbody>
+</table>
+<script>
+"use strict";
+const body = document.getElementById("incidents");
+const status = document.getElementById("status");
+function cell(tr, cls, text) {
+  const td = document.createElement("td"); td.className = cls;
+  if (text !== undefined) td.textContent = text;
+  tr.appendChild(td); return td;
+}
+function render(incidents, ready) {
+  const rows = incidents.map(function (i) {
+    const tr = document.createElement("tr");
+    const severity = String(i.severity).replace("SEVERITY_", "").toLowerCase();
+    tr.dataset.dedupKey = i.dedupKey; tr.className = "sev-" + severity;
+    cell(tr, "severity", severity);
+    const what = cell(tr, "summary", i.summary);
+    const key = document.createElement("div"); key.className = "key"; key.textContent = i.dedupKey;
+    what.appendChild(key);
+    const since = cell(tr, "since");
+    const time = document.createElement("time"); time.dateTime = i.createdAt || "";
+    time.textContent = i.createdAt || ""; since.appendChild(time);
+    const links = cell(tr, "links");
+    (i.links || []).forEach(function (l) {
+      if (!/^https?:\/\//.test(l.url)) return;
+      const a = document.createElement("a"); a.href = l.url; a.rel = "noopener noreferrer";
+      a.textContent = l.rel; links.appendChild(a); links.appendChild(document.createTextNode(" "));
+    });
+    return tr;
+  });
+  body.replaceChildren.apply(body, rows);
+  status.textContent = incidents.length + " open" +
+    (ready ? "" : " (not up to date: the view is not ready)");
+}
+async function refresh() {
+  try {
+    const response = await fetch("/api/incidents", {cache: "no-store"});
+    if (response.ok) render(await response.json(), response.headers.get("hookfold-view-ready") === "true");
+  } catch (e) {
+    status.textContent = "the view does not answer: " + e;
+  }
+}
+setInterval(refresh, 1000);
+</script>
+</body>
+</html>
+"#;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use hookfold_proto::v1::Link;
+
+    #[test]
+    fn rows_escape_text_and_drop_links_that_are_not_http() {
+        let event = IncidentEvent {
+            dedup_key: "bk/s/pipeline/<x>".into(),
+            summary: "Build \"#1\" <script>alert(1)</script>".into(),
+            links: vec![
+                Link {
+                    rel: "build".into(),
+                    url: "https://buildkite.com/acme/x/builds/1".into(),
+                },
+                Link {
+                    rel: "evil".into(),
+                    url: "javascript:alert(1)".into(),
+                },
+            ],
+            ..Default::default()
+        };
+        let html = row(&event);
+        assert!(!html.contains("<script>"), "{html}");
+        assert!(html.contains("&lt;script&gt;"), "{html}");
+        assert!(html.contains("href=\"https://buildkite.com/acme/x/builds/1\""));
+        assert!(!html.contains("javascript:"), "{html}");
+    }
+
+    #[test]
+    fn a_bad_filter_is_refused_with_its_reason() {
+        let query = FilterQuery {
+            kind: Some("build".into()),
+            ..Default::default()
+        };
+        assert!(query.filter().unwrap_err().contains("is not pipeline"));
+        assert!(FilterQuery::default().filter().is_ok());
+    }
+}
