@@ -1,7 +1,8 @@
 //! The settings every Kafka client hookfold builds starts from: the gateway's producer, the
-//! processor's consumers and producers, `tail`, `topics`, `rebuild`, `state` and the
-//! benchmarks' clients. One function ([`client_config`]) so that no client connects with
-//! less than the operator configured (before it, `tail` ignored `kafka.properties`).
+//! processor's consumers and producers, `tail`, `topics`, `rebuild`, `state`, `incidents`,
+//! `view` and the benchmarks' clients; and the reader of a whole topic ([`TopicReader`]).
+//! One function ([`client_config`]) so that no client connects with less than the operator
+//! configured (before it, `tail` ignored `kafka.properties`).
 //!
 //! Invariants:
 //! - secrets (SASL passwords, key passwords) are read from a file or an environment
@@ -13,6 +14,7 @@
 
 pub mod acl;
 pub mod connect;
+pub mod reader;
 pub mod security;
 
 use std::collections::BTreeMap;
@@ -23,6 +25,7 @@ use rdkafka::config::RDKafkaLogLevel;
 pub use connect::{
     ConnectError, LastError, is_authorization_error, log_librdkafka, wait_for_brokers,
 };
+pub use reader::{ReadError, TopicReader};
 pub use security::{Mechanism, Protocol, ResolvedSecurity, Sasl, Security, SecurityError};
 
 /// A client with the operator's `properties`, then the resolved security settings, then

@@ -9,17 +9,15 @@
 //! says are open; a record that is not an `IncidentEvent` is skipped and counted, never
 //! taken as an open incident.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::io::Write;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use anyhow::{Context, bail};
+use hookfold_kafka::TopicReader;
 use hookfold_proto::Message as _;
 use hookfold_proto::v1::{EntityKind, IncidentEvent, Severity};
 use rdkafka::ClientConfig;
-use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Message;
-use rdkafka::{Offset, TopicPartitionList};
 
 /// The table as read so far: open incidents by dedup key.
 #[derive(Debug, Default, Clone, PartialEq)]
@@ -124,107 +122,6 @@ pub fn listed<'a>(table: &'a Table, filter: &Filter) -> Vec<&'a IncidentEvent> {
     open
 }
 
-/// A consumer of the whole table, from the beginning, and the end offsets it had when
-/// assigned (the point at which the table is "loaded").
-pub struct TableReader {
-    consumer: BaseConsumer,
-    topic: String,
-    ends: HashMap<i32, i64>,
-}
-
-impl TableReader {
-    /// `client` is the processor's client configuration; a group id is set here (the
-    /// reader commits nothing: every reader reads the whole table).
-    pub fn open(
-        mut client: ClientConfig,
-        topic: &str,
-        group: &str,
-        timeout: Duration,
-    ) -> anyhow::Result<Self> {
-        let consumer: BaseConsumer = client
-            .set("group.id", group)
-            .set("enable.auto.commit", "false")
-            .create()
-            .context("creating a Kafka consumer")?;
-        let metadata = consumer
-            .fetch_metadata(Some(topic), timeout)
-            .with_context(|| format!("reading the metadata of {topic}"))?;
-        let partitions = match metadata.topics().first() {
-            Some(t) if t.error().is_none() && !t.partitions().is_empty() => t.partitions().len(),
-            _ => bail!(
-                "topic {topic} does not exist; create it with `hookfold-processor topics --create`"
-            ),
-        };
-        let mut tpl = TopicPartitionList::new();
-        let mut ends = HashMap::new();
-        for partition in 0..partitions as i32 {
-            let (low, high) = consumer
-                .fetch_watermarks(topic, partition, timeout)
-                .with_context(|| format!("reading the watermarks of {topic}[{partition}]"))?;
-            tpl.add_partition_offset(topic, partition, Offset::Beginning)?;
-            if high > low {
-                ends.insert(partition, high);
-            }
-        }
-        consumer.assign(&tpl)?;
-        Ok(Self {
-            consumer,
-            topic: topic.to_owned(),
-            ends,
-        })
-    }
-
-    /// Whether the brokers answer a metadata request for the table now.
-    pub fn reachable(&self, timeout: Duration) -> anyhow::Result<()> {
-        let metadata = self.consumer.fetch_metadata(Some(&self.topic), timeout)?;
-        match metadata.topics().first() {
-            Some(t) if t.error().is_none() => Ok(()),
-            _ => bail!("topic {} is not in the metadata", self.topic),
-        }
-    }
-
-    /// Whether every partition has been read up to where it ended when the reader opened.
-    pub fn loaded(&self) -> bool {
-        self.ends.is_empty()
-    }
-
-    /// Applies the next record (waiting at most `wait`), if any.
-    pub fn poll(&mut self, table: &mut Table, wait: Duration) -> anyhow::Result<Option<Change>> {
-        match self.consumer.poll(wait) {
-            Some(Ok(message)) => {
-                let partition = message.partition();
-                if self
-                    .ends
-                    .get(&partition)
-                    .is_some_and(|end| message.offset() + 1 >= *end)
-                {
-                    self.ends.remove(&partition);
-                }
-                Ok(Some(table.apply(message.key(), message.payload())))
-            }
-            Some(Err(e)) => bail!("reading {}: {e}", self.topic),
-            None => Ok(None),
-        }
-    }
-
-    /// Reads up to the ends; fails when no record arrives for `timeout` before that.
-    pub fn load(&mut self, table: &mut Table, timeout: Duration) -> anyhow::Result<()> {
-        let mut last = Instant::now();
-        while !self.loaded() {
-            if self.poll(table, Duration::from_millis(100))?.is_some() {
-                last = Instant::now();
-            } else if last.elapsed() > timeout {
-                bail!(
-                    "no record from {} for {timeout:?} before the end of partitions {:?}",
-                    self.topic,
-                    self.ends.keys().collect::<Vec<_>>()
-                );
-            }
-        }
-        Ok(())
-    }
-}
-
 /// The whole table as it is now.
 pub fn load(
     client: ClientConfig,
@@ -232,9 +129,11 @@ pub fn load(
     group: &str,
     timeout: Duration,
 ) -> anyhow::Result<Table> {
-    let mut reader = TableReader::open(client, topic, group, timeout)?;
+    let mut reader = TopicReader::open(client, topic, group, timeout)?;
     let mut table = Table::default();
-    reader.load(&mut table, timeout)?;
+    reader.read_to_end(timeout, |m| {
+        table.apply(m.key(), m.payload());
+    })?;
     Ok(table)
 }
 
@@ -284,11 +183,12 @@ pub fn print(
     options: &IncidentsOptions,
     out: &mut impl Write,
 ) -> anyhow::Result<()> {
-    let group = "hookfold-incidents";
     let timeout = Duration::from_secs(30);
-    let mut reader = TableReader::open(client, topic, group, timeout)?;
+    let mut reader = TopicReader::open(client, topic, "hookfold-incidents", timeout)?;
     let mut table = Table::default();
-    reader.load(&mut table, timeout)?;
+    reader.read_to_end(timeout, |m| {
+        table.apply(m.key(), m.payload());
+    })?;
     let open = listed(&table, &options.filter);
     if options.json {
         for event in &open {
@@ -312,9 +212,10 @@ pub fn print(
         return Ok(());
     }
     loop {
-        let Some(change) = reader.poll(&mut table, Duration::from_millis(500))? else {
+        let Some(message) = reader.poll(Duration::from_millis(500))? else {
             continue;
         };
+        let change = table.apply(message.key(), message.payload());
         let line = match &change {
             Change::Open(event) if options.filter.matches(event) => {
                 if options.json {

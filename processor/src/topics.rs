@@ -130,27 +130,8 @@ pub fn run(
             Role::OpenIncidents => {
                 // Without compaction the table grows with every event and a reader
                 // deleting by time would lose incidents that are still open.
-                match cleanup_policy(&runtime, &admin, topic, timeout)
-                    .as_deref()
-                    .map(compaction_problem)
-                {
-                    Ok(None) => writeln!(out, "ok       {topic}: cleanup.policy=compact")?,
-                    Ok(Some(problem)) => {
-                        writeln!(out, "not ok   {topic}: {problem}")?;
-                        problems.push(format!(
-                            "open-incident table {topic}: {problem}; make it compacted: \
-                             kafka-configs.sh --bootstrap-server {} --alter --entity-type topics \
-                             --entity-name {topic} --add-config cleanup.policy=compact",
-                            k.bootstrap_servers
-                        ));
-                    }
-                    Err(e) => {
-                        writeln!(out, "unknown  {topic}: cleanup.policy not readable: {e:#}")?;
-                        problems.push(format!(
-                            "open-incident table {topic}: cleanup.policy could not be read ({e:#})"
-                        ));
-                    }
-                }
+                let policy = cleanup_policy(&runtime, &admin, topic, timeout);
+                check_compacted("open-incident table", topic, policy, k, out, &mut problems)?;
             }
             Role::Changelog => {
                 if let Some(inputs) = input_partitions
@@ -164,33 +145,49 @@ pub fn run(
                     ));
                 }
                 let policy = cleanup_policy(&runtime, &admin, topic, timeout);
-                match policy.as_deref().map(compaction_problem) {
-                    Ok(None) => writeln!(out, "ok       {topic}: cleanup.policy=compact")?,
-                    Ok(Some(problem)) => {
-                        writeln!(out, "not ok   {topic}: {problem}")?;
-                        problems.push(format!(
-                            "changelog {topic}: {problem}; make it compacted: kafka-configs.sh \
-                             --bootstrap-server {} --alter --entity-type topics --entity-name \
-                             {topic} --add-config cleanup.policy=compact",
-                            k.bootstrap_servers
-                        ));
-                    }
-                    Err(e) => {
-                        writeln!(out, "unknown  {topic}: cleanup.policy not readable: {e:#}")?;
-                        problems.push(format!(
-                            "changelog {topic}: cleanup.policy could not be read ({e:#}); it \
-                             must be compact: check it with kafka-configs.sh --bootstrap-server \
-                             {} --describe --entity-type topics --entity-name {topic} (the \
-                             client needs the DescribeConfigs permission on the topic)",
-                            k.bootstrap_servers
-                        ));
-                    }
-                }
+                check_compacted("changelog", topic, policy, k, out, &mut problems)?;
             }
         }
     }
     if !problems.is_empty() {
         bail!("{}", problems.join("; "));
+    }
+    Ok(())
+}
+
+/// Reports whether `topic` (the changelog or the open-incident table, named by `what`) is
+/// compacted, as read by [`cleanup_policy`]: one line to `out`, and a problem with the fix
+/// when it is not, or when its policy cannot be read (a policy of unknown kind is not
+/// trusted).
+fn check_compacted(
+    what: &str,
+    topic: &str,
+    policy: anyhow::Result<String>,
+    k: &crate::config::KafkaConfig,
+    out: &mut impl Write,
+    problems: &mut Vec<String>,
+) -> std::io::Result<()> {
+    match policy.as_deref().map(compaction_problem) {
+        Ok(None) => writeln!(out, "ok       {topic}: cleanup.policy=compact")?,
+        Ok(Some(problem)) => {
+            writeln!(out, "not ok   {topic}: {problem}")?;
+            problems.push(format!(
+                "{what} {topic}: {problem}; make it compacted: kafka-configs.sh \
+                 --bootstrap-server {} --alter --entity-type topics --entity-name \
+                 {topic} --add-config cleanup.policy=compact",
+                k.bootstrap_servers
+            ));
+        }
+        Err(e) => {
+            writeln!(out, "unknown  {topic}: cleanup.policy not readable: {e:#}")?;
+            problems.push(format!(
+                "{what} {topic}: cleanup.policy could not be read ({e:#}); it \
+                 must be compact: check it with kafka-configs.sh --bootstrap-server \
+                 {} --describe --entity-type topics --entity-name {topic} (the \
+                 client needs the DescribeConfigs permission on the topic)",
+                k.bootstrap_servers
+            ));
+        }
     }
     Ok(())
 }

@@ -14,7 +14,6 @@
 //! Invariants: the view never writes to Kafka; a view that cannot reach the brokers keeps
 //! serving what it has but says it is not ready, and reconnects by itself.
 
-use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
@@ -25,18 +24,17 @@ use axum::extract::{Path, Query, State};
 use axum::http::{StatusCode, header};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::get;
+use hookfold_kafka::TopicReader;
 use hookfold_proto::Message as _;
 use hookfold_proto::json::incident_to_json;
 use hookfold_proto::v1::IncidentEvent;
 use prometheus::{Encoder, IntGauge, Registry, TextEncoder};
 use rdkafka::ClientConfig;
-use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Message;
-use rdkafka::{Offset, TopicPartitionList};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use crate::open_incidents::{Filter, Table, TableReader, listed, parse_kind, parse_severity};
+use crate::open_incidents::{Filter, Table, listed, parse_kind, parse_severity};
 
 /// What the view knows, shared between the reader thread and the HTTP handlers.
 #[derive(Default)]
@@ -151,46 +149,56 @@ fn set_problem(state: &ViewState, problem: Option<String>) {
 fn follow_table(state: &ViewState, client: ClientConfig, topic: &str) {
     let timeout = Duration::from_secs(5);
     loop {
-        let mut reader = match TableReader::open(client.clone(), topic, "hookfold-view", timeout) {
+        let mut reader = match TopicReader::open(client.clone(), topic, "hookfold-view", timeout) {
             Ok(reader) => reader,
             Err(e) => {
-                set_problem(state, Some(format!("cannot read {topic}: {e:#}")));
+                set_problem(state, Some(format!("cannot read {topic}: {e}")));
                 std::thread::sleep(Duration::from_secs(1));
                 continue;
             }
         };
-        // A fresh copy: the table is re-read whole, so keys tombstoned meanwhile go too.
-        let mut table = Table::default();
-        let mut last_check = Instant::now();
-        let result: anyhow::Result<()> = (|| loop {
-            while reader
-                .poll(&mut table, Duration::from_millis(200))?
-                .is_some()
-            {}
-            let loaded = reader.loaded();
-            {
-                let mut shared = state.shared.write().unwrap_or_else(|e| e.into_inner());
-                if loaded {
-                    // Until loaded, keep serving the previous copy.
-                    shared.table = table.clone();
-                    shared.loaded = true;
-                }
-                state.metrics.open.set(shared.table.open.len() as i64);
-            }
-            // librdkafka reconnects by itself and a consumer's poll does not fail while the
-            // brokers are away: ask them, so that readiness says whether the copy is live.
-            if last_check.elapsed() >= Duration::from_secs(2) {
-                last_check = Instant::now();
-                match reader.reachable(Duration::from_secs(2)) {
-                    Ok(()) if loaded => set_problem(state, None),
-                    Ok(()) => set_problem(state, Some(format!("reading {topic} to its end"))),
-                    Err(e) => set_problem(state, Some(format!("the brokers do not answer: {e:#}"))),
-                }
-            }
-        })();
-        if let Err(e) = result {
-            set_problem(state, Some(format!("reading {topic}: {e:#}")));
+        if let Err(e) = follow(state, &mut reader) {
+            set_problem(state, Some(e.to_string()));
             std::thread::sleep(Duration::from_secs(1));
+        }
+    }
+}
+
+/// One reader's life: a fresh copy of the table (re-read whole, so that keys tombstoned
+/// meanwhile go too) replaces the served one once it is read to its end; after that each
+/// record is applied to the served copy in place.
+fn follow(state: &ViewState, reader: &mut TopicReader) -> Result<(), hookfold_kafka::ReadError> {
+    let mut fresh = Some(Table::default());
+    let mut last_check = Instant::now();
+    loop {
+        while let Some(message) = reader.poll(Duration::from_millis(200))? {
+            match fresh.as_mut() {
+                Some(table) => {
+                    table.apply(message.key(), message.payload());
+                }
+                None => {
+                    let mut shared = state.shared.write().unwrap_or_else(|e| e.into_inner());
+                    shared.table.apply(message.key(), message.payload());
+                    state.metrics.open.set(shared.table.open.len() as i64);
+                }
+            }
+        }
+        let loaded = reader.loaded();
+        if loaded && let Some(table) = fresh.take() {
+            // Until then, the previous copy is served.
+            let mut shared = state.shared.write().unwrap_or_else(|e| e.into_inner());
+            shared.table = table;
+            shared.loaded = true;
+            state.metrics.open.set(shared.table.open.len() as i64);
+        }
+        if last_check.elapsed() >= Duration::from_secs(2) {
+            last_check = Instant::now();
+            let topic = reader.topic();
+            match reader.reachable(Duration::from_secs(2)) {
+                Ok(()) if loaded => set_problem(state, None),
+                Ok(()) => set_problem(state, Some(format!("reading {topic} to its end"))),
+                Err(e) => set_problem(state, Some(format!("the brokers do not answer: {e}"))),
+            }
         }
     }
 }
@@ -281,7 +289,7 @@ async fn one(State(state): State<ViewState>, Path(dedup_key): Path<String>) -> R
         .into_response(),
         Ok(Err(e)) => (
             StatusCode::SERVICE_UNAVAILABLE,
-            axum::Json(json!({"error": format!("reading the incident topic: {e:#}")})),
+            axum::Json(json!({"error": format!("reading the incident topic: {e}")})),
         )
             .into_response(),
         Err(e) => (
@@ -300,60 +308,17 @@ fn history(
     client: ClientConfig,
     topic: &str,
     dedup_key: &str,
-) -> anyhow::Result<Vec<IncidentEvent>> {
+) -> Result<Vec<IncidentEvent>, hookfold_kafka::ReadError> {
     let timeout = Duration::from_secs(10);
-    let mut client = client;
-    let consumer: BaseConsumer = client
-        .set("group.id", "hookfold-view")
-        .set("enable.auto.commit", "false")
-        .create()
-        .context("creating a Kafka consumer")?;
-    let metadata = consumer.fetch_metadata(Some(topic), timeout)?;
-    let partitions = metadata
-        .topics()
-        .first()
-        .filter(|t| t.error().is_none())
-        .map(|t| t.partitions().len())
-        .with_context(|| format!("topic {topic} not found"))?;
-    let mut tpl = TopicPartitionList::new();
-    let mut ends: BTreeMap<i32, i64> = BTreeMap::new();
-    for partition in 0..partitions as i32 {
-        let (low, high) = consumer.fetch_watermarks(topic, partition, timeout)?;
-        if high > low {
-            tpl.add_partition_offset(topic, partition, Offset::Beginning)?;
-            ends.insert(partition, high);
-        }
-    }
+    let mut reader = TopicReader::open(client, topic, "hookfold-view", timeout)?;
     let mut events = Vec::new();
-    if ends.is_empty() {
-        return Ok(events);
-    }
-    consumer.assign(&tpl)?;
-    let mut last = Instant::now();
-    while !ends.is_empty() {
-        match consumer.poll(Duration::from_millis(100)) {
-            Some(Ok(message)) => {
-                last = Instant::now();
-                let partition = message.partition();
-                if ends
-                    .get(&partition)
-                    .is_some_and(|end| message.offset() + 1 >= *end)
-                {
-                    ends.remove(&partition);
-                }
-                if message.key() == Some(dedup_key.as_bytes())
-                    && let Ok(event) = IncidentEvent::decode(message.payload().unwrap_or_default())
-                {
-                    events.push(event);
-                }
-            }
-            Some(Err(e)) => anyhow::bail!("reading {topic}: {e}"),
-            None if last.elapsed() > timeout => {
-                anyhow::bail!("no record from {topic} for {timeout:?}")
-            }
-            None => {}
+    reader.read_to_end(timeout, |message| {
+        if message.key() == Some(dedup_key.as_bytes())
+            && let Ok(event) = IncidentEvent::decode(message.payload().unwrap_or_default())
+        {
+            events.push(event);
         }
-    }
+    })?;
     Ok(events)
 }
 
