@@ -327,24 +327,18 @@ async fn sigkill_at_three_points_loses_nothing_and_repeats_only_identical_events
 async fn incidents_lists_what_is_open_and_watch_follows_it() {
     let broker = Broker::start().unwrap();
     let t = Topics::create(&broker, 3).await.unwrap();
-    let gateway_config = format!(
-        "[kafka]\ntopic = \"{}\"\n[[sources]]\nid = \"acme-bk\"\nkind = \"buildkite\"\nsecrets = [\"{BK_SECRET}\"]\n",
-        t.webhooks
-    );
-    let gateway = Gateway::start(&gateway_config, &broker.bootstrap, &[])
-        .await
-        .unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let mut processor = t.processor(&broker, dir.path()).start().await.unwrap();
-    let client = reqwest::Client::new();
-    let url = gateway.webhook_url("acme-bk");
-    let mut posted = 0;
-    let mut post = async |event: &str, body: Vec<u8>| {
-        let response = buildkite_signed(client.post(&url), BK_SECRET, event, &body)
-            .send()
+    let gateway =
+        hookfold_tests::Gateway::buildkite(&broker.bootstrap, &t.webhooks, "acme-bk", BK_SECRET)
             .await
             .unwrap();
-        assert_eq!(response.status(), 202);
+    let dir = tempfile::tempdir().unwrap();
+    let mut processor = t.processor(&broker, dir.path()).start().await.unwrap();
+    let mut posted = 0;
+    let mut post = async |event: &str, body: Vec<u8>| {
+        gateway
+            .post_buildkite("acme-bk", BK_SECRET, event, &body)
+            .await
+            .unwrap();
         posted += 1;
         posted
     };

@@ -222,33 +222,24 @@ async fn a_view_cut_off_from_the_brokers_is_not_ready_and_recovers() {
 /// (docs/view.png is one of them).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_page_in_chromium_lists_the_open_incidents_and_follows_them_live() {
-    use hookfold_tests::webhooks::{agent_event, build_finished, buildkite_signed};
+    use hookfold_tests::webhooks::{agent_event, build_finished};
     use std::io::{BufRead, Write};
 
     const SECRET: &str = "bk-view-secret";
     let broker = Broker::start().unwrap();
     let t = Topics::create(&broker, 3).await.unwrap();
-    let gateway = hookfold_tests::Gateway::start(
-        &format!(
-            "[kafka]\ntopic = \"{}\"\n[[sources]]\nid = \"acme-bk\"\nkind = \"buildkite\"\nsecrets = [\"{SECRET}\"]\n",
-            t.webhooks
-        ),
-        &broker.bootstrap,
-        &[],
-    )
-    .await
-    .unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let mut processor = t.processor(&broker, dir.path()).start().await.unwrap();
-    let client = reqwest::Client::new();
-    let url = gateway.webhook_url("acme-bk");
-    let mut posted = 0;
-    let mut post = async |event: &str, body: Vec<u8>| {
-        let response = buildkite_signed(client.post(&url), SECRET, event, &body)
-            .send()
+    let gateway =
+        hookfold_tests::Gateway::buildkite(&broker.bootstrap, &t.webhooks, "acme-bk", SECRET)
             .await
             .unwrap();
-        assert_eq!(response.status(), 202);
+    let dir = tempfile::tempdir().unwrap();
+    let mut processor = t.processor(&broker, dir.path()).start().await.unwrap();
+    let mut posted = 0;
+    let mut post = async |event: &str, body: Vec<u8>| {
+        gateway
+            .post_buildkite("acme-bk", SECRET, event, &body)
+            .await
+            .unwrap();
         posted += 1;
         posted
     };
