@@ -46,6 +46,11 @@ status:
 demo: up
     {{bin}}/hookfold-dev demo --gateway http://127.0.0.1:8080
     {{bin}}/hookfold-dev wait-processed --topic hookfold.webhooks --metrics http://127.0.0.1:9464/metrics
+    @echo "ci-agent-9 opens once its grace has passed (10 s in deploy/local/processor.toml; ticks move time on)..."
+    @for i in $(seq 1 60); do \
+        {{bin}}/hookfold-processor -c deploy/local/processor.toml incidents --json --prefix buildkite/demo-buildkite/agent/ci-agent-9 | grep -q . && exit 0; \
+        sleep 1; \
+    done; echo "ci-agent-9 did not open within 60 s: see .data/processor.log" >&2; exit 1
     @echo
     @echo "--- hookfold.incidents (hookfold-processor tail --from-beginning --summary) ---"
     {{bin}}/hookfold-processor --config deploy/local/processor.toml tail --from-beginning --summary
@@ -81,7 +86,12 @@ fuzz-seeds: build
     {{bin}}/hookfold-dev fuzz-seeds --out fuzz/corpus
 
 # Every benchmark
-bench: bench-gateway bench-processor bench-restore
+bench: bench-gateway bench-processor bench-restore bench-ticks
+
+# What a tick costs to fold next to a webhook, and the partition clock's size per batch
+bench-ticks: tools
+    cargo build --release -p hookfold-bench --bin fold-ticks
+    scripts/bench-ticks.sh
 
 # Gateway throughput and latency against the bare-HTTP and raw-producer ceilings
 bench-gateway: tools

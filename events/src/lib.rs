@@ -115,6 +115,31 @@ pub enum ParseError {
     MissingField { event: String, field: &'static str },
 }
 
+/// One record of the webhook topic: a webhook, or a tick (see
+/// [`hookfold_proto::cloudevents::TICK_TYPE`]).
+// Records are parsed and folded one at a time (as `EventBody`), so boxing the webhook would
+// only add an allocation to every one.
+#[allow(clippy::large_enum_variant)]
+#[derive(Debug, Clone, PartialEq)]
+pub enum LogRecord {
+    Webhook(WebhookEvent),
+    Tick { id: String, time: OffsetDateTime },
+}
+
+/// Parses any record of the webhook topic: a tick by its `ce_type` and `ce_source`, anything
+/// else as a webhook ([`parse`]).
+pub fn parse_record(headers: &CloudEventHeaders, value: &[u8]) -> Result<LogRecord, ParseError> {
+    if headers.ty == cloudevents::TICK_TYPE && headers.source == cloudevents::TICK_SOURCE {
+        let time = OffsetDateTime::parse(&headers.time, &Rfc3339)
+            .map_err(|_| ParseError::Time(headers.time.clone()))?;
+        return Ok(LogRecord::Tick {
+            id: headers.id.clone(),
+            time,
+        });
+    }
+    parse(headers, value).map(LogRecord::Webhook)
+}
+
 /// Parses one webhook-topic record from its (already parsed) CloudEvents headers and value.
 pub fn parse(headers: &CloudEventHeaders, value: &[u8]) -> Result<WebhookEvent, ParseError> {
     let source_id = cloudevents::webhook_source_id(&headers.source)

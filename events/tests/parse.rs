@@ -532,3 +532,34 @@ fn fixture_copies_match_shared_originals() {
         );
     }
 }
+
+#[test]
+fn ticks_are_told_apart_by_type_and_source() {
+    let tick =
+        hookfold_proto::cloudevents::tick_headers("tick-0-1".into(), "2026-11-20T10:03:28Z".into());
+    assert_eq!(
+        hookfold_events::parse_record(&tick, b"{}").unwrap(),
+        hookfold_events::LogRecord::Tick {
+            id: "tick-0-1".into(),
+            time: datetime!(2026-11-20 10:03:28 UTC),
+        }
+    );
+    let bad_time = CloudEventHeaders {
+        time: "yesterday".into(),
+        ..tick.clone()
+    };
+    assert!(hookfold_events::parse_record(&bad_time, b"{}").is_err());
+    // The tick type from a webhook source is no tick: it is not a webhook type either.
+    let forged = CloudEventHeaders {
+        source: "/sources/acme".into(),
+        ..tick
+    };
+    assert!(hookfold_events::parse_record(&forged, b"{}").is_err());
+    // A webhook is still a webhook.
+    let ping =
+        hookfold_events::parse_record(&headers("buildkite.ping"), &fixture("buildkite/ping.json"))
+            .unwrap();
+    assert!(
+        matches!(ping, hookfold_events::LogRecord::Webhook(event) if event.body == EventBody::Ping)
+    );
+}

@@ -1,17 +1,19 @@
-//! `apply` over arbitrary sequences of webhook events (builds, jobs, agents, pull requests,
-//! pushes, pings, unknown events and redeliveries, in any order, with any build numbers,
-//! any times and names from small sets so that events meet), under arbitrary rules. The
+//! `fold` over arbitrary sequences of webhook events (builds, jobs, agents, pull requests,
+//! pushes, pings, unknown events, redeliveries and ticks, in any order, with any build
+//! numbers, any times and names from small sets so that events meet), under arbitrary rules
+//! (grace periods, expiry and the build failure options included). The
 //! rules' invariants are checked as in the property tests (rules/tests/properties.rs), with
 //! the same test support: every incident's lifecycle is well formed (CREATED first, a
 //! RESOLVED only for an open incident, sequence numbers counting up, no event id twice), the
 //! incidents left open are those the states hold, folding twice gives the same outputs and
-//! states, a redelivery changes nothing, and every state stays within its bounds.
+//! states, a redelivery changes nothing, no timer is left due after a record, and every state
+//! stays within its bounds.
 #![no_main]
 
 use arbitrary::Arbitrary;
 use hookfold_fuzz::support::{
     BASE_TIME, Hook, Run, agent, build_event, check_lifecycle, job, open_in_states, ping,
-    pull_request, push, unknown,
+    pull_request, push, tick, unknown,
 };
 use hookfold_rules::{BuildScope, Rules};
 use hookfold_state::codec;
@@ -71,6 +73,8 @@ enum Op {
     Ping,
     Unknown,
     Repeat(u16),
+    /// A tick this many minutes after the last webhook's time.
+    Tick(u8),
 }
 
 #[derive(Debug, Arbitrary)]
@@ -80,6 +84,11 @@ struct Input {
     dedup_window: u8,
     pull_requests: bool,
     branches: bool,
+    /// Agents' grace and expiry, in minutes (0: none), and the build options.
+    grace: u8,
+    resolve_after: u8,
+    open_on_failing: bool,
+    open_after_failures: u8,
     /// Minutes between events (a negative step: Buildkite delivering out of order).
     steps: Vec<i8>,
     ops: Vec<Op>,
@@ -161,6 +170,10 @@ fn hooks(input: &Input) -> Vec<(Hook, bool)> {
                 push(&changes)
             }
             Op::Ping => ping(),
+            Op::Tick(ahead) => {
+                out.push((tick(at + time::Duration::minutes(i64::from(*ahead))), false));
+                continue;
+            }
             Op::Unknown | Op::Repeat(_) => unknown(),
         };
         let step = input.steps.get(index).copied().unwrap_or(1);
@@ -192,12 +205,29 @@ fuzz_target!(|input: Input| {
     }
     rules.bitbucket.pull_requests = input.pull_requests;
     rules.bitbucket.branches = input.branches;
+    let minutes = |m: u8| std::time::Duration::from_secs(60 * u64::from(m));
+    rules.agents.grace = minutes(input.grace % 32);
+    rules.agents.resolve_after = Some(minutes(input.resolve_after)).filter(|d| !d.is_zero());
+    rules.builds.open_on_failing = input.open_on_failing;
+    rules.builds.open_after_failures = u32::from(input.open_after_failures % 4) + 1;
+    rules.validate().unwrap_or_else(|e| panic!("generated rules: {e}"));
 
     let hooks = hooks(&input);
     let fold = |rules: &Rules| {
         let mut run = Run::new(rules.clone());
-        let outputs: Vec<_> = hooks.iter().map(|(hook, _)| run.apply(hook)).collect();
-        (run.states, outputs)
+        let mut watermark = None;
+        let outputs: Vec<_> = hooks
+            .iter()
+            .map(|(hook, _)| {
+                let outputs = run.apply(hook);
+                watermark = watermark.max(hook.time);
+                if let (Some(next), Some(now)) = (run.clock.next_deadline(), watermark) {
+                    assert!(next > now, "a timer at {next} still waits at {now}");
+                }
+                outputs
+            })
+            .collect();
+        (run.states_by_key(), outputs)
     };
     let (states, per_step) = fold(&rules);
 

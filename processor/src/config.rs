@@ -20,6 +20,10 @@ e.g. HOOKFOLD_KAFKA__BOOTSTRAP_SERVERS=10.0.0.5:9092, HOOKFOLD_STATE_DIR=/var/li
   state_dir = "./.data/processor"     one RocksDB store per assigned input partition below it
   log_format = "text"                 "text" or "json"; the level comes from RUST_LOG (default info)
   metrics_listen = "127.0.0.1:9464"   GET /metrics, /healthz, /readyz
+  tick_interval = "5s"                append a hookfold.tick to an owned webhook-topic partition
+                                      quiet this long, so the rules' timers (grace, expiry)
+                                      fire without webhooks; "0s": never (timers then wait
+                                      for the next webhook of their partition)
 
   [kafka]
   bootstrap_servers = "127.0.0.1:9092"
@@ -60,8 +64,13 @@ e.g. HOOKFOLD_KAFKA__BOOTSTRAP_SERVERS=10.0.0.5:9092, HOOKFOLD_STATE_DIR=/var/li
   scope = "pipeline_branch"           or "pipeline"
   exclude_branches = ["dependabot/*"]
   severity = [{ branch = "main", severity = "critical" }]
+  open_on_failing = false             true: build.failing opens at once, build.finished updates
+  open_after_failures = 1             open at the N-th consecutive failed build (1 to 64)
   [rules.agents]
   open_on = ["agent.lost", "agent.disconnected", "agent.stopped"]
+  grace = "5m"                        open only if the agent has not connected again by then
+                                      ("0s": at once); time is the partition's event time
+  resolve_after = "24h"               default never: resolve (reason EXPIRED) what is still open
   [rules.bitbucket]
   exclude_branches = ["main", "master"]
 "#;
@@ -75,6 +84,10 @@ pub struct ProcessorConfig {
     pub kafka: KafkaConfig,
     pub batch: BatchConfig,
     pub rules: Rules,
+    /// A quiet owned partition of the webhook topic gets a `hookfold.tick` this often, so
+    /// that time passes in the log without webhooks; zero: no ticks.
+    #[serde(with = "humantime_serde")]
+    pub tick_interval: Duration,
 }
 
 impl Default for ProcessorConfig {
@@ -83,6 +96,7 @@ impl Default for ProcessorConfig {
             state_dir: PathBuf::from("./.data/processor"),
             log_format: LogFormat::Text,
             metrics_listen: SocketAddr::from(([127, 0, 0, 1], 9464)),
+            tick_interval: Duration::from_secs(5),
             kafka: KafkaConfig::default(),
             batch: BatchConfig::default(),
             rules: Rules::default(),
@@ -186,12 +200,22 @@ impl ProcessorConfig {
     /// `topics --create` needs.
     pub fn acls(&self, create_topics: bool) -> Vec<Acl> {
         let k = &self.kafka;
-        let mut acls = vec![
+        let input = if self.tick_interval.is_zero() {
             Acl::new(
                 AclResource::Topic(k.input_topic.clone()),
                 &["Read", "Describe"],
                 "consume the webhook topic (the event log; rebuild reads it too)",
-            ),
+            )
+        } else {
+            Acl::new(
+                AclResource::Topic(k.input_topic.clone()),
+                &["Read", "Write", "Describe"],
+                "consume the webhook topic (the event log; rebuild reads it too); Write: \
+                 hookfold.tick records on quiet partitions it owns (tick_interval)",
+            )
+        };
+        let mut acls = vec![
+            input,
             Acl::new(
                 AclResource::Topic(k.output_topic.clone()),
                 &["Write", "Describe"],

@@ -580,6 +580,12 @@ pub fn run(
     // the group coordinator, which on a busy broker delays its heartbeat answers.
     let mut last_group_commit = std::time::Instant::now();
     let mut uncommitted: std::collections::BTreeMap<i32, i64> = Default::default();
+    let mut ticker = crate::tick::Ticker::new(
+        client_config(config),
+        &config.kafka.input_topic,
+        config.tick_interval,
+        consumer.context().metrics.clone(),
+    )?;
     while !shutdown.load(Ordering::SeqCst) {
         if let Some(fatal) = consumer.context().fatal() {
             bail!(fatal);
@@ -591,7 +597,12 @@ pub fn run(
             Ordering::SeqCst,
         );
         match consumer.poll(Duration::from_millis(20)) {
-            Some(Ok(message)) => consumer.context().engine().push(message.detach()),
+            Some(Ok(message)) => {
+                if let Some(ticker) = &mut ticker {
+                    ticker.seen(rdkafka::Message::partition(&message));
+                }
+                consumer.context().engine().push(message.detach())
+            }
             Some(Err(KafkaError::PartitionEOF(_))) | None => {}
             Some(Err(
                 e @ KafkaError::MessageConsumption(RDKafkaErrorCode::InconsistentGroupProtocol),
@@ -622,6 +633,10 @@ pub fn run(
             Some(Ok(committed)) => uncommitted.extend(committed),
             Some(Err(e)) => return Err(e).context("committing a batch"),
             None => {}
+        }
+        if let Some(ticker) = &mut ticker {
+            let waiting = consumer.context().engine().partitions_with_timers();
+            ticker.tick(&waiting);
         }
         if !uncommitted.is_empty() && last_group_commit.elapsed() >= GROUP_COMMIT_INTERVAL {
             let assigned = consumer.context().engine().assigned();

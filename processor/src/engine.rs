@@ -1,10 +1,11 @@
 //! The engine: folds a batch of webhook records into their keys' states and commits it.
 //!
 //! Per batch, in this order (the processing guarantee in docs):
-//! 1. every record is parsed and applied to its key's state (pure `hookfold_rules::apply`);
+//! 1. every record is parsed and folded into its partition's clock and its keys' states
+//!    (pure `hookfold_rules::fold`: a tick only moves the clock, which fires due timers);
 //! 2. the incident events, the open-incident table's records (the latest event of an
 //!    incident still open, a tombstone for one resolved; keyed by dedup key) and one
-//!    changelog record per changed key are produced;
+//!    changelog record per changed key (the clock under `CLOCK_KEY` among them) are produced;
 //! 3. the engine waits until every one of them is acked (`delivery`), or the batch fails;
 //! 4. per partition, the changed states and the next input offset are written in one
 //!    RocksDB `WriteBatch`.
@@ -12,15 +13,17 @@
 //! A crash anywhere before 4 leaves the store at the previous batch, so the batch is
 //! read again and its outputs produced again, with the same deterministic `event_id`s.
 
+use std::collections::hash_map::Entry;
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use hookfold_events::LogRecord;
 use hookfold_proto::Message as _;
 use hookfold_proto::cloudevents::CloudEventHeaders;
 use hookfold_proto::incident::PROCESSOR_SOURCE;
 use hookfold_proto::v1::{IncidentEvent, Transition};
-use hookfold_rules::{Cause, KeyState, Rules};
+use hookfold_rules::{CLOCK_KEY, Cause, KeyState, PartitionClock, Record, Rules};
 use rdkafka::error::KafkaError;
 use rdkafka::message::{Header, Headers, Message, OwnedHeaders, OwnedMessage};
 use rdkafka::producer::BaseRecord;
@@ -77,6 +80,9 @@ pub struct Engine {
     emit_from: HashMap<i32, i64>,
     /// When each partition was assigned, until its first batch after that is committed.
     assigned_at: HashMap<i32, Instant>,
+    /// Per owned partition, how many timers its committed clock holds: only those
+    /// partitions need ticks.
+    timers: HashMap<i32, usize>,
     metrics: Metrics,
 }
 
@@ -107,6 +113,7 @@ impl Engine {
             emit: true,
             emit_from: HashMap::new(),
             assigned_at: HashMap::new(),
+            timers: HashMap::new(),
             metrics,
         }
     }
@@ -163,6 +170,8 @@ impl Engine {
         partition: i32,
         store: PartitionStore,
     ) -> Result<Option<i64>, EngineError> {
+        let clock = Self::stored_clock(partition, &store)?;
+        self.record_clock_metrics(partition, &clock);
         self.partitions.insert(partition, store);
         let store = &self.partitions[&partition];
         let next = store.next_offset()?;
@@ -193,6 +202,10 @@ impl Engine {
                     let _ = gauge.remove_label_values(&[&label]);
                 }
                 self.assigned_at.remove(partition);
+                self.timers.remove(partition);
+                for gauge in [&self.metrics.watermark_seconds, &self.metrics.timers] {
+                    let _ = gauge.remove_label_values(&[&label]);
+                }
                 tracing::info!(partition, "partition revoked, store closed");
             }
         }
@@ -210,6 +223,9 @@ impl Engine {
         };
         for entry in store.states() {
             let (key, bytes) = entry?;
+            if key == CLOCK_KEY {
+                continue;
+            }
             let state = codec::decode(&bytes).map_err(|source| EngineError::State {
                 partition,
                 key: String::from_utf8_lossy(&key).into_owned(),
@@ -284,7 +300,13 @@ impl Engine {
                 continue;
             };
             let mut expected = store.next_offset()?.unwrap_or(0);
-            let mut states: HashMap<Vec<u8>, KeyState> = HashMap::new();
+            let mut states = BatchStates {
+                store,
+                partition,
+                states: HashMap::new(),
+            };
+            let mut clock = Self::stored_clock(partition, store)?;
+            let clock_before = clock.clone();
             let mut next_offset = None;
             for message in messages {
                 if message.offset() < expected {
@@ -292,19 +314,23 @@ impl Engine {
                 }
                 expected = message.offset() + 1;
                 next_offset = Some(expected);
-                self.fold(store, partition, &message, &mut states)?;
+                self.fold(partition, &message, &mut clock, &mut states)?;
             }
             let Some(next_offset) = next_offset else {
                 continue;
             };
-            let encoded: Vec<(Vec<u8>, Vec<u8>)> = states
+            let mut encoded: Vec<(Vec<u8>, Vec<u8>)> = states
+                .states
                 .iter()
                 .map(|(key, state)| (key.clone(), codec::encode(state)))
                 .collect();
+            if clock != clock_before {
+                encoded.push((CLOCK_KEY.to_vec(), codec::encode_clock(&clock)));
+            }
             for (key, value) in &encoded {
                 self.send_changelog(partition, key, value, next_offset)?;
             }
-            commits.push((partition, encoded, next_offset));
+            commits.push((partition, encoded, next_offset, clock));
         }
 
         // Only once every incident event and state of the batch is acked do the markers say
@@ -312,7 +338,7 @@ impl Engine {
         // event would let a restore skip the inputs whose events were lost.
         let started = Instant::now();
         self.outputs.wait(self.ack_timeout)?;
-        for (partition, _, next_offset) in &commits {
+        for (partition, _, next_offset, _) in &commits {
             self.send_marker(*partition, BATCH_MARKER_KEY, *next_offset)?;
         }
         self.markers.wait(self.ack_timeout)?;
@@ -324,7 +350,8 @@ impl Engine {
         let started = Instant::now();
         let markers = self.markers.take_markers();
         let mut committed = Vec::new();
-        for (partition, encoded, next_offset) in commits {
+        for (partition, encoded, next_offset, clock) in commits {
+            self.record_clock_metrics(partition, &clock);
             let store = &self.partitions[&partition];
             store.commit(
                 encoded.iter().map(|(k, v)| (k.as_slice(), v.as_slice())),
@@ -402,14 +429,14 @@ impl Engine {
             .map_err(EngineError::Produce)
     }
 
-    /// Applies one record to its key's state (loaded on first use in the batch) and
-    /// produces its incident events.
+    /// Folds one record into the partition's clock and its keys' states (loaded on first
+    /// use in the batch) and produces its incident events.
     fn fold(
         &self,
-        store: &PartitionStore,
         partition: i32,
         message: &OwnedMessage,
-        states: &mut HashMap<Vec<u8>, KeyState>,
+        clock: &mut PartitionClock,
+        states: &mut BatchStates<'_>,
     ) -> Result<(), EngineError> {
         let headers: Vec<(&str, Option<&[u8]>)> = message
             .headers()
@@ -422,37 +449,30 @@ impl Engine {
                 return Ok(());
             }
         };
-        let event = match hookfold_events::parse(&ce, message.payload().unwrap_or_default()) {
-            Ok(event) => event,
+        let parsed = match hookfold_events::parse_record(&ce, message.payload().unwrap_or_default())
+        {
+            Ok(parsed) => parsed,
             Err(e) => {
                 self.malformed(partition, message, &ce.ty, &e.to_string());
                 return Ok(());
             }
         };
-        let key = message.key().unwrap_or_default().to_vec();
-        let state = match states.remove(&key) {
-            Some(state) => state,
-            None => match store.get(&key)? {
-                None => KeyState::default(),
-                Some(bytes) => codec::decode(&bytes).map_err(|source| EngineError::State {
-                    partition,
-                    key: String::from_utf8_lossy(&key).into_owned(),
-                    source,
-                })?,
-            },
-        };
+        let key = message.key().unwrap_or_default();
         let cause = Cause {
             topic: self.topics.input.clone(),
             partition,
             offset: message.offset(),
             ce_id: ce.id.clone(),
         };
-        let (state, outputs) = hookfold_rules::apply(state, &event, &cause, &self.rules);
-        states.insert(key, state);
-        let outcome = if outputs.is_empty() {
-            "no_change"
-        } else {
-            "incident"
+        let record = match &parsed {
+            LogRecord::Webhook(event) => Record::Webhook { key, event },
+            LogRecord::Tick { time, .. } => Record::Tick { time: *time },
+        };
+        let outputs = hookfold_rules::fold(clock, states, record, &cause, &self.rules)?;
+        let outcome = match (&parsed, outputs.is_empty()) {
+            (_, false) => "incident",
+            (LogRecord::Tick { .. }, true) => "tick",
+            (LogRecord::Webhook(_), true) => "no_change",
         };
         self.metrics
             .events
@@ -472,6 +492,42 @@ impl Engine {
             self.table(incident)?;
         }
         Ok(())
+    }
+
+    /// The partition's clock as its store holds it.
+    fn stored_clock(partition: i32, store: &PartitionStore) -> Result<PartitionClock, EngineError> {
+        match store.get(CLOCK_KEY)? {
+            None => Ok(PartitionClock::default()),
+            Some(bytes) => codec::decode_clock(&bytes).map_err(|source| EngineError::State {
+                partition,
+                key: String::from_utf8_lossy(CLOCK_KEY).into_owned(),
+                source,
+            }),
+        }
+    }
+
+    /// The owned partitions whose committed state holds timers: ticks are only of use there.
+    pub fn partitions_with_timers(&self) -> Vec<i32> {
+        self.timers
+            .iter()
+            .filter(|(partition, timers)| **timers > 0 && self.partitions.contains_key(partition))
+            .map(|(partition, _)| *partition)
+            .collect()
+    }
+
+    fn record_clock_metrics(&mut self, partition: i32, clock: &PartitionClock) {
+        self.timers.insert(partition, clock.timers());
+        let label = partition.to_string();
+        if let Some(watermark) = clock.watermark() {
+            self.metrics
+                .watermark_seconds
+                .with_label_values(&[&label])
+                .set(watermark.unix_timestamp());
+        }
+        self.metrics
+            .timers
+            .with_label_values(&[&label])
+            .set(clock.timers() as i64);
     }
 
     /// The incident's record in the open-incident table: the event while the incident is
@@ -552,6 +608,35 @@ impl Engine {
             error = why,
             "skipping a record that is not a webhook event"
         );
+    }
+}
+
+/// A batch's states of one partition: loaded from the store on first use, written back
+/// (and to the changelog) when the batch commits.
+struct BatchStates<'s> {
+    store: &'s PartitionStore,
+    partition: i32,
+    states: HashMap<Vec<u8>, KeyState>,
+}
+
+impl hookfold_rules::States for BatchStates<'_> {
+    type Error = EngineError;
+
+    fn state(&mut self, key: &[u8]) -> Result<&mut KeyState, EngineError> {
+        match self.states.entry(key.to_vec()) {
+            Entry::Occupied(known) => Ok(known.into_mut()),
+            Entry::Vacant(slot) => {
+                let state = match self.store.get(key)? {
+                    None => KeyState::default(),
+                    Some(bytes) => codec::decode(&bytes).map_err(|source| EngineError::State {
+                        partition: self.partition,
+                        key: String::from_utf8_lossy(key).into_owned(),
+                        source,
+                    })?,
+                };
+                Ok(slot.insert(state))
+            }
+        }
     }
 }
 

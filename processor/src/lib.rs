@@ -16,6 +16,7 @@ pub mod open_incidents;
 pub mod rebuild;
 pub mod store;
 pub mod tail;
+pub mod tick;
 pub mod topics;
 pub mod view;
 

@@ -325,6 +325,18 @@ fn dump_state(config: &ProcessorConfig) -> anyhow::Result<()> {
         let next_offset = store.next_offset()?;
         for item in store.states() {
             let (key, value) = item?;
+            if key == hookfold_rules::CLOCK_KEY {
+                let clock =
+                    codec::decode_clock(&value).context("decoding the partition's clock")?;
+                let line = serde_json::json!({
+                    "partition": partition,
+                    "next_offset": next_offset,
+                    "clock": clock,
+                });
+                use std::io::Write;
+                writeln!(out, "{line}")?;
+                continue;
+            }
             let state = codec::decode(&value)
                 .with_context(|| format!("decoding {}", String::from_utf8_lossy(&key)))?;
             let line = serde_json::json!({

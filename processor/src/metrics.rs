@@ -21,6 +21,10 @@ pub struct Metrics {
     pub restore_remaining: IntGaugeVec,
     pub restore_seconds: prometheus::GaugeVec,
     pub first_event_seconds: prometheus::GaugeVec,
+    pub watermark_seconds: IntGaugeVec,
+    pub timers: IntGaugeVec,
+    pub ticks_sent: IntCounterVec,
+    pub tick_errors: IntCounterVec,
 }
 
 fn counter(name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -111,6 +115,26 @@ impl Metrics {
             &["partition"],
         )
         .expect("static metric definition");
+        let watermark_seconds = gauge(
+            "hookfold_processor_watermark_seconds",
+            "The partition's event time (highest ce_time folded, Unix seconds): what the rules' timers are measured in.",
+            &["partition"],
+        );
+        let timers = gauge(
+            "hookfold_processor_timers",
+            "Timers waiting in the partition's state (agent grace periods, expiries).",
+            &["partition"],
+        );
+        let ticks_sent = counter(
+            "hookfold_processor_ticks_sent_total",
+            "hookfold.tick records appended to quiet owned partitions of the webhook topic (acked).",
+            &["partition"],
+        );
+        let tick_errors = counter(
+            "hookfold_processor_tick_errors_total",
+            "hookfold.tick records the broker refused or did not ack (timers then wait for the next webhook).",
+            &["partition"],
+        );
         for collector in [
             Box::new(events.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(incidents.clone()),
@@ -125,6 +149,10 @@ impl Metrics {
             Box::new(restore_remaining.clone()),
             Box::new(restore_seconds.clone()),
             Box::new(first_event_seconds.clone()),
+            Box::new(watermark_seconds.clone()),
+            Box::new(timers.clone()),
+            Box::new(ticks_sent.clone()),
+            Box::new(tick_errors.clone()),
         ] {
             registry
                 .register(collector)
@@ -145,6 +173,10 @@ impl Metrics {
             restore_remaining,
             restore_seconds,
             first_event_seconds,
+            watermark_seconds,
+            timers,
+            ticks_sent,
+            tick_errors,
         }
     }
 

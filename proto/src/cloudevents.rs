@@ -108,6 +108,24 @@ pub fn webhook_source_id(ce_source: &str) -> Option<&str> {
         .filter(|id| !id.is_empty())
 }
 
+/// `ce_type` of a tick: a record the processor owning a webhook-topic partition appends to
+/// it when the partition has been quiet for `tick_interval`, so that time passes in the log
+/// (the rules' timers) without webhooks. Its value is `{}`; only `ce_time` matters.
+pub const TICK_TYPE: &str = "hookfold.tick";
+/// `ce_source` of a tick. Never `/sources/...`, so no webhook source can be taken for it.
+pub const TICK_SOURCE: &str = "/hookfold/processor/tick";
+
+/// The headers of a tick record written at `time` (RFC 3339).
+pub fn tick_headers(id: String, time: String) -> CloudEventHeaders {
+    CloudEventHeaders {
+        id,
+        source: TICK_SOURCE.to_owned(),
+        ty: TICK_TYPE.to_owned(),
+        time,
+        content_type: CONTENT_TYPE_JSON.to_owned(),
+    }
+}
+
 /// The kind of system that sends a webhook source's deliveries.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum SourceKind {

@@ -1,12 +1,23 @@
 //! Buildkite agents, matched by name: a restarted agent gets a new id but keeps its name.
 
+//!
+//! With a grace period, an opening event does not create its incident: it leaves a
+//! [`PendingIncident`] (its CREATED event already built, so its ids are those of the opening
+//! webhook) that an `agent.connected` cancels and the partition's clock turns into the
+//! incident at its deadline ([`fire`]). With `resolve_after`, an open incident carries an
+//! [`Expiry`] that the clock resolves as EXPIRED.
+
 use hookfold_events::{AgentAction, AgentEvent, Entity, entity_key};
+use hookfold_proto::Message as _;
 use hookfold_proto::v1::{EntityKind, IncidentEvent, ResolutionReason};
 
 use crate::config::AgentRules;
 use crate::dedup_key;
-use crate::output::{Description, Input};
-use crate::state::{KeyState, MAX_LIVE_AGENT_IDS, MAX_SUPERSEDED_AGENT_IDS};
+use crate::output::{Description, Input, Origin};
+use crate::state::{
+    AgentState, Expiry, KeyState, MAX_LIVE_AGENT_IDS, MAX_SUPERSEDED_AGENT_IDS, OpenIncident,
+    PendingIncident, StoredTime,
+};
 
 fn describe(event: &AgentEvent) -> Description {
     let agent = &event.agent;
@@ -75,6 +86,9 @@ pub(crate) fn apply_agent(
             agent_state.superseded_ids.pop_front();
         }
         agent_state.live_ids.push(agent.id.clone());
+        // Back within the grace period: nothing happened, as far as anyone is paged.
+        agent_state.pending = None;
+        agent_state.expiry = None;
         if let Some(open) = agent_state.open.take() {
             let mut description = describe(event);
             description.summary = format!("Agent {} connected again", agent.name);
@@ -98,11 +112,79 @@ pub(crate) fn apply_agent(
     description.summary = problem_summary(&input.event.name, event);
     match &mut agent_state.open {
         Some(open) => out.push(input.update(open, rules.severity, occurred_at, description)),
+        // Already waiting out the grace of an earlier opening event: that one's incident,
+        // with its time, is what opens if the agent does not come back.
+        None if agent_state.pending.is_some() => {}
         None => {
             let key = dedup_key::agent(source_id, &agent.name);
             let (open, created) = input.create(key, rules.severity, occurred_at, description);
-            agent_state.open = Some(open);
-            out.push(created);
+            if rules.grace.is_zero() {
+                open_now(agent_state, open, input.origin(), rules);
+                out.push(created);
+            } else {
+                agent_state.pending = Some(PendingIncident {
+                    deadline: StoredTime::from(occurred_at).plus(rules.grace),
+                    open,
+                    created: created.encode_to_vec(),
+                    origin: input.origin(),
+                });
+            }
         }
+    }
+}
+
+/// Makes `open` the agent's open incident, with its expiry if `resolve_after` is set.
+fn open_now(agent: &mut AgentState, open: OpenIncident, origin: Origin, rules: &AgentRules) {
+    agent.expiry = rules.resolve_after.map(|after| Expiry {
+        at: open.created_at.plus(after),
+        origin,
+    });
+    agent.open = Some(open);
+}
+
+/// Fires the agents' timers due at `now` (the partition's watermark): a grace period that
+/// ran out creates its incident, an expiry resolves one. Afterwards no deadline of `state`
+/// is at or before `now`.
+pub(crate) fn fire(
+    state: &mut KeyState,
+    now: StoredTime,
+    rules: &AgentRules,
+    out: &mut Vec<IncidentEvent>,
+) {
+    for (routing, agent) in &mut state.agents {
+        if let Some(pending) = agent.pending.take_if(|pending| pending.deadline <= now) {
+            // The CREATED event was encoded by `apply_agent`; one that does not decode is a
+            // state this code did not write, and there is nothing to emit for it.
+            if let Ok(created) = IncidentEvent::decode(pending.created.as_slice()) {
+                open_now(agent, pending.open, pending.origin, rules);
+                out.push(created);
+            }
+        }
+        let Some(expiry) = agent.expiry.take_if(|expiry| expiry.at <= now) else {
+            continue;
+        };
+        let Some(open) = agent.open.take() else {
+            continue;
+        };
+        let prefix = format!("{}/agent/", expiry.origin.source_id);
+        let name = routing.strip_prefix(&prefix).unwrap_or(routing);
+        let id = agent.live_ids.last().map_or("", String::as_str);
+        let mut description = Description::new(EntityKind::Agent, id, name);
+        description.detail("agent_name", Some(name));
+        description.detail("agent_id", Some(id));
+        let after = rules
+            .resolve_after
+            .map(|after| humantime::format_duration(after).to_string());
+        description.detail("expired_after", after.as_deref());
+        description.summary = match &after {
+            Some(after) => format!("Agent {name} did not come back within {after}: expired"),
+            None => format!("Agent {name} did not come back: expired"),
+        };
+        out.push(expiry.origin.by().resolve(
+            open,
+            ResolutionReason::Expired,
+            expiry.at.to_offset_date_time(),
+            description,
+        ));
     }
 }

@@ -1,5 +1,8 @@
 //! Buildkite builds and jobs: a failed build opens (or updates) the incident of its scope,
-//! a passed one resolves it; failed jobs are attached to it.
+//! a passed one resolves it; failed jobs are attached to it. With `open_on_failing`, a
+//! `build.failing` counts as the build's failure (its `build.finished` failed then only
+//! updates); with `open_after_failures = N`, the incident opens at the N-th consecutive
+//! failed build, each build counted once.
 
 use hookfold_events::{
     Build, BuildAction, BuildEvent, BuildState, Entity, Job, JobAction, JobEvent, JobState,
@@ -7,7 +10,7 @@ use hookfold_events::{
 };
 use hookfold_proto::v1::{EntityKind, IncidentEvent, ResolutionReason};
 
-use crate::config::{BuildRules, BuildScope};
+use crate::config::{BuildRules, BuildScope, MAX_OPEN_AFTER_FAILURES};
 use crate::dedup_key;
 use crate::output::{Description, Input, first_line};
 use crate::state::{BuildScopeState, FailedJob, KeyState, MAX_FAILED_JOBS, PipelineState};
@@ -17,6 +20,8 @@ use crate::state::{BuildScopeState, FailedJob, KeyState, MAX_FAILED_JOBS, Pipeli
 enum Verdict {
     Failed,
     Passed,
+    /// `build.failing`, with `open_on_failing`: a job failed, the build still runs.
+    Failing,
 }
 
 /// Only `failed` and (unblocked) `passed` are verdicts. Canceled, skipped, not_run and
@@ -137,13 +142,19 @@ pub(crate) fn apply_build(
     out: &mut Vec<IncidentEvent>,
 ) {
     let build = &event.build;
+    let failing = event.action == BuildAction::Failing && rules.open_on_failing;
     if !rules.enabled
-        || event.action != BuildAction::Finished
+        || !(event.action == BuildAction::Finished || failing)
         || !rules.branch_included(&build.branch)
     {
         return;
     }
-    let Some(verdict) = verdict(build) else {
+    let verdict = if failing {
+        Some(Verdict::Failing)
+    } else {
+        verdict(build)
+    };
+    let Some(verdict) = verdict else {
         return;
     };
     let source_id = &input.event.source_id;
@@ -154,6 +165,10 @@ pub(crate) fn apply_build(
         let already_applied = match verdict {
             Verdict::Failed => scope.failed_applied,
             Verdict::Passed => scope.passed_applied,
+            // Failing says less than either verdict of the same build.
+            Verdict::Failing => {
+                scope.failing_applied || scope.failed_applied || scope.passed_applied
+            }
         };
         // Older than the newest verdict: Buildkite delivered it late; it says nothing new.
         if number < scope.highest || (number == scope.highest && already_applied) {
@@ -167,6 +182,7 @@ pub(crate) fn apply_build(
         scope.highest = number;
         scope.failed_applied = false;
         scope.passed_applied = false;
+        scope.failing_applied = false;
         scope.failed_jobs.retain(|job| job.build_number >= number);
     }
     scope.last_active = input.event.time.unix_timestamp();
@@ -177,8 +193,14 @@ pub(crate) fn apply_build(
     describe_build(&mut description, &event.pipeline, build);
 
     match verdict {
-        Verdict::Failed => {
-            scope.failed_applied = true;
+        Verdict::Failed | Verdict::Failing => {
+            // Whether this build's failure was counted already (at its `build.failing`).
+            let counted = scope.failing_applied || scope.failed_applied;
+            if verdict == Verdict::Failed {
+                scope.failed_applied = true;
+            } else {
+                scope.failing_applied = true;
+            }
             describe_jobs(
                 &mut description,
                 scope
@@ -186,29 +208,58 @@ pub(crate) fn apply_build(
                     .iter()
                     .filter(|job| job.build_number == number),
             );
+            let what = match (verdict, counted) {
+                (Verdict::Failing, _) => "is failing",
+                (_, true) => "finished failing",
+                _ => "failed",
+            };
             match &mut scope.open {
                 Some(open) => {
-                    description.summary =
-                        format!("Build #{number} of {name} failed on {} again", build.branch);
+                    let again = if counted { "" } else { " again" };
+                    description.summary = format!(
+                        "Build #{number} of {name} {what} on {}{again}",
+                        build.branch
+                    );
                     out.push(input.update(open, severity, occurred_at, description));
                 }
                 None => {
-                    description.summary =
-                        format!("Build #{number} of {name} failed on {}", build.branch);
-                    let key = scope_dedup_key(
-                        rules.scope,
-                        source_id,
-                        &event.pipeline.slug,
-                        &build.branch,
-                    );
-                    let (open, created) = input.create(key, severity, occurred_at, description);
-                    scope.open = Some(open);
-                    out.push(created);
+                    if !counted {
+                        scope.failures.push(number);
+                        let excess = scope
+                            .failures
+                            .len()
+                            .saturating_sub(MAX_OPEN_AFTER_FAILURES as usize);
+                        scope.failures.drain(..excess);
+                    }
+                    let needed = rules.open_after_failures.max(1) as usize;
+                    if scope.failures.len() >= needed {
+                        description.summary =
+                            format!("Build #{number} of {name} {what} on {}", build.branch);
+                        if needed > 1 {
+                            let builds: Vec<String> =
+                                scope.failures.iter().map(|n| format!("#{n}")).collect();
+                            description
+                                .summary
+                                .push_str(&format!(" ({} failed builds in a row)", builds.len()));
+                            description.detail("failed_builds", Some(&builds.join(", ")));
+                        }
+                        scope.failures.clear();
+                        let key = scope_dedup_key(
+                            rules.scope,
+                            source_id,
+                            &event.pipeline.slug,
+                            &build.branch,
+                        );
+                        let (open, created) = input.create(key, severity, occurred_at, description);
+                        scope.open = Some(open);
+                        out.push(created);
+                    }
                 }
             }
         }
         Verdict::Passed => {
             scope.passed_applied = true;
+            scope.failures.clear();
             // The build passed, so its failed jobs were retried or did not matter.
             scope.failed_jobs.retain(|job| job.build_number > number);
             if let Some(open) = scope.open.take() {

@@ -14,11 +14,15 @@
 //! default_severity = "error"
 //! severity = [{ branch = "main", severity = "critical" }]
 //! idle_branch_limit = 256
+//! open_on_failing = false            # open at `build.failing`, not only at `build.finished`
+//! open_after_failures = 1            # open at the N-th consecutive failed build
 //!
 //! [rules.agents]
 //! enabled = true
 //! open_on = ["agent.lost", "agent.disconnected", "agent.stopped"]
 //! severity = "warning"
+//! grace = "5m"                       # open only if the agent is not back by then; "0s": at once
+//! resolve_after = "24h"              # default: never; resolve (EXPIRED) what is still open then
 //!
 //! [rules.bitbucket]
 //! pull_requests = true
@@ -28,6 +32,8 @@
 //! pull_request_severity = "info"
 //! branch_severity = "info"
 //! ```
+
+use std::time::Duration;
 
 use hookfold_proto::v1::Severity;
 use serde::{Deserialize, Serialize};
@@ -80,7 +86,18 @@ pub struct BuildRules {
     /// highest build number, for stale-build detection); beyond it the least recently
     /// active are forgotten. Default 256. Only matters for scope `pipeline_branch`.
     pub idle_branch_limit: usize,
+    /// Whether `build.failing` (a job failed, the build still runs) opens the incident at
+    /// once; the same build's `build.finished` failed then updates it. Default false.
+    pub open_on_failing: bool,
+    /// The incident opens only at the N-th consecutive failed build of its scope (a pass
+    /// in between starts the count again); its CREATED event lists the failed builds.
+    /// Default 1 (the first failure opens); at most [`MAX_OPEN_AFTER_FAILURES`].
+    pub open_after_failures: u32,
 }
+
+/// The largest `rules.builds.open_after_failures`: the failed builds counted are kept in
+/// the state, so the count is bounded.
+pub const MAX_OPEN_AFTER_FAILURES: u32 = 64;
 
 impl Default for BuildRules {
     fn default() -> Self {
@@ -92,6 +109,8 @@ impl Default for BuildRules {
             default_severity: SeverityLevel::Error,
             severity: Vec::new(),
             idle_branch_limit: 256,
+            open_on_failing: false,
+            open_after_failures: 1,
         }
     }
 }
@@ -143,6 +162,16 @@ pub struct AgentRules {
     pub open_on: Vec<String>,
     /// Severity of agent incidents. Default `warning`.
     pub severity: SeverityLevel,
+    /// How long after an opening event the agent has to connect again before its incident
+    /// is created (with the opening event's time as `occurred_at`); an `agent.connected` in
+    /// time means no incident at all. Default `5m`; `0s` opens at once. Measured in the
+    /// partition's event time (see docs/RULES.md, Time).
+    #[serde(with = "humantime_serde")]
+    pub grace: Duration,
+    /// An agent incident still open this long after it was created is resolved with
+    /// reason EXPIRED (the agent was replaced, or is gone for good). Default: never.
+    #[serde(with = "humantime_serde")]
+    pub resolve_after: Option<Duration>,
 }
 
 impl Default for AgentRules {
@@ -153,6 +182,8 @@ impl Default for AgentRules {
                 .map(str::to_owned)
                 .to_vec(),
             severity: SeverityLevel::Warning,
+            grace: Duration::from_secs(300),
+            resolve_after: None,
         }
     }
 }
@@ -235,6 +266,12 @@ pub enum RulesError {
     ConnectedOpens,
     #[error("rules.{0}: empty branch pattern (use \"*\" for every branch)")]
     EmptyPattern(&'static str),
+    #[error("rules.builds.open_after_failures: {0} is not between 1 and {MAX_OPEN_AFTER_FAILURES}")]
+    OpenAfterFailures(u32),
+    #[error("rules.agents.resolve_after: must be longer than 0s (leave it out to never expire)")]
+    ZeroResolveAfter,
+    #[error("rules.agents.{0}: {1:?} is beyond what a timestamp can hold")]
+    DurationTooLong(&'static str, Duration),
 }
 
 impl Rules {
@@ -274,6 +311,24 @@ impl Rules {
             .any(|rule| rule.branch.is_empty())
         {
             return Err(RulesError::EmptyPattern("builds.severity"));
+        }
+        let failures = self.builds.open_after_failures;
+        if !(1..=MAX_OPEN_AFTER_FAILURES).contains(&failures) {
+            return Err(RulesError::OpenAfterFailures(failures));
+        }
+        if self.agents.resolve_after == Some(Duration::ZERO) {
+            return Err(RulesError::ZeroResolveAfter);
+        }
+        // Ten years is more than any grace or expiry means; beyond it, adding the duration
+        // to a timestamp could overflow.
+        const LONGEST: Duration = Duration::from_secs(10 * 366 * 24 * 3600);
+        for (field, duration) in [
+            ("grace", Some(self.agents.grace)),
+            ("resolve_after", self.agents.resolve_after),
+        ] {
+            if let Some(duration) = duration.filter(|d| *d > LONGEST) {
+                return Err(RulesError::DurationTooLong(field, duration));
+            }
         }
         Ok(())
     }

@@ -1,10 +1,12 @@
 //! hookfold's incident rules: the pure fold from webhook events to incident events.
 //!
-//! The processor keeps one [`KeyState`] per Kafka routing key of the webhook topic and, for
-//! every record, calls [`apply`] with that key's state, the parsed event
-//! ([`hookfold_events::parse`]), where the record came from ([`Cause`]) and the
-//! configuration ([`Rules`]). It stores the returned state and produces the returned
-//! [`IncidentEvent`]s. Nothing here does I/O or reads a clock: the same state and event
+//! The processor keeps one [`KeyState`] per Kafka routing key of the webhook topic and one
+//! [`PartitionClock`] per partition and, for every record, calls [`fold()`] with them, the
+//! parsed record ([`hookfold_events::parse_record`]), where the record came from
+//! ([`Cause`]) and the configuration ([`Rules`]). `fold` advances the clock, fires the
+//! timers due and [`apply`]s a webhook to its key's state; the processor stores the states
+//! and the clock and produces the returned [`IncidentEvent`]s. Nothing here does I/O or
+//! reads a clock of the machine: time is the log's (see [`clock`]), so the same records
 //! always give the same result, which is what makes replaying the webhook topic safe.
 //!
 //! The rules themselves are documented for users in `docs/RULES.md`.
@@ -12,7 +14,9 @@
 mod agents;
 mod bitbucket;
 mod builds;
+pub mod clock;
 pub mod config;
+pub mod fold;
 mod glob;
 mod output;
 pub mod state;
@@ -20,15 +24,17 @@ pub mod state;
 use hookfold_events::{EventBody, WebhookEvent};
 use hookfold_proto::v1::IncidentEvent;
 
+pub use clock::{CLOCK_KEY, PartitionClock};
 pub use config::{
-    AgentRules, BitbucketRules, BranchSeverity, BuildRules, BuildScope, Rules, RulesError,
-    SeverityLevel,
+    AgentRules, BitbucketRules, BranchSeverity, BuildRules, BuildScope, MAX_OPEN_AFTER_FAILURES,
+    Rules, RulesError, SeverityLevel,
 };
+pub use fold::{Record, States, fold};
 pub use glob::matches as branch_pattern_matches;
 pub use state::{KeyState, OpenIncidentView, STATE_FORMAT_VERSION};
 
 /// Where the webhook record being applied came from; copied into every output's `cause`.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub struct Cause {
     /// Input topic, partition and offset of the record.
     pub topic: String,
@@ -38,7 +44,9 @@ pub struct Cause {
     pub ce_id: String,
 }
 
-/// Folds one webhook event into its routing key's state.
+/// Folds one webhook event into its routing key's state, without the partition's clock:
+/// timers it arms are left in the state for [`fold()`] to fire (use that, unless the rules
+/// have no timers: `rules.agents.grace = "0s"` and no `resolve_after`).
 ///
 /// Returns the new state and the incident events to produce, in order (possibly none).
 /// Never fails and never panics on any input: events no rule uses, stale events and repeated

@@ -6,6 +6,7 @@ use hookfold_events::WebhookEvent;
 use hookfold_proto::v1::{
     self, Entity, EntityKind, IncidentEvent, Link, ResolutionReason, Transition,
 };
+use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use time::OffsetDateTime;
 
@@ -94,6 +95,95 @@ pub(crate) struct Input<'a> {
 }
 
 impl Input<'_> {
+    /// Who the outputs of this webhook are by.
+    pub(crate) fn by(&self) -> By<'_> {
+        By {
+            ce_id: &self.event.id,
+            source_id: &self.event.source_id,
+            event_name: &self.event.name,
+            ce_type: self.event.ce_type(),
+            cause: self.cause,
+        }
+    }
+
+    /// What a timer needs to emit for this webhook later (see [`Origin`]).
+    pub(crate) fn origin(&self) -> Origin {
+        Origin {
+            ce_id: self.event.id.clone(),
+            source_id: self.event.source_id.clone(),
+            event_name: self.event.name.clone(),
+            ce_type: self.event.ce_type(),
+            cause: self.cause.clone(),
+        }
+    }
+
+    pub(crate) fn create(
+        &self,
+        dedup_key: String,
+        severity: SeverityLevel,
+        occurred_at: OffsetDateTime,
+        description: Description,
+    ) -> (OpenIncident, IncidentEvent) {
+        self.by()
+            .create(dedup_key, severity, occurred_at, description)
+    }
+
+    pub(crate) fn update(
+        &self,
+        open: &mut OpenIncident,
+        severity: SeverityLevel,
+        occurred_at: OffsetDateTime,
+        description: Description,
+    ) -> IncidentEvent {
+        self.by().update(open, severity, occurred_at, description)
+    }
+
+    pub(crate) fn resolve(
+        &self,
+        open: OpenIncident,
+        reason: ResolutionReason,
+        occurred_at: OffsetDateTime,
+        description: Description,
+    ) -> IncidentEvent {
+        self.by().resolve(open, reason, occurred_at, description)
+    }
+}
+
+/// The webhook an event is attributed to, kept in the state for a timer that fires later
+/// (an expiry): the event's ids, `cause` and `details.event` stay those of that webhook,
+/// so they do not depend on which record happened to move the partition's clock past the
+/// deadline.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct Origin {
+    pub(crate) ce_id: String,
+    pub(crate) source_id: String,
+    pub(crate) event_name: String,
+    pub(crate) ce_type: String,
+    pub(crate) cause: Cause,
+}
+
+impl Origin {
+    pub(crate) fn by(&self) -> By<'_> {
+        By {
+            ce_id: &self.ce_id,
+            source_id: &self.source_id,
+            event_name: &self.event_name,
+            ce_type: self.ce_type.clone(),
+            cause: &self.cause,
+        }
+    }
+}
+
+/// Everything an incident event takes from the webhook it is attributed to.
+pub(crate) struct By<'a> {
+    ce_id: &'a str,
+    source_id: &'a str,
+    event_name: &'a str,
+    ce_type: String,
+    cause: &'a Cause,
+}
+
+impl By<'_> {
     /// Opens a new incident on `dedup_key` at `occurred_at` and returns it with its
     /// CREATED event.
     pub(crate) fn create(
@@ -104,7 +194,7 @@ impl Input<'_> {
         description: Description,
     ) -> (OpenIncident, IncidentEvent) {
         let open = OpenIncident {
-            incident_id: incident_id(&dedup_key, &self.event.id),
+            incident_id: incident_id(&dedup_key, self.ce_id),
             dedup_key,
             created_at: StoredTime::from(occurred_at),
             sequence: 0,
@@ -154,14 +244,14 @@ impl Input<'_> {
         reason: Option<ResolutionReason>,
     ) -> IncidentEvent {
         let mut details = description.details;
-        details.insert("event".to_owned(), self.event.name.clone());
+        details.insert("event".to_owned(), self.event_name.to_owned());
         IncidentEvent {
             event_id: event_id(
                 &open.dedup_key,
                 &open.incident_id,
                 transition,
                 open.sequence,
-                &self.event.id,
+                self.ce_id,
             ),
             incident_id: open.incident_id.clone(),
             dedup_key: open.dedup_key.clone(),
@@ -169,7 +259,7 @@ impl Input<'_> {
             sequence: open.sequence,
             severity: v1::Severity::from(open.severity) as i32,
             summary: description.summary,
-            source_id: self.event.source_id.clone(),
+            source_id: self.source_id.to_owned(),
             entity: Some(description.entity),
             occurred_at: Some(StoredTime::from(occurred_at).to_timestamp()),
             created_at: Some(open.created_at.to_timestamp()),
@@ -181,7 +271,7 @@ impl Input<'_> {
                 partition: self.cause.partition,
                 offset: self.cause.offset,
                 ce_id: self.cause.ce_id.clone(),
-                ce_type: self.event.ce_type(),
+                ce_type: self.ce_type.clone(),
             }),
         }
     }

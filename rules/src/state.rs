@@ -14,11 +14,14 @@ use sha2::{Digest, Sha256};
 use time::OffsetDateTime;
 
 use crate::config::SeverityLevel;
+use crate::output::Origin;
 
 /// Version of the [`KeyState`] layout. A serde binary codec has no field names, so the
 /// processor should store this next to every encoded state and rebuild (replay the webhook
 /// topic for) any state written with another version.
-pub const STATE_FORMAT_VERSION: u32 = 1;
+///
+/// Version 2 added agent grace periods and expiry, and the build failure count.
+pub const STATE_FORMAT_VERSION: u32 = 2;
 
 /// Most failed jobs remembered per build scope (the oldest build's go first).
 pub(crate) const MAX_FAILED_JOBS: usize = 64;
@@ -79,6 +82,17 @@ impl KeyState {
         open
     }
 
+    /// The deadlines of this key's timers (agents waiting out their grace, incidents that
+    /// expire), in no particular order. The partition's clock indexes them.
+    pub(crate) fn deadlines(&self) -> Vec<StoredTime> {
+        let mut deadlines = Vec::new();
+        for agent in self.agents.values() {
+            deadlines.extend(agent.pending.as_ref().map(|pending| pending.deadline));
+            deadlines.extend(agent.expiry.as_ref().map(|expiry| expiry.at));
+        }
+        deadlines
+    }
+
     /// How many `ce_id`s the duplicate window holds now.
     pub fn remembered_ids(&self) -> usize {
         self.seen.ids.len()
@@ -136,6 +150,19 @@ impl From<OffsetDateTime> for StoredTime {
 }
 
 impl StoredTime {
+    /// `self + duration`, saturating (the rules bound every duration to ten years).
+    pub(crate) fn plus(self, duration: std::time::Duration) -> Self {
+        let at = self.to_offset_date_time();
+        at.checked_add(time::Duration::try_from(duration).unwrap_or(time::Duration::MAX))
+            .map_or(
+                Self {
+                    seconds: i64::MAX,
+                    nanos: 0,
+                },
+                Self::from,
+            )
+    }
+
     pub(crate) fn to_offset_date_time(self) -> OffsetDateTime {
         // Stored values always come from an OffsetDateTime, so they convert back; the
         // epoch is only a guard against a hand-edited state.
@@ -196,11 +223,16 @@ pub(crate) struct BuildScopeState {
     /// `ce_time` (Unix seconds) of the last event that changed this scope, for forgetting
     /// the least recently active idle branches.
     pub(crate) last_active: i64,
+    /// Whether `build.failing` was applied for `highest` (with `open_on_failing`).
+    pub(crate) failing_applied: bool,
+    /// Numbers of the consecutive failed builds since the last pass while no incident is
+    /// open (`open_after_failures`), oldest first, at most `MAX_OPEN_AFTER_FAILURES`.
+    pub(crate) failures: Vec<u64>,
 }
 
 impl BuildScopeState {
     pub(crate) fn is_idle(&self) -> bool {
-        self.open.is_none() && self.failed_jobs.is_empty()
+        self.open.is_none() && self.failed_jobs.is_empty() && self.failures.is_empty()
     }
 }
 
@@ -222,6 +254,30 @@ pub(crate) struct AgentState {
     /// Ids an `agent.connected` with another id replaced: their events are stale. Oldest
     /// first, bounded.
     pub(crate) superseded_ids: VecDeque<String>,
+    /// An opening event waiting out `grace`: the incident it creates unless the agent
+    /// connects before `deadline`. Never set while `open` is.
+    pub(crate) pending: Option<PendingIncident>,
+    /// When the open incident expires (`resolve_after`), and the webhook that opened it.
+    pub(crate) expiry: Option<Expiry>,
+}
+
+/// An incident created only if nothing cancels it before its deadline.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct PendingIncident {
+    pub(crate) deadline: StoredTime,
+    pub(crate) open: OpenIncident,
+    /// Its CREATED event, built (and so identified) when the opening webhook was applied,
+    /// protobuf-encoded.
+    pub(crate) created: Vec<u8>,
+    /// The opening webhook (for an expiry once it is created).
+    pub(crate) origin: Origin,
+}
+
+/// When an open incident is resolved as EXPIRED.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct Expiry {
+    pub(crate) at: StoredTime,
+    pub(crate) origin: Origin,
 }
 
 /// One Bitbucket repository.

@@ -214,7 +214,7 @@ fn long_commit_messages_are_cut_to_their_first_line() {
 
 #[test]
 fn agent_incident_content() {
-    let mut run = Run::new(Rules::default());
+    let mut run = Run::new(no_grace());
     let created = only(run.apply(&Hook::fixture(
         "buildkite.agent.lost",
         "buildkite/agent-lost.json",
@@ -469,7 +469,7 @@ fn busy_states() -> BTreeMap<String, KeyState> {
     ] {
         run.apply(&hook);
     }
-    run.states
+    run.states_by_key()
 }
 
 #[test]
@@ -484,7 +484,7 @@ fn state_round_trips_through_binary_and_text_codecs() {
         let back: KeyState = serde_json::from_str(&text).unwrap();
         assert_eq!(&back, state, "{key}");
     }
-    assert_eq!(STATE_FORMAT_VERSION, 1);
+    assert_eq!(STATE_FORMAT_VERSION, 2);
 }
 
 #[test]
@@ -531,7 +531,7 @@ fn state_stays_small_on_a_busy_key() {
         let state = if n % 7 == 0 { "failed" } else { "passed" };
         run.apply(&build(n, state, &format!("branch-{}", n % 400)));
     }
-    let state = &run.states["acme/pipeline/web"];
+    let state = &run.states[b"acme/pipeline/web".as_slice()];
     assert_eq!(state.remembered_ids(), 1024);
     let size = postcard::to_stdvec(state).unwrap().len();
     assert!(size < 24 * 1024, "{size} bytes");
@@ -555,8 +555,12 @@ fn rules_from_toml() {
         exclude_branches = ["dependabot/*"]
         default_severity = "warning"
         severity = [{ branch = "main", severity = "critical" }]
+        open_on_failing = true
+        open_after_failures = 2
         [rules.agents]
         open_on = ["agent.lost"]
+        grace = "90s"
+        resolve_after = "24h"
         [rules.bitbucket]
         exclude_branches = ["main", "master"]
         branches = false
@@ -572,8 +576,23 @@ fn rules_from_toml() {
     assert!(rules.builds.enabled, "unset fields keep their defaults");
     assert_eq!(rules.builds.idle_branch_limit, 256);
     assert_eq!(rules.agents.open_on, vec!["agent.lost"]);
+    assert!(rules.builds.open_on_failing);
+    assert_eq!(rules.builds.open_after_failures, 2);
+    assert_eq!(rules.agents.grace, std::time::Duration::from_secs(90));
+    assert_eq!(
+        rules.agents.resolve_after,
+        Some(std::time::Duration::from_secs(24 * 3600))
+    );
     assert!(!rules.bitbucket.branches && rules.bitbucket.pull_requests);
     rules.validate().unwrap();
+
+    let defaults = Rules::default();
+    assert_eq!(defaults.agents.grace, std::time::Duration::from_secs(300));
+    assert_eq!(defaults.agents.resolve_after, None);
+    assert!(!defaults.builds.open_on_failing);
+    assert_eq!(defaults.builds.open_after_failures, 1);
+    let bad = toml::from_str::<ProcessorConfig>("[rules.agents]\ngrace = \"5 parsecs\"\n");
+    assert!(bad.is_err());
 
     let empty: ProcessorConfig = toml::from_str("").unwrap();
     assert_eq!(empty.rules, Rules::default());
@@ -601,11 +620,97 @@ fn rules_validation() {
         rules.validate(),
         Err(RulesError::EmptyPattern("bitbucket.exclude_branches"))
     );
+    let mut rules = Rules::default();
+    rules.builds.open_after_failures = 0;
+    assert_eq!(rules.validate(), Err(RulesError::OpenAfterFailures(0)));
+    rules.builds.open_after_failures = 65;
+    assert_eq!(rules.validate(), Err(RulesError::OpenAfterFailures(65)));
+    rules.builds.open_after_failures = 64;
+    rules.validate().unwrap();
+    rules.agents.resolve_after = Some(std::time::Duration::ZERO);
+    assert_eq!(rules.validate(), Err(RulesError::ZeroResolveAfter));
+    rules.agents.resolve_after = None;
+    rules.agents.grace = std::time::Duration::from_secs(u64::MAX / 2);
+    assert!(matches!(
+        rules.validate(),
+        Err(RulesError::DurationTooLong("grace", _))
+    ));
+}
+
+#[test]
+fn an_incident_opened_after_its_grace_is_the_opening_webhooks() {
+    let lost = agent("lost", "id-1", "ci-1").id("lost-1").at(at(0, 0));
+    let mut at_once = Run::new(no_grace());
+    let expected = only(at_once.apply(&lost));
+
+    let mut run = Run::new(Rules::default());
+    assert_eq!(run.apply(&lost), vec![]);
+    assert_eq!(run.clock.timers(), 1);
+    assert_eq!(run.clock.next_deadline(), Some(at(5, 0)));
+    assert_eq!(run.tick(at(4, 59)), vec![]);
+    let created = only(run.tick(at(5, 0)));
+    // The same event, ids and cause included, as without a grace period: whenever the
+    // clock passes the deadline, what is emitted is the lost event's.
+    assert_eq!(created, expected);
+    assert_eq!(created.cause.as_ref().unwrap().ce_id, "lost-1");
+    assert_eq!(run.clock.timers(), 0);
+}
+
+#[test]
+fn an_expired_incident_says_when_and_why() {
+    let mut rules = no_grace();
+    rules.agents.resolve_after = Some(std::time::Duration::from_secs(3600));
+    let mut run = Run::new(rules);
+    let created = only(run.apply(&agent("lost", "id-1", "ci-1").id("lost-1").at(at(0, 0))));
+    let expired = only(run.tick(at(61, 0)));
+    assert_eq!(expired.transition, Transition::Resolved as i32);
+    assert_eq!(
+        expired.resolution_reason,
+        hookfold_proto::v1::ResolutionReason::Expired as i32
+    );
+    assert_eq!(expired.incident_id, created.incident_id);
+    assert_eq!(expired.sequence, 1);
+    // At the deadline, not at the tick that noticed it.
+    assert_eq!(
+        expired.occurred_at,
+        Some(hookfold_proto::timestamp::from_offset_date_time(at(60, 0)))
+    );
+    assert_eq!(expired.cause, created.cause);
+    assert_eq!(expired.details["expired_after"], "1h");
+    assert_eq!(expired.details["agent_name"], "ci-1");
+    assert_eq!(
+        expired.summary,
+        "Agent ci-1 did not come back within 1h: expired"
+    );
+    assert!(run.states.values().all(|s| s.open_incidents().is_empty()));
+}
+
+#[test]
+fn an_incident_opened_after_several_failures_lists_them() {
+    let mut rules = Rules::default();
+    rules.builds.open_after_failures = 3;
+    let mut run = Run::new(rules);
+    assert_eq!(run.apply(&build(4, "failed", "main")), vec![]);
+    assert_eq!(run.apply(&build(5, "failed", "main")), vec![]);
+    let created = only(run.apply(&build(7, "failed", "main")));
+    assert_eq!(created.details["failed_builds"], "#4, #5, #7");
+    assert_eq!(
+        created.summary,
+        "Build #7 of WEB failed on main (3 failed builds in a row)"
+    );
+    let mut rules = Rules::default();
+    rules.builds.open_on_failing = true;
+    let mut run = Run::new(rules);
+    let failing = only(run.apply(&build_event("build.failing", 9, "failing", "main")));
+    assert_eq!(failing.summary, "Build #9 of WEB is failing on main");
+    assert!(!failing.details.contains_key("failed_builds"));
+    let finished = only(run.apply(&build(9, "failed", "main")));
+    assert_eq!(finished.summary, "Build #9 of WEB finished failing on main");
 }
 
 #[test]
 fn agent_connected_listed_in_open_on_still_resolves() {
-    let mut rules = Rules::default();
+    let mut rules = no_grace();
     rules.agents.open_on.push("agent.connected".into());
     let mut run = Run::new(rules);
     assert_eq!(run.apply(&agent("connected", "id-0", "ci-1")), vec![]);

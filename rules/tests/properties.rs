@@ -1,12 +1,13 @@
-//! Property tests: `apply` folded over generated webhook sequences (builds with random
-//! numbers, states and branches; jobs; agents with ids and names; pull requests; pushes;
-//! pings, unknown events and redeliveries), under generated rules.
+//! Property tests: `fold` over generated webhook sequences (builds with random numbers,
+//! states and branches, `build.failing`; jobs; agents with ids and names; pull requests;
+//! pushes; pings, unknown events, redeliveries and ticks), under generated rules (grace
+//! periods, expiry, `open_on_failing`, `open_after_failures` included).
 
 mod support;
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use hookfold_proto::v1::IncidentEvent;
+use hookfold_proto::v1::{IncidentEvent, ResolutionReason, Transition};
 use hookfold_rules::{BranchSeverity, BuildScope, KeyState, Rules, SeverityLevel};
 use proptest::prelude::*;
 use serde_json::json;
@@ -78,6 +79,32 @@ enum Op {
     Unknown,
     /// A redelivery of the earlier event at this index (modulo how many came before).
     Repeat(usize),
+    /// `build.failing` of a build.
+    Failing {
+        number: u64,
+        branch: usize,
+    },
+    /// A tick this many minutes after the record's own time slot (so possibly ahead of the
+    /// webhooks that follow: they are then late).
+    Tick {
+        ahead: i64,
+    },
+}
+
+/// One record of a generated sequence.
+#[derive(Debug, Clone)]
+enum Step {
+    Hook(Hook),
+    Tick(time::OffsetDateTime),
+}
+
+impl Step {
+    fn time(&self) -> time::OffsetDateTime {
+        match self {
+            Step::Hook(hook) => hook.time.expect("generated hooks have a time"),
+            Step::Tick(time) => *time,
+        }
+    }
 }
 
 fn op() -> impl Strategy<Value = Op> {
@@ -95,6 +122,8 @@ fn op() -> impl Strategy<Value = Op> {
         1 => Just(Op::Ping),
         1 => Just(Op::Unknown),
         1 => any::<usize>().prop_map(Op::Repeat),
+        1 => (1..12u64, 0..BRANCHES.len()).prop_map(|(number, branch)| Op::Failing { number, branch }),
+        2 => (0..15i64).prop_map(|ahead| Op::Tick { ahead }),
     ]
 }
 
@@ -106,10 +135,24 @@ fn rules() -> impl Strategy<Value = Rules> {
         0..3usize,
         any::<bool>(),
         any::<bool>(),
+        (0..3usize, 0..3usize, any::<bool>(), 1..4u32),
     )
         .prop_map(
-            |(pipeline_scope, exclude_release, main_critical, open_on, pull_requests, branches)| {
+            |(
+                pipeline_scope,
+                exclude_release,
+                main_critical,
+                open_on,
+                pull_requests,
+                branches,
+                (grace, expiry, open_on_failing, open_after_failures),
+            )| {
                 let mut rules = Rules::default();
+                let minutes = |m: u64| std::time::Duration::from_secs(60 * m);
+                rules.agents.grace = minutes([0, 3, 10][grace]);
+                rules.agents.resolve_after = [None, Some(minutes(5)), Some(minutes(30))][expiry];
+                rules.builds.open_on_failing = open_on_failing;
+                rules.builds.open_after_failures = open_after_failures;
                 if pipeline_scope {
                     rules.builds.scope = BuildScope::Pipeline;
                 }
@@ -134,16 +177,22 @@ fn rules() -> impl Strategy<Value = Rules> {
         )
 }
 
-/// The hooks of a sequence, each with a fixed ce_id, time and offset, and the op it carries
-/// (a repeat resolved to the op it repeats).
-fn hooks(ops: &[Op]) -> Vec<(Hook, Op, bool)> {
-    let mut out: Vec<(Hook, Op, bool)> = Vec::new();
+/// The records of a sequence, each webhook with a fixed ce_id, time and offset, and the op
+/// it carries (a repeat resolved to the op it repeats; a repeat of a tick is a tick again).
+fn hooks(ops: &[Op]) -> Vec<(Step, Op, bool)> {
+    let mut out: Vec<(Step, Op, bool)> = Vec::new();
     for (index, op) in ops.iter().enumerate() {
         if let Op::Repeat(of) = op
             && !out.is_empty()
         {
-            let (hook, op, _) = out[of % out.len()].clone();
-            out.push((hook, op, true));
+            let (step, op, _) = out[of % out.len()].clone();
+            out.push((step, op, true));
+            continue;
+        }
+        let slot = BASE_TIME + time::Duration::minutes(index as i64);
+        if let Op::Tick { ahead } = op {
+            let step = Step::Tick(slot + time::Duration::minutes(*ahead));
+            out.push((step, op.clone(), false));
             continue;
         }
         let hook = match op {
@@ -213,17 +262,18 @@ fn hooks(ops: &[Op]) -> Vec<(Hook, Op, bool)> {
                     .collect();
                 push(&changes)
             }
-            Op::Ping | Op::Repeat(_) => ping(),
+            Op::Failing { number, branch } => {
+                build_event("build.failing", *number, "failing", BRANCHES[*branch])
+            }
+            Op::Ping | Op::Repeat(_) | Op::Tick { .. } => ping(),
             Op::Unknown => unknown(),
         };
-        let hook = hook
-            .id(&format!("ce-{index}"))
-            .at(BASE_TIME + time::Duration::minutes(index as i64));
+        let hook = hook.id(&format!("ce-{index}")).at(slot);
         let hook = Hook {
             offset: Some(index as i64),
             ..hook
         };
-        out.push((hook, op.clone(), false));
+        out.push((Step::Hook(hook), op.clone(), false));
     }
     out
 }
@@ -239,12 +289,35 @@ impl Folded {
     }
 }
 
-fn fold(rules: &Rules, hooks: &[Hook]) -> Folded {
+fn fold(rules: &Rules, steps: &[Step]) -> Folded {
     let mut run = Run::new(rules.clone());
-    let per_step = hooks.iter().map(|hook| run.apply(hook)).collect();
+    let per_step = steps
+        .iter()
+        .map(|step| match step {
+            Step::Hook(hook) => run.apply(hook),
+            Step::Tick(time) => run.tick(*time),
+        })
+        .collect();
     Folded {
-        states: run.states,
+        states: run.states_by_key(),
         per_step,
+    }
+}
+
+/// The events of `outputs` that the record at `offset` caused itself (not a timer it
+/// merely moved the clock past).
+fn caused_by(outputs: &[IncidentEvent], offset: Option<i64>) -> Vec<IncidentEvent> {
+    outputs
+        .iter()
+        .filter(|event| event.cause.as_ref().map(|c| c.offset) == offset)
+        .cloned()
+        .collect()
+}
+
+fn offset_of(step: &Step) -> Option<i64> {
+    match step {
+        Step::Hook(hook) => hook.offset,
+        Step::Tick(_) => None,
     }
 }
 
@@ -252,8 +325,8 @@ fn sequence() -> impl Strategy<Value = Vec<Op>> {
     prop::collection::vec(op(), 0..80)
 }
 
-fn just_hooks(hooks: &[(Hook, Op, bool)]) -> Vec<Hook> {
-    hooks.iter().map(|(hook, _, _)| hook.clone()).collect()
+fn just_hooks(hooks: &[(Step, Op, bool)]) -> Vec<Step> {
+    hooks.iter().map(|(step, _, _)| step.clone()).collect()
 }
 
 proptest! {
@@ -311,10 +384,11 @@ proptest! {
             BuildScope::PipelineBranch => branch,
             BuildScope::Pipeline => "",
         };
-        for ((_, op, repeat), outputs) in hooks.iter().zip(&folded.per_step) {
+        for ((step, op, repeat), outputs) in hooks.iter().zip(&folded.per_step) {
             if *repeat {
                 continue;
             }
+            let outputs = &caused_by(outputs, offset_of(step));
             match op {
                 Op::Build { number, state, branch } => {
                     let branch = BRANCHES[*branch];
@@ -354,11 +428,17 @@ proptest! {
         let created: Vec<_> = folded.all().into_iter().filter(|e| e.sequence == 0).map(|e| e.incident_id).collect();
         let distinct: BTreeSet<_> = created.iter().collect();
         prop_assert_eq!(created.len(), distinct.len(), "incident ids repeat");
-        for ((hook, _, _), outputs) in hooks.iter().zip(&folded.per_step) {
+        // Every event is attributed to a webhook at or before the record that emitted it:
+        // itself, or (a timer) the one that armed it.
+        for (at, (_, outputs)) in hooks.iter().zip(&folded.per_step).enumerate() {
             for event in outputs {
                 let cause = event.cause.as_ref().unwrap();
-                prop_assert_eq!(Some(&cause.ce_id), hook.ce_id.as_ref());
-                prop_assert_eq!(Some(cause.offset), hook.offset);
+                let index = usize::try_from(cause.offset).unwrap();
+                prop_assert!(index <= at, "caused by a later record: {:?}", event);
+                let Step::Hook(origin) = &hooks[index].0 else {
+                    return Err(TestCaseError::fail(format!("caused by a tick: {event:?}")));
+                };
+                prop_assert_eq!(Some(&cause.ce_id), origin.ce_id.as_ref());
                 prop_assert_eq!(&event.source_id, SOURCE);
             }
         }
@@ -371,10 +451,11 @@ proptest! {
         let mut live: BTreeMap<usize, BTreeSet<usize>> = BTreeMap::new();
         let mut superseded: BTreeMap<usize, BTreeSet<usize>> = BTreeMap::new();
         let mut closed = BTreeSet::new();
-        for ((_, op, repeat), outputs) in hooks.iter().zip(&folded.per_step) {
+        for ((step, op, repeat), outputs) in hooks.iter().zip(&folded.per_step) {
             if *repeat {
                 continue;
             }
+            let outputs = &caused_by(outputs, offset_of(step));
             match op {
                 Op::Agent { action, id, name } => {
                     let action = AGENT_ACTIONS[*action];
@@ -414,6 +495,82 @@ proptest! {
             let bytes = postcard::to_stdvec(state).unwrap();
             let back: KeyState = postcard::from_bytes(&bytes).unwrap();
             prop_assert_eq!(&back, state);
+        }
+    }
+
+    #[test]
+    fn extra_ticks_anywhere_change_neither_what_is_emitted_nor_the_ids(
+        rules in rules(),
+        ops in sequence(),
+        extra in prop::collection::vec((any::<prop::sample::Index>(), 0.0..=1.0f64), 1..20),
+    ) {
+        let steps = just_hooks(&hooks(&ops));
+        prop_assume!(!steps.is_empty());
+        // A tick lands between two records, with a time between theirs (the processor ticks
+        // a quiet partition with the time it is then): never after the last record, which
+        // would move time past where the plain log ends.
+        let mut ticked = steps.clone();
+        let mut places: Vec<(usize, f64)> =
+            extra.iter().map(|(at, within)| (at.index(steps.len()), *within)).collect();
+        places.sort_by(|a, b| b.0.cmp(&a.0).then(b.1.total_cmp(&a.1)));
+        for (at, within) in places {
+            let next = steps[at].time();
+            let previous = steps[..at].iter().map(Step::time).max().unwrap_or(next).min(next);
+            let span = (next - previous).whole_seconds() as f64;
+            let time = previous + time::Duration::seconds((span * within) as i64);
+            ticked.insert(at, Step::Tick(time));
+        }
+        let plain = fold(&rules, &steps);
+        let with_ticks = fold(&rules, &ticked);
+        prop_assert_eq!(plain.all(), with_ticks.all());
+        prop_assert_eq!(&plain.states, &with_ticks.states);
+    }
+
+    #[test]
+    fn a_repeated_tick_is_a_no_op(rules in rules(), ops in sequence(), pick in any::<prop::sample::Index>()) {
+        let steps = just_hooks(&hooks(&ops));
+        let ticks: Vec<usize> = (0..steps.len()).filter(|i| matches!(steps[*i], Step::Tick(_))).collect();
+        prop_assume!(!ticks.is_empty());
+        let at = ticks[pick.index(ticks.len())];
+        let mut repeated = steps.clone();
+        repeated.insert(at + 1, steps[at].clone());
+        let plain = fold(&rules, &steps);
+        let twice = fold(&rules, &repeated);
+        prop_assert!(twice.per_step[at + 1].is_empty());
+        prop_assert_eq!(plain.all(), twice.all());
+        prop_assert_eq!(&plain.states, &twice.states);
+    }
+
+    #[test]
+    fn no_timer_fires_before_its_deadline_nor_stays_due(rules in rules(), ops in sequence()) {
+        let hooks = hooks(&ops);
+        let mut run = Run::new(rules.clone());
+        let mut watermark = None;
+        for (step, _, _) in &hooks {
+            let outputs = match step {
+                Step::Hook(hook) => run.apply(hook),
+                Step::Tick(time) => run.tick(*time),
+            };
+            watermark = watermark.max(Some(step.time()));
+            let now = watermark.unwrap();
+            for event in &outputs {
+                let occurred = hookfold_proto::timestamp::to_offset_date_time(event.occurred_at.as_ref().unwrap()).unwrap();
+                let agent = event.dedup_key.contains("/agent/");
+                if agent && event.transition == Transition::Created as i32 {
+                    // Its time is the opening webhook's; it may open only once grace passed.
+                    prop_assert!(occurred + rules.agents.grace <= now, "created before its grace ran out: {:?}", event);
+                }
+                if event.resolution_reason == ResolutionReason::Expired as i32 {
+                    prop_assert!(occurred <= now, "expired before its deadline: {:?}", event);
+                    let created = hookfold_proto::timestamp::to_offset_date_time(event.created_at.as_ref().unwrap()).unwrap();
+                    prop_assert_eq!(Some(occurred - created), rules.agents.resolve_after.map(|d| time::Duration::try_from(d).unwrap()));
+                }
+            }
+            // Whatever is due has fired.
+            prop_assert_eq!(run.clock.watermark(), Some(now));
+            if let Some(next) = run.clock.next_deadline() {
+                prop_assert!(next > now, "a timer at {} is still waiting at {}", next, now);
+            }
         }
     }
 }

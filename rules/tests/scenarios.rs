@@ -43,6 +43,12 @@ fn with_rules(change: impl FnOnce(&mut Rules)) -> Rules {
     rules
 }
 
+fn without_grace(change: impl FnOnce(&mut Rules)) -> Rules {
+    let mut rules = no_grace();
+    change(&mut rules);
+    rules
+}
+
 fn build_scenarios() -> Vec<Scenario> {
     let main = main_key("main");
     vec![
@@ -367,7 +373,7 @@ fn agent_scenarios() -> Vec<Scenario> {
     vec![
         Scenario {
             name: "agent: lost opens, more trouble updates, connected (new id) resolves, the old id is stale",
-            rules: Rules::default(),
+            rules: no_grace(),
             steps: vec![
                 (
                     agent("lost", "id-1", "ci-1"),
@@ -396,7 +402,7 @@ fn agent_scenarios() -> Vec<Scenario> {
         },
         Scenario {
             name: "agent: reconnecting with the same id resolves and is not stale afterwards",
-            rules: Rules::default(),
+            rules: no_grace(),
             steps: vec![
                 (
                     agent("lost", "id-1", "ci-1"),
@@ -414,7 +420,7 @@ fn agent_scenarios() -> Vec<Scenario> {
         },
         Scenario {
             name: "agent: every id seen before a connected with another id is superseded",
-            rules: Rules::default(),
+            rules: no_grace(),
             steps: vec![
                 (
                     agent("lost", "id-1", "ci-1"),
@@ -434,7 +440,7 @@ fn agent_scenarios() -> Vec<Scenario> {
         },
         Scenario {
             name: "agent: connected with nothing open, stopping and blocked change nothing by default",
-            rules: Rules::default(),
+            rules: no_grace(),
             steps: vec![
                 (agent("connected", "id-1", "ci-1"), vec![]),
                 (agent("stopping", "id-1", "ci-1"), vec![]),
@@ -443,7 +449,7 @@ fn agent_scenarios() -> Vec<Scenario> {
         },
         Scenario {
             name: "agents.open_on and agents.severity",
-            rules: with_rules(|r| {
+            rules: without_grace(|r| {
                 r.agents.open_on = vec!["agent.stopping".into()];
                 r.agents.severity = SeverityLevel::Critical;
             }),
@@ -462,7 +468,7 @@ fn agent_scenarios() -> Vec<Scenario> {
         },
         Scenario {
             name: "agents.enabled = false",
-            rules: with_rules(|r| r.agents.enabled = false),
+            rules: without_grace(|r| r.agents.enabled = false),
             steps: vec![
                 (agent("lost", "id-1", "ci-1"), vec![]),
                 (agent("connected", "id-2", "ci-1"), vec![]),
@@ -470,7 +476,7 @@ fn agent_scenarios() -> Vec<Scenario> {
         },
         Scenario {
             name: "agents are matched by name",
-            rules: Rules::default(),
+            rules: no_grace(),
             steps: vec![
                 (
                     agent("lost", "id-1", "ci-1"),
@@ -706,7 +712,7 @@ fn general_scenarios() -> Vec<Scenario> {
         },
         Scenario {
             name: "a repeated delivery (same ce_id) changes nothing",
-            rules: Rules::default(),
+            rules: no_grace(),
             steps: vec![
                 (
                     agent("lost", "id-1", "ci-1").id("x"),
@@ -722,7 +728,7 @@ fn general_scenarios() -> Vec<Scenario> {
         },
         Scenario {
             name: "dedup_window: a repeat older than the window applies again",
-            rules: with_rules(|r| r.dedup_window = 2),
+            rules: without_grace(|r| r.dedup_window = 2),
             steps: vec![
                 (
                     agent("lost", "id-1", "ci-1").id("d1"),
@@ -739,7 +745,7 @@ fn general_scenarios() -> Vec<Scenario> {
         },
         Scenario {
             name: "dedup_window = 0 turns duplicate suppression off",
-            rules: with_rules(|r| r.dedup_window = 0),
+            rules: without_grace(|r| r.dedup_window = 0),
             steps: vec![
                 (
                     agent("lost", "id-1", "ci-1").id("d1"),
@@ -759,7 +765,7 @@ fn general_scenarios() -> Vec<Scenario> {
         },
         Scenario {
             name: "the real fixtures",
-            rules: Rules::default(),
+            rules: no_grace(),
             steps: vec![
                 (
                     Hook::fixture("buildkite.ping", "buildkite/ping.json"),
@@ -852,6 +858,171 @@ fn general_scenarios() -> Vec<Scenario> {
     ]
 }
 
+/// Time in the log: grace periods, expiry (ticks move time on without webhooks), and the
+/// build options that count failures.
+fn timer_scenarios() -> Vec<Scenario> {
+    let ci1 = agent_key("ci-1");
+    let main = main_key("main");
+    let minutes = |m: u64| std::time::Duration::from_secs(60 * m);
+    vec![
+        Scenario {
+            name: "grace: an agent back within the grace gives no event at all",
+            rules: Rules::default(),
+            steps: vec![
+                (agent("lost", "id-1", "ci-1").at(at(0, 0)), vec![]),
+                (tick(at(4, 0)), vec![]),
+                (agent("connected", "id-2", "ci-1").at(at(4, 30)), vec![]),
+                (tick(at(30, 0)), vec![]),
+            ],
+        },
+        Scenario {
+            name: "grace: an agent not back in time opens when the grace has passed, and connecting resolves",
+            rules: Rules::default(),
+            steps: vec![
+                (agent("lost", "id-1", "ci-1").at(at(0, 0)), vec![]),
+                // More trouble during the grace waits with the first event.
+                (agent("disconnected", "id-1", "ci-1").at(at(2, 0)), vec![]),
+                (tick(at(4, 59)), vec![]),
+                (tick(at(5, 0)), vec![created("warning", &ci1)]),
+                (tick(at(5, 0)), vec![]),
+                (
+                    agent("stopped", "id-1", "ci-1").at(at(6, 0)),
+                    vec![updated("warning", &ci1)],
+                ),
+                (
+                    agent("connected", "id-2", "ci-1").at(at(7, 0)),
+                    vec![resolved("agent_connected", "warning", &ci1)],
+                ),
+            ],
+        },
+        Scenario {
+            name: "grace: any later record moves time on, a webhook of another key too",
+            rules: Rules::default(),
+            steps: vec![
+                (agent("lost", "id-1", "ci-1").at(at(0, 0)), vec![]),
+                (
+                    build(1, "failed", "main").at(at(6, 0)),
+                    vec![created("warning", &ci1), created("error", &main)],
+                ),
+            ],
+        },
+        Scenario {
+            name: "grace: a late opening event whose grace already passed in the log opens at once",
+            rules: Rules::default(),
+            steps: vec![
+                (tick(at(30, 0)), vec![]),
+                (
+                    agent("lost", "id-1", "ci-1").at(at(0, 0)),
+                    vec![created("warning", &ci1)],
+                ),
+            ],
+        },
+        Scenario {
+            name: "resolve_after: an agent incident still open then resolves as expired",
+            rules: without_grace(|r| r.agents.resolve_after = Some(minutes(60))),
+            steps: vec![
+                (
+                    agent("lost", "id-1", "ci-1").at(at(0, 0)),
+                    vec![created("warning", &ci1)],
+                ),
+                (
+                    agent("lost", "id-1", "ci-1").at(at(10, 0)),
+                    vec![updated("warning", &ci1)],
+                ),
+                (tick(at(59, 59)), vec![]),
+                (tick(at(60, 0)), vec![resolved("expired", "warning", &ci1)]),
+                (tick(at(200, 0)), vec![]),
+                // The agent (or its name) comes back later: a new incident, a new expiry.
+                (
+                    agent("lost", "id-3", "ci-1").at(at(201, 0)),
+                    vec![created("warning", &ci1)],
+                ),
+                (
+                    agent("connected", "id-4", "ci-1").at(at(202, 0)),
+                    vec![resolved("agent_connected", "warning", &ci1)],
+                ),
+                (tick(at(300, 0)), vec![]),
+            ],
+        },
+        Scenario {
+            name: "grace and resolve_after: both due at once give CREATED then RESOLVED",
+            rules: with_rules(|r| {
+                r.agents.grace = minutes(5);
+                r.agents.resolve_after = Some(minutes(30));
+            }),
+            steps: vec![
+                (agent("lost", "id-1", "ci-1").at(at(0, 0)), vec![]),
+                (
+                    tick(at(45, 0)),
+                    vec![
+                        created("warning", &ci1),
+                        resolved("expired", "warning", &ci1),
+                    ],
+                ),
+            ],
+        },
+        Scenario {
+            name: "open_on_failing: build.failing opens at once, its build.finished failed updates, a pass resolves",
+            rules: with_rules(|r| r.builds.open_on_failing = true),
+            steps: vec![
+                (
+                    build_event("build.failing", 1, "failing", "main"),
+                    vec![created("error", &main)],
+                ),
+                (build_event("build.failing", 1, "failing", "main"), vec![]),
+                (build(1, "failed", "main"), vec![updated("error", &main)]),
+                (build(1, "failed", "main"), vec![]),
+                (
+                    build_event("build.failing", 2, "failing", "main"),
+                    vec![updated("error", &main)],
+                ),
+                // A build that was failing can still pass (a retried job).
+                (
+                    build(2, "passed", "main"),
+                    vec![resolved("build_passed", "error", &main)],
+                ),
+                // Older than the newest verdict: stale.
+                (build_event("build.failing", 1, "failing", "main"), vec![]),
+            ],
+        },
+        Scenario {
+            name: "open_after_failures = 3: two failures then a pass give nothing; three in a row open",
+            rules: with_rules(|r| r.builds.open_after_failures = 3),
+            steps: vec![
+                (build(1, "failed", "main"), vec![]),
+                (build(2, "failed", "main"), vec![]),
+                (build(3, "passed", "main"), vec![]),
+                (build(4, "failed", "main"), vec![]),
+                (build(4, "failed", "main").id("repeat-4"), vec![]),
+                (build(5, "failed", "main"), vec![]),
+                (build(6, "failed", "main"), vec![created("error", &main)]),
+                (build(7, "failed", "main"), vec![updated("error", &main)]),
+                (
+                    build(8, "passed", "main"),
+                    vec![resolved("build_passed", "error", &main)],
+                ),
+                (build(9, "failed", "main"), vec![]),
+            ],
+        },
+        Scenario {
+            name: "open_after_failures with open_on_failing: a build counts once, failing or failed",
+            rules: with_rules(|r| {
+                r.builds.open_after_failures = 2;
+                r.builds.open_on_failing = true;
+            }),
+            steps: vec![
+                (build_event("build.failing", 1, "failing", "main"), vec![]),
+                (build(1, "failed", "main"), vec![]),
+                (
+                    build_event("build.failing", 2, "failing", "main"),
+                    vec![created("error", &main)],
+                ),
+                (build(2, "failed", "main"), vec![updated("error", &main)]),
+            ],
+        },
+    ]
+}
+
 fn run_scenarios(scenarios: Vec<Scenario>) {
     let mut failures = Vec::new();
     for scenario in scenarios {
@@ -874,7 +1045,7 @@ fn run_scenarios(scenarios: Vec<Scenario>) {
         }
         match check_lifecycle(&all) {
             Ok(open) => {
-                if open != open_in_states(&run.states) {
+                if open != open_in_states(&run.states_by_key()) {
                     failures.push(format!(
                         "{}: open incidents differ from the state's",
                         scenario.name
@@ -900,6 +1071,11 @@ fn agent_rules() {
 #[test]
 fn bitbucket_rules() {
     run_scenarios(bitbucket_scenarios());
+}
+
+#[test]
+fn timer_rules() {
+    run_scenarios(timer_scenarios());
 }
 
 #[test]

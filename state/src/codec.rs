@@ -1,8 +1,11 @@
-//! How a [`KeyState`] is stored: a 4-byte big-endian format version, then postcard.
-//! postcard has no field names, so a state written by another layout version is refused
-//! (the partition must be rebuilt from the webhook topic) instead of being misread.
+//! How a [`KeyState`] and a partition's [`PartitionClock`] are stored: a 4-byte big-endian
+//! format version, then postcard. postcard has no field names, so a state written by
+//! another layout version is refused (the partition must be rebuilt from the webhook topic)
+//! instead of being misread.
 
-use hookfold_rules::{KeyState, STATE_FORMAT_VERSION};
+use hookfold_rules::{KeyState, PartitionClock, STATE_FORMAT_VERSION};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
 
 #[derive(Debug, thiserror::Error)]
 pub enum CodecError {
@@ -17,13 +20,30 @@ pub enum CodecError {
 }
 
 pub fn encode(state: &KeyState) -> Vec<u8> {
-    let mut out = STATE_FORMAT_VERSION.to_be_bytes().to_vec();
-    // Serializing plain data into a Vec cannot fail.
-    out.extend(postcard::to_stdvec(state).expect("KeyState serializes"));
-    out
+    encode_any(state)
 }
 
 pub fn decode(bytes: &[u8]) -> Result<KeyState, CodecError> {
+    decode_any(bytes)
+}
+
+/// The clock's value under [`hookfold_rules::CLOCK_KEY`].
+pub fn encode_clock(clock: &PartitionClock) -> Vec<u8> {
+    encode_any(clock)
+}
+
+pub fn decode_clock(bytes: &[u8]) -> Result<PartitionClock, CodecError> {
+    decode_any(bytes)
+}
+
+fn encode_any<T: Serialize>(value: &T) -> Vec<u8> {
+    let mut out = STATE_FORMAT_VERSION.to_be_bytes().to_vec();
+    // Serializing plain data into a Vec cannot fail.
+    out.extend(postcard::to_stdvec(value).expect("plain data serializes"));
+    out
+}
+
+fn decode_any<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, CodecError> {
     let (version, body) = bytes.split_at_checked(4).ok_or(CodecError::Truncated)?;
     let found = u32::from_be_bytes(version.try_into().map_err(|_| CodecError::Truncated)?);
     if found != STATE_FORMAT_VERSION {
@@ -45,5 +65,7 @@ mod tests {
         other[3] = other[3].wrapping_add(1);
         assert!(matches!(decode(&other), Err(CodecError::Version { .. })));
         assert!(matches!(decode(&bytes[..2]), Err(CodecError::Truncated)));
+        let clock = PartitionClock::default();
+        assert_eq!(decode_clock(&encode_clock(&clock)).unwrap(), clock);
     }
 }

@@ -15,7 +15,10 @@ use crate::topics::Topics;
 /// A processor deployment to start: its topics, directory, and what differs from the
 /// defaults a user runs with (batching, client properties, rules). Everything not set
 /// here is the processor's own default: `batch.max_records = 1000`, `max_wait = 50ms`,
-/// librdkafka's session timeout, cooperative-sticky assignment.
+/// librdkafka's session timeout, cooperative-sticky assignment, agents' 5-minute grace;
+/// except ticks, off unless a test turns them on ([`ProcessorSetup::with_ticks`]): they are
+/// records a processor appends to the webhook topic, and most tests compare two runs over
+/// one topic record for record (state, offsets), which each run's own ticks would break.
 pub struct ProcessorSetup {
     bootstrap: String,
     dir: PathBuf,
@@ -25,6 +28,7 @@ pub struct ProcessorSetup {
     properties: Vec<(String, String)>,
     extra: String,
     env: Vec<(String, String)>,
+    tick_interval: Option<String>,
 }
 
 impl Topics {
@@ -44,6 +48,7 @@ impl Topics {
             properties: Vec::new(),
             extra: String::new(),
             env: Vec::new(),
+            tick_interval: Some("0s".to_owned()),
         }
     }
 }
@@ -67,6 +72,24 @@ impl ProcessorSetup {
         self
     }
 
+    /// Ticks as a user gets them: the processor's default `tick_interval` (5 s).
+    pub fn with_ticks(mut self) -> Self {
+        self.tick_interval = None;
+        self
+    }
+
+    /// Ticks every `interval`.
+    pub fn tick_interval(mut self, interval: &str) -> Self {
+        self.tick_interval = Some(interval.to_owned());
+        self
+    }
+
+    /// Agent incidents open at once (`[rules.agents] grace = "0s"`), for a test of what
+    /// opens and resolves them rather than when.
+    pub fn without_grace(self) -> Self {
+        self.extra("[rules.agents]\ngrace = \"0s\"")
+    }
+
     /// TOML appended to the configuration (e.g. `[rules.builds]` tables).
     pub fn extra(mut self, toml: &str) -> Self {
         self.extra.push_str(toml);
@@ -83,10 +106,13 @@ impl ProcessorSetup {
     /// The configuration file's text.
     pub fn config(&self) -> String {
         let (webhooks, incidents, group) = &self.topics;
-        let mut toml = format!(
-            "state_dir = \"{}\"\n[kafka]\ninput_topic = \"{webhooks}\"\noutput_topic = \"{incidents}\"\ngroup_id = \"{group}\"\n",
-            self.state_dir.display()
-        );
+        let mut toml = format!("state_dir = \"{}\"\n", self.state_dir.display());
+        if let Some(interval) = &self.tick_interval {
+            toml.push_str(&format!("tick_interval = \"{interval}\"\n"));
+        }
+        toml.push_str(&format!(
+            "[kafka]\ninput_topic = \"{webhooks}\"\noutput_topic = \"{incidents}\"\ngroup_id = \"{group}\"\n"
+        ));
         if !self.properties.is_empty() {
             toml.push_str("[kafka.properties]\n");
             for (key, value) in &self.properties {

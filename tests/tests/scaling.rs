@@ -24,7 +24,12 @@ async fn reference_run(
         .await
         .unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let mut processor = t.processor(broker, dir.path()).start().await.unwrap();
+    let mut processor = t
+        .processor(broker, dir.path())
+        .without_grace()
+        .start()
+        .await
+        .unwrap();
     processor
         .wait_committed(total, Duration::from_secs(600))
         .await
@@ -94,7 +99,11 @@ fn sum(owned: &BTreeMap<i32, i64>) -> i64 {
 }
 
 async fn start(t: &Topics, broker: &Broker, dir: &Path) -> Processor {
-    t.processor(broker, dir).start().await.unwrap()
+    t.processor(broker, dir)
+        .without_grace()
+        .start()
+        .await
+        .unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -190,7 +199,7 @@ async fn one_to_three_to_one_processors_with_a_sigkill_equal_a_single_processor(
     let root = tempfile::tempdir().unwrap();
     let dirs: Vec<_> = (1..=3).map(|n| root.path().join(format!("p{n}"))).collect();
     let spawn = |n: usize| {
-        let setup = t.processor(&broker, &dirs[n]);
+        let setup = t.processor(&broker, &dirs[n]).without_grace();
         async move { setup.start().await.unwrap() }
     };
     let mut p1 = spawn(0).await;
@@ -266,6 +275,7 @@ async fn one_to_three_to_one_processors_with_a_sigkill_equal_a_single_processor(
     let single_dir = root.path().join("single");
     let mut single_processor = single
         .processor(&broker, &single_dir)
+        .without_grace()
         .start()
         .await
         .unwrap();

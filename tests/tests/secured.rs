@@ -105,7 +105,11 @@ impl Connection {
 
 /// A processor for topics `t`, connected as `connection`, configured but not started.
 fn processor_for(t: &Topics, broker: &Broker, dir: &Path, connection: &Connection) -> Processor {
-    let mut setup = t.processor(broker, dir).extra(&connection.security);
+    // Ticks on: the processor then writes to the webhook topic too, with the printed ACLs.
+    let mut setup = t
+        .processor(broker, dir)
+        .with_ticks()
+        .extra(&connection.security);
     for (key, value) in connection.env() {
         setup = setup.env(key, value);
     }

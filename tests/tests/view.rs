@@ -33,7 +33,13 @@ async fn the_api_agrees_with_the_incident_topic_and_gives_the_history_in_order()
         .await
         .unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let mut processor = t.processor(&broker, dir.path()).start().await.unwrap();
+    let mut processor = t
+        .processor(&broker, dir.path())
+        .with_ticks()
+        .without_grace()
+        .start()
+        .await
+        .unwrap();
     processor
         .wait_committed(EVENTS as i64, Duration::from_secs(120))
         .await
@@ -169,7 +175,13 @@ async fn a_view_cut_off_from_the_brokers_is_not_ready_and_recovers() {
         .await
         .unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let mut processor = t.processor(&broker, dir.path()).start().await.unwrap();
+    let mut processor = t
+        .processor(&broker, dir.path())
+        .with_ticks()
+        .without_grace()
+        .start()
+        .await
+        .unwrap();
     processor
         .wait_committed(100, Duration::from_secs(120))
         .await
@@ -233,7 +245,13 @@ async fn the_page_in_chromium_lists_the_open_incidents_and_follows_them_live() {
             .await
             .unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let mut processor = t.processor(&broker, dir.path()).start().await.unwrap();
+    let mut processor = t
+        .processor(&broker, dir.path())
+        .with_ticks()
+        .without_grace()
+        .start()
+        .await
+        .unwrap();
     let mut posted = 0;
     let mut post = async |event: &str, body: Vec<u8>| {
         gateway

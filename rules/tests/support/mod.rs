@@ -1,5 +1,6 @@
 //! Webhook bodies as the senders deliver them, and a tiny processor: parse each record,
-//! keep one `KeyState` per routing key, apply.
+//! keep one `KeyState` per routing key and the partition's clock, and fold
+//! (`hookfold_rules::fold`, the processor's own step).
 #![allow(dead_code)] // each test crate uses a different part
 
 use std::collections::BTreeMap;
@@ -8,7 +9,7 @@ use hookfold_events::parse;
 use hookfold_proto::cloudevents::CloudEventHeaders;
 use hookfold_proto::prost_types::Timestamp;
 use hookfold_proto::v1::{IncidentEvent, ResolutionReason, Severity, Transition};
-use hookfold_rules::{Cause, KeyState, Rules, apply};
+use hookfold_rules::{Cause, KeyState, PartitionClock, Record, Rules, fold};
 use serde_json::{Value, json};
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
@@ -282,6 +283,16 @@ pub fn push(changes: &[(&str, &str, Option<&str>)]) -> Hook {
     )
 }
 
+/// A `hookfold.tick` at `time`, as a step of a scenario ([`Run::apply`] folds it as a tick).
+pub fn tick(time: OffsetDateTime) -> Hook {
+    Hook::new(hookfold_proto::cloudevents::TICK_TYPE, Value::Null).at(time)
+}
+
+/// `BASE_TIME` plus `minutes` (and `seconds`).
+pub fn at(minutes: i64, seconds: i64) -> OffsetDateTime {
+    BASE_TIME + time::Duration::minutes(minutes) + time::Duration::seconds(seconds)
+}
+
 pub fn ping() -> Hook {
     Hook::new(
         "buildkite.ping",
@@ -293,10 +304,21 @@ pub fn unknown() -> Hook {
     Hook::new("buildkite.build.exploded", json!({"whatever": true}))
 }
 
-/// The processor in miniature: parse, route by routing key, apply.
+/// The default rules, except that agent incidents open at once (`grace = "0s"`): for tests
+/// of what opens and resolves an agent incident rather than when.
+pub fn no_grace() -> Rules {
+    let mut rules = Rules::default();
+    rules.agents.grace = std::time::Duration::ZERO;
+    rules
+}
+
+/// The processor in miniature, for one partition: parse, route by routing key, fold.
 pub struct Run {
     pub rules: Rules,
-    pub states: BTreeMap<String, KeyState>,
+    pub states: BTreeMap<Vec<u8>, KeyState>,
+    pub clock: PartitionClock,
+    /// Position of the next webhook (ticks take none, so adding ticks changes no webhook's
+    /// derived `ce_id`, time or offset).
     pub position: i64,
 }
 
@@ -305,20 +327,28 @@ impl Run {
         Self {
             rules,
             states: BTreeMap::new(),
+            clock: PartitionClock::default(),
             position: 0,
         }
     }
 
+    /// The time a hook is stamped with: its own, or one minute per position after BASE_TIME.
+    pub fn time_of(&self, hook: &Hook) -> OffsetDateTime {
+        hook.time
+            .unwrap_or(BASE_TIME + time::Duration::minutes(self.position))
+    }
+
     pub fn apply(&mut self, hook: &Hook) -> Vec<IncidentEvent> {
+        if hook.ce_type == hookfold_proto::cloudevents::TICK_TYPE {
+            return self.tick(self.time_of(hook));
+        }
         let position = self.position;
+        let time = self.time_of(hook);
         self.position += 1;
         let ce_id = hook
             .ce_id
             .clone()
             .unwrap_or_else(|| format!("ce-{position}"));
-        let time = hook
-            .time
-            .unwrap_or(BASE_TIME + time::Duration::minutes(position));
         let headers = CloudEventHeaders {
             id: ce_id.clone(),
             source: format!("/sources/{SOURCE}"),
@@ -337,10 +367,45 @@ impl Run {
             offset: hook.offset.unwrap_or(position),
             ce_id,
         };
-        let state = self.states.remove(&key).unwrap_or_default();
-        let (state, outputs) = apply(state, &event, &cause, &self.rules);
-        self.states.insert(key, state);
+        let record = Record::Webhook {
+            key: key.as_bytes(),
+            event: &event,
+        };
+        let Ok(outputs) = fold(
+            &mut self.clock,
+            &mut self.states,
+            record,
+            &cause,
+            &self.rules,
+        );
         outputs
+    }
+
+    /// A `hookfold.tick` at `time`.
+    pub fn tick(&mut self, time: OffsetDateTime) -> Vec<IncidentEvent> {
+        let cause = Cause {
+            topic: "hookfold.webhooks".into(),
+            partition: 0,
+            offset: -1,
+            ce_id: format!("tick-{time}"),
+        };
+        let record = Record::Tick { time };
+        let Ok(outputs) = fold(
+            &mut self.clock,
+            &mut self.states,
+            record,
+            &cause,
+            &self.rules,
+        );
+        outputs
+    }
+
+    /// The states by routing key, as text.
+    pub fn states_by_key(&self) -> BTreeMap<String, KeyState> {
+        self.states
+            .iter()
+            .map(|(key, state)| (String::from_utf8_lossy(key).into_owned(), state.clone()))
+            .collect()
     }
 }
 

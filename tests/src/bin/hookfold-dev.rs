@@ -444,9 +444,14 @@ async fn demo(
         agent_event("agent.lost", "ci-agent-7", "0190-a1"),
     ));
     steps.push(bk_step(
-        "ci-agent-7 reconnects (restarted: new id)",
+        "ci-agent-7 reconnects within the grace (new id): no page",
         "agent.connected",
         agent_event("agent.connected", "ci-agent-7", "0190-a2"),
+    ));
+    steps.push(bk_step(
+        "agent ci-agent-9 is lost and stays away",
+        "agent.lost",
+        agent_event("agent.lost", "ci-agent-9", "0190-b1"),
     ));
     steps.push(bk_step(
         "build #7 of api on main fails (still open at the end)",
