@@ -284,6 +284,25 @@ impl Processor {
             .collect())
     }
 
+    /// Waits until `/readyz` says the processor is in its group with its partitions
+    /// assigned and restored (so what is posted now is consumed at once).
+    pub async fn wait_ready(&mut self, timeout: Duration) -> Result<()> {
+        let url = self.metrics_url.replace("/metrics", "/readyz");
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.process.exited() {
+                bail!("processor exited ({status}):\n{}", self.process.output());
+            }
+            if reqwest::get(&url).await.is_ok_and(|r| r.status().is_success()) {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                bail!("processor not ready within {timeout:?}:\n{}", self.process.output());
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    }
+
     /// Waits until the offsets committed with the state add up to `at_least` (on a fresh
     /// topic, the number of records folded), failing early if the process dies.
     pub async fn wait_committed(&mut self, at_least: i64, timeout: Duration) -> Result<i64> {
