@@ -12,15 +12,17 @@
 //!   the state starts again from nothing here.
 //!
 //! The records and [`Replay`], which turns their sequence into store writes, are pure and
-//! live in `hookfold-state`; this module is the Kafka side: [`restore`] reads a partition
-//! into a [`PartitionStore`], [`last_position`] finds where a partition's state is at.
+//! live in `hookfold-state`; this module is the Kafka side, writer and reader of one
+//! format: [`record`] is every record the engine writes, [`restore`] reads a partition into
+//! a [`PartitionStore`], [`last_position`] finds where a partition's state is at.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::KafkaError;
-use rdkafka::message::{Headers, Message};
+use rdkafka::message::{Header, Headers, Message, OwnedHeaders};
+use rdkafka::producer::BaseRecord;
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 
 use crate::store::{PartitionStore, StoreError};
@@ -29,6 +31,27 @@ pub use hookfold_state::changelog::{
     BATCH_MARKER_KEY, ChangelogRecord, NEXT_OFFSET_HEADER, RESET_MARKER_KEY, RecordError, Replay,
     Write,
 };
+
+/// A changelog record: the entity key (or a marker's key), its value, and the input offset
+/// its partition's state is at after the batch, as a header.
+pub fn record<'a>(
+    topic: &'a str,
+    partition: i32,
+    key: &'a [u8],
+    value: &'a [u8],
+    next_offset: i64,
+) -> BaseRecord<'a, [u8], [u8]> {
+    let offset = next_offset.to_string();
+    let headers = OwnedHeaders::new().insert(Header {
+        key: NEXT_OFFSET_HEADER,
+        value: Some(offset.as_str()),
+    });
+    BaseRecord::to(topic)
+        .partition(partition)
+        .key(key)
+        .payload(value)
+        .headers(headers)
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum ChangelogError {

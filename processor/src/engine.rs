@@ -28,7 +28,7 @@ use rdkafka::error::KafkaError;
 use rdkafka::message::{Header, Headers, Message, OwnedHeaders, OwnedMessage};
 use rdkafka::producer::BaseRecord;
 
-use crate::changelog::{BATCH_MARKER_KEY, NEXT_OFFSET_HEADER, RESET_MARKER_KEY};
+use crate::changelog::{self, BATCH_MARKER_KEY, RESET_MARKER_KEY};
 use crate::codec::{self, CodecError};
 use crate::config::BatchConfig;
 use crate::delivery::{BatchProducers, DeliveryError, TrackedProducer};
@@ -404,7 +404,7 @@ impl Engine {
         next_offset: i64,
     ) -> Result<(), EngineError> {
         self.outputs
-            .send(changelog_record(
+            .send(changelog::record(
                 &self.topics.changelog,
                 partition,
                 key,
@@ -419,7 +419,7 @@ impl Engine {
     fn send_marker(&self, partition: i32, key: &[u8], next_offset: i64) -> Result<(), EngineError> {
         let offset = next_offset.to_string();
         self.markers
-            .send(changelog_record(
+            .send(changelog::record(
                 &self.topics.changelog,
                 partition,
                 key,
@@ -638,25 +638,4 @@ impl hookfold_rules::States for BatchStates<'_> {
             }
         }
     }
-}
-
-/// A changelog record: the entity key (or a marker's key), its value, and the input offset
-/// its partition's state is at after the batch, as a header.
-fn changelog_record<'a>(
-    topic: &'a str,
-    partition: i32,
-    key: &'a [u8],
-    value: &'a [u8],
-    next_offset: i64,
-) -> BaseRecord<'a, [u8], [u8]> {
-    let offset = next_offset.to_string();
-    let headers = OwnedHeaders::new().insert(Header {
-        key: NEXT_OFFSET_HEADER,
-        value: Some(offset.as_str()),
-    });
-    BaseRecord::to(topic)
-        .partition(partition)
-        .key(key)
-        .payload(value)
-        .headers(headers)
 }

@@ -141,11 +141,17 @@ fn lower_name(name: &str, prefix: &str) -> String {
     name.trim_start_matches(prefix).to_ascii_lowercase()
 }
 
+/// When the incident was created, to the second: the table's column stays aligned (the
+/// JSON keeps the full precision).
 fn since(event: &IncidentEvent) -> String {
     event
         .created_at
         .as_ref()
-        .and_then(|t| hookfold_proto::timestamp::to_rfc3339(t).ok())
+        .map(|t| hookfold_proto::prost_types::Timestamp {
+            seconds: t.seconds,
+            nanos: 0,
+        })
+        .and_then(|t| hookfold_proto::timestamp::to_rfc3339(&t).ok())
         .unwrap_or_else(|| "?".into())
 }
 

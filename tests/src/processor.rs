@@ -293,11 +293,17 @@ impl Processor {
             if let Some(status) = self.process.exited() {
                 bail!("processor exited ({status}):\n{}", self.process.output());
             }
-            if reqwest::get(&url).await.is_ok_and(|r| r.status().is_success()) {
+            if reqwest::get(&url)
+                .await
+                .is_ok_and(|r| r.status().is_success())
+            {
                 return Ok(());
             }
             if Instant::now() > deadline {
-                bail!("processor not ready within {timeout:?}:\n{}", self.process.output());
+                bail!(
+                    "processor not ready within {timeout:?}:\n{}",
+                    self.process.output()
+                );
             }
             tokio::time::sleep(Duration::from_millis(25)).await;
         }

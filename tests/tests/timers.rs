@@ -51,10 +51,7 @@ async fn lost_agent_alone(broker: &Broker, kill_mid_grace: bool) -> Run {
         .await
         .unwrap();
     // In the group with the partition assigned, so the grace starts as the lost event lands.
-    processor
-        .wait_ready(Duration::from_secs(60))
-        .await
-        .unwrap();
+    processor.wait_ready(Duration::from_secs(60)).await.unwrap();
     // The same body in every run: the same ce_id, so the same event ids.
     let body = agent_event("agent.lost", "ci-9", "id-9");
     gateway
