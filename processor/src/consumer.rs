@@ -1,11 +1,10 @@
 //! The Kafka side: a consumer group member on the webhook topic that hands records to the
 //! [`Engine`], seeks every assigned partition to the offset stored with its state, and
-//! commits a partition's pending batch before giving the partition up.
+//! commits a partition's pending batch before giving the partition up. A newly assigned
+//! partition stays paused while [`Restores`] brings its store up to the changelog.
 
-use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::thread::JoinHandle;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
@@ -15,29 +14,17 @@ use rdkafka::statistics::Statistics;
 use rdkafka::types::RDKafkaRespErr;
 use rdkafka::{ClientConfig, ClientContext, Offset, TopicPartitionList};
 
-use crate::changelog::{self, ChangelogError, ChangelogSource, RestoreReport};
 use crate::config::ProcessorConfig;
 use crate::delivery::{BatchProducers, TrackedProducer};
 use crate::engine::{Committed, Engine, Topics};
 use crate::metrics::Metrics;
+use crate::restores::{Finished, Restores};
 use crate::store::PartitionStore;
-
-/// A partition being restored from the changelog on a thread of its own, while the
-/// consumer keeps serving the other partitions (and the group) with this one paused.
-struct Restore {
-    assigned_at: std::time::Instant,
-    cancel: Arc<AtomicBool>,
-    handle: JoinHandle<Result<(PartitionStore, RestoreReport), ChangelogError>>,
-}
 
 pub struct ProcessorContext {
     engine: Mutex<Engine>,
-    restores: Mutex<BTreeMap<i32, Restore>>,
+    restores: Restores,
     input_topic: String,
-    changelog_topic: String,
-    /// Client settings for the changelog readers.
-    changelog_client: ClientConfig,
-    ack_timeout: Duration,
     metrics: Metrics,
     /// An error inside a callback, which cannot return one: the loop stops on it.
     fatal: Mutex<Option<String>>,
@@ -65,101 +52,12 @@ impl ProcessorContext {
         self.fatal.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
-    fn restores(&self) -> MutexGuard<'_, BTreeMap<i32, Restore>> {
-        self.restores.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    /// Starts restoring `partition` into `store` on a thread of its own.
+    /// Starts restoring `partition` into `store` (see [`Restores`]).
     fn start_restore(&self, partition: i32, store: PartitionStore) {
-        let cancel = Arc::new(AtomicBool::new(false));
-        let source_client = self.changelog_client.clone();
-        let topic = self.changelog_topic.clone();
-        let timeout = self.ack_timeout;
-        let metrics = self.metrics.clone();
-        let flag = cancel.clone();
-        let spawned = std::thread::Builder::new()
-            .name(format!("restore-{partition}"))
-            .spawn(move || {
-                let label = partition.to_string();
-                metrics.restoring.with_label_values(&[&label]).set(1);
-                let mut counted = 0u64;
-                let result = changelog::restore(
-                    &store,
-                    ChangelogSource {
-                        client: source_client,
-                        topic: &topic,
-                        partition,
-                        timeout,
-                    },
-                    &flag,
-                    |progress| {
-                        metrics
-                            .restore_records
-                            .with_label_values(&[&label])
-                            .inc_by(progress.records - counted);
-                        counted = progress.records;
-                        metrics
-                            .restore_remaining
-                            .with_label_values(&[&label])
-                            .set(progress.remaining);
-                        let rate =
-                            progress.records as f64 / progress.elapsed.as_secs_f64().max(1e-3);
-                        tracing::info!(
-                            partition,
-                            records = progress.records,
-                            remaining = progress.remaining,
-                            records_per_second = rate as u64,
-                            elapsed_ms = progress.elapsed.as_millis() as u64,
-                            "restoring from the changelog"
-                        );
-                    },
-                );
-                metrics.restoring.with_label_values(&[&label]).set(0);
-                metrics
-                    .restore_remaining
-                    .with_label_values(&[&label])
-                    .set(0);
-                let report = result?;
-                metrics
-                    .restore_records
-                    .with_label_values(&[&label])
-                    .inc_by(report.records - counted);
-                metrics
-                    .restore_seconds
-                    .with_label_values(&[&label])
-                    .set(report.elapsed.as_secs_f64());
-                Ok((store, report))
-            });
-        match spawned {
-            Ok(handle) => {
-                self.restores().insert(
-                    partition,
-                    Restore {
-                        assigned_at: std::time::Instant::now(),
-                        cancel,
-                        handle,
-                    },
-                );
-            }
-            Err(e) => self.fail(format!(
+        if let Err(e) = self.restores.start(partition, store) {
+            self.fail(format!(
                 "starting the restore of partition {partition}: {e}"
-            )),
-        }
-    }
-
-    /// Stops and forgets the restores of partitions given up before they finished.
-    fn cancel_restores(&self, partitions: &[i32]) {
-        let cancelled: Vec<Restore> = {
-            let mut restores = self.restores();
-            partitions
-                .iter()
-                .filter_map(|p| restores.remove(p))
-                .collect()
-        };
-        for restore in cancelled {
-            restore.cancel.store(true, Ordering::SeqCst);
-            // The thread notices within one poll (100 ms); its store closes with it.
-            let _ = restore.handle.join();
+            ));
         }
     }
 }
@@ -214,7 +112,7 @@ impl ConsumerContext for ProcessorContext {
                 // Every new partition starts paused: its store is first brought up to the
                 // changelog on a thread of its own, then the partition is resumed at the
                 // store's offset (`finish_restores`).
-                self.cancel_restores(&partitions);
+                self.restores.cancel(&partitions);
                 for &partition in &partitions {
                     let store = {
                         let mut engine = self.engine();
@@ -259,7 +157,7 @@ impl ConsumerContext for ProcessorContext {
                 }
             }
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => {
-                self.cancel_restores(&partitions);
+                self.restores.cancel(&partitions);
                 for partition in &partitions {
                     self.metrics
                         .assigned
@@ -284,8 +182,7 @@ impl ConsumerContext for ProcessorContext {
             }
             other => {
                 tracing::warn!(error = ?other, "rebalance error; dropping the assignment");
-                let all: Vec<i32> = self.restores().keys().copied().collect();
-                self.cancel_restores(&all);
+                self.restores.cancel_all();
                 let _ = consumer.unassign();
             }
         }
@@ -315,45 +212,15 @@ fn commit_offsets<C: ConsumerContext>(
 /// store's offset.
 fn finish_restores(consumer: &BaseConsumer<ProcessorContext>) -> anyhow::Result<()> {
     let context = consumer.context();
-    let finished: Vec<(i32, Restore)> = {
-        let mut restores = context.restores();
-        let done: Vec<i32> = restores
-            .iter()
-            .filter(|(_, r)| r.handle.is_finished())
-            .map(|(p, _)| *p)
-            .collect();
-        done.into_iter()
-            .filter_map(|p| restores.remove(&p).map(|r| (p, r)))
-            .collect()
-    };
-    for (partition, restore) in finished {
-        let (store, report) = match restore.handle.join() {
-            Ok(Ok(done)) => done,
-            Ok(Err(e)) => {
-                return Err(e).with_context(|| format!("restoring partition {partition}"));
-            }
-            Err(_) => bail!("the restore thread of partition {partition} panicked"),
-        };
-        if report.records > 0 {
-            tracing::info!(
-                partition,
-                records = report.records,
-                states = report.applied,
-                skipped = report.skipped,
-                next_offset = report.next_offset,
-                elapsed_ms = report.elapsed.as_millis() as u64,
-                records_per_second =
-                    (report.records as f64 / report.elapsed.as_secs_f64().max(1e-3)) as u64,
-                waiting_for_broker_ms = report.waiting_for_broker.as_millis() as u64,
-                waiting_for_writer_ms = report.waiting_for_writer.as_millis() as u64,
-                writing_ms = report.writing.as_millis() as u64,
-                flushing_ms = report.flushing.as_millis() as u64,
-                "partition restored from the changelog"
-            );
-        }
+    for Finished {
+        partition,
+        assigned_at,
+        store,
+    } in context.restores.take_finished()?
+    {
         let next = {
             let mut engine = context.engine();
-            engine.await_first_event(partition, restore.assigned_at);
+            engine.await_first_event(partition, assigned_at);
             engine
                 .adopt(partition, store)
                 .with_context(|| format!("taking on partition {partition}"))?
@@ -505,11 +372,13 @@ pub fn run(
         .set("group.id", format!("{}.restore", config.kafka.group_id));
     let context = ProcessorContext {
         engine: Mutex::new(engine),
-        restores: Mutex::new(BTreeMap::new()),
+        restores: Restores::new(
+            changelog_client,
+            config.kafka.changelog_topic(),
+            config.kafka.ack_timeout,
+            metrics.clone(),
+        ),
         input_topic: config.kafka.input_topic.clone(),
-        changelog_topic: config.kafka.changelog_topic(),
-        changelog_client,
-        ack_timeout: config.kafka.ack_timeout,
         metrics,
         fatal: Mutex::new(None),
         assigned_once: AtomicBool::new(false),
@@ -593,7 +462,7 @@ pub fn run(
         finish_restores(&consumer)?;
         ready.store(
             consumer.context().assigned_once.load(Ordering::SeqCst)
-                && consumer.context().restores().is_empty(),
+                && consumer.context().restores.is_empty(),
             Ordering::SeqCst,
         );
         match consumer.poll(Duration::from_millis(20)) {
@@ -657,8 +526,7 @@ pub fn run(
         .context("committing the last batch")?;
     commit_offsets(&consumer, &config.kafka.input_topic, &committed);
     // Leaving the group revokes the partitions (closing their stores) before exiting.
-    let restoring: Vec<i32> = consumer.context().restores().keys().copied().collect();
-    consumer.context().cancel_restores(&restoring);
+    consumer.context().restores.cancel_all();
     consumer.unsubscribe();
     let assigned = consumer.context().engine().assigned();
     if !assigned.is_empty() {

@@ -14,6 +14,7 @@ pub mod http;
 pub mod metrics;
 pub mod open_incidents;
 pub mod rebuild;
+pub mod restores;
 pub mod store;
 pub mod tail;
 pub mod tick;
