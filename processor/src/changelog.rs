@@ -32,13 +32,14 @@ pub use hookfold_state::changelog::{
     Write,
 };
 
-/// A changelog record: the entity key (or a marker's key), its value, and the input offset
-/// its partition's state is at after the batch, as a header.
+/// A changelog record: the entity key (or a marker's key), its value (`None`: a tombstone,
+/// the key is deleted, as a timer that fired), and the input offset its partition's state is
+/// at after the batch, as a header.
 pub fn record<'a>(
     topic: &'a str,
     partition: i32,
     key: &'a [u8],
-    value: &'a [u8],
+    value: Option<&'a [u8]>,
     next_offset: i64,
 ) -> BaseRecord<'a, [u8], [u8]> {
     let offset = next_offset.to_string();
@@ -46,11 +47,14 @@ pub fn record<'a>(
         key: NEXT_OFFSET_HEADER,
         value: Some(offset.as_str()),
     });
-    BaseRecord::to(topic)
+    let record = BaseRecord::to(topic)
         .partition(partition)
         .key(key)
-        .payload(value)
-        .headers(headers)
+        .headers(headers);
+    match value {
+        Some(value) => record.payload(value),
+        None => record,
+    }
 }
 
 #[derive(Debug, thiserror::Error)]

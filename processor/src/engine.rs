@@ -5,7 +5,8 @@
 //!    (pure `hookfold_rules::fold`: a tick only moves the clock, which fires due timers);
 //! 2. the incident events, the open-incident table's records (the latest event of an
 //!    incident still open, a tombstone for one resolved; keyed by dedup key) and one
-//!    changelog record per changed key (the clock under `CLOCK_KEY` among them) are produced;
+//!    changelog record per changed key (the clock's watermark under `CLOCK_KEY`, and each
+//!    timer added, or a tombstone for each removed, among them) are produced;
 //! 3. the engine waits until every one of them is acked (`delivery`), or the batch fails;
 //! 4. per partition, the changed states and the next input offset are written in one
 //!    RocksDB `WriteBatch`.
@@ -23,7 +24,10 @@ use hookfold_proto::Message as _;
 use hookfold_proto::cloudevents::CloudEventHeaders;
 use hookfold_proto::incident::PROCESSOR_SOURCE;
 use hookfold_proto::v1::{IncidentEvent, Transition};
-use hookfold_rules::{CLOCK_KEY, Cause, KeyState, PartitionClock, Record, Rules};
+use hookfold_rules::{
+    CLOCK_KEY, Cause, ClockWrite, KeyState, PartitionClock, RESERVED_PREFIX, Record, Rules,
+    TIMER_PREFIX, TIMER_VALUE,
+};
 use rdkafka::error::KafkaError;
 use rdkafka::message::{Header, Headers, Message, OwnedHeaders, OwnedMessage};
 use rdkafka::producer::BaseRecord;
@@ -80,9 +84,9 @@ pub struct Engine {
     emit_from: HashMap<i32, i64>,
     /// When each partition was assigned, until its first batch after that is committed.
     assigned_at: HashMap<i32, Instant>,
-    /// Per owned partition, how many timers its committed clock holds: only those
-    /// partitions need ticks.
-    timers: HashMap<i32, usize>,
+    /// Per owned partition, its clock (watermark and timers), loaded when the partition is
+    /// adopted and kept up to date by every batch; a batch writes only what changed.
+    clocks: HashMap<i32, PartitionClock>,
     metrics: Metrics,
 }
 
@@ -113,7 +117,7 @@ impl Engine {
             emit: true,
             emit_from: HashMap::new(),
             assigned_at: HashMap::new(),
-            timers: HashMap::new(),
+            clocks: HashMap::new(),
             metrics,
         }
     }
@@ -172,6 +176,7 @@ impl Engine {
     ) -> Result<Option<i64>, EngineError> {
         let clock = Self::stored_clock(partition, &store)?;
         self.record_clock_metrics(partition, &clock);
+        self.clocks.insert(partition, clock);
         self.partitions.insert(partition, store);
         let store = &self.partitions[&partition];
         let next = store.next_offset()?;
@@ -202,7 +207,7 @@ impl Engine {
                     let _ = gauge.remove_label_values(&[&label]);
                 }
                 self.assigned_at.remove(partition);
-                self.timers.remove(partition);
+                self.clocks.remove(partition);
                 for gauge in [&self.metrics.watermark_seconds, &self.metrics.timers] {
                     let _ = gauge.remove_label_values(&[&label]);
                 }
@@ -223,7 +228,7 @@ impl Engine {
         };
         for entry in store.states() {
             let (key, bytes) = entry?;
-            if key == CLOCK_KEY {
+            if key.starts_with(RESERVED_PREFIX) {
                 continue;
             }
             let state = codec::decode(&bytes).map_err(|source| EngineError::State {
@@ -305,8 +310,10 @@ impl Engine {
                 partition,
                 states: HashMap::new(),
             };
-            let mut clock = Self::stored_clock(partition, store)?;
-            let clock_before = clock.clone();
+            let mut clock = match self.clocks.remove(&partition) {
+                Some(clock) => clock,
+                None => Self::stored_clock(partition, store)?,
+            };
             let mut next_offset = None;
             for message in messages {
                 if message.offset() < expected {
@@ -319,18 +326,28 @@ impl Engine {
             let Some(next_offset) = next_offset else {
                 continue;
             };
-            let mut encoded: Vec<(Vec<u8>, Vec<u8>)> = states
+            let mut encoded: Vec<(Vec<u8>, Option<Vec<u8>>)> = states
                 .states
                 .iter()
-                .map(|(key, state)| (key.clone(), codec::encode(state)))
+                .map(|(key, state)| (key.clone(), Some(codec::encode(state))))
                 .collect();
-            if clock != clock_before {
-                encoded.push((CLOCK_KEY.to_vec(), codec::encode_clock(&clock)));
+            for write in clock.take_changes() {
+                encoded.push(match write {
+                    ClockWrite::Watermark(stored) => {
+                        (CLOCK_KEY.to_vec(), Some(codec::encode_clock(&stored)))
+                    }
+                    ClockWrite::Timer { key, present } => {
+                        (key, present.then(|| TIMER_VALUE.to_vec()))
+                    }
+                });
             }
+            self.record_clock_metrics(partition, &clock);
+            // Kept for the next batch now: if this one fails, the process stops anyway.
+            self.clocks.insert(partition, clock);
             for (key, value) in &encoded {
-                self.send_changelog(partition, key, value, next_offset)?;
+                self.send_changelog(partition, key, value.as_deref(), next_offset)?;
             }
-            commits.push((partition, encoded, next_offset, clock));
+            commits.push((partition, encoded, next_offset));
         }
 
         // Only once every incident event and state of the batch is acked do the markers say
@@ -338,7 +355,7 @@ impl Engine {
         // event would let a restore skip the inputs whose events were lost.
         let started = Instant::now();
         self.outputs.wait(self.ack_timeout)?;
-        for (partition, _, next_offset, _) in &commits {
+        for (partition, _, next_offset) in &commits {
             self.send_marker(*partition, BATCH_MARKER_KEY, *next_offset)?;
         }
         self.markers.wait(self.ack_timeout)?;
@@ -350,11 +367,10 @@ impl Engine {
         let started = Instant::now();
         let markers = self.markers.take_markers();
         let mut committed = Vec::new();
-        for (partition, encoded, next_offset, clock) in commits {
-            self.record_clock_metrics(partition, &clock);
+        for (partition, encoded, next_offset) in commits {
             let store = &self.partitions[&partition];
-            store.commit(
-                encoded.iter().map(|(k, v)| (k.as_slice(), v.as_slice())),
+            store.commit_changes(
+                encoded.iter().map(|(k, v)| (k.as_slice(), v.as_deref())),
                 next_offset,
                 markers.get(&partition).copied(),
             )?;
@@ -395,12 +411,12 @@ impl Engine {
         Ok(self.markers.wait(self.ack_timeout)?)
     }
 
-    /// Produces a changelog state record.
+    /// Produces a changelog state record (`None`: a tombstone).
     fn send_changelog(
         &self,
         partition: i32,
         key: &[u8],
-        value: &[u8],
+        value: Option<&[u8]>,
         next_offset: i64,
     ) -> Result<(), EngineError> {
         self.outputs
@@ -423,7 +439,7 @@ impl Engine {
                 &self.topics.changelog,
                 partition,
                 key,
-                offset.as_bytes(),
+                Some(offset.as_bytes()),
                 next_offset,
             ))
             .map_err(EngineError::Produce)
@@ -494,29 +510,47 @@ impl Engine {
         Ok(())
     }
 
-    /// The partition's clock as its store holds it.
+    /// The partition's clock as its store holds it: the watermark, and every timer key.
     fn stored_clock(partition: i32, store: &PartitionStore) -> Result<PartitionClock, EngineError> {
-        match store.get(CLOCK_KEY)? {
-            None => Ok(PartitionClock::default()),
-            Some(bytes) => codec::decode_clock(&bytes).map_err(|source| EngineError::State {
-                partition,
-                key: String::from_utf8_lossy(CLOCK_KEY).into_owned(),
-                source,
-            }),
+        let watermark = match store.get(CLOCK_KEY)? {
+            None => None,
+            Some(bytes) => {
+                Some(
+                    codec::decode_clock(&bytes).map_err(|source| EngineError::State {
+                        partition,
+                        key: String::from_utf8_lossy(CLOCK_KEY).into_owned(),
+                        source,
+                    })?,
+                )
+            }
+        };
+        let mut keys = Vec::new();
+        for entry in store.states_with_prefix(TIMER_PREFIX) {
+            keys.push(entry?.0);
         }
+        let (clock, skipped) = PartitionClock::load(watermark, keys.iter().map(Vec::as_slice));
+        if skipped > 0 {
+            tracing::warn!(
+                partition,
+                skipped,
+                "ignoring stored timer keys that do not read back"
+            );
+        }
+        Ok(clock)
     }
 
     /// The owned partitions whose committed state holds timers: ticks are only of use there.
     pub fn partitions_with_timers(&self) -> Vec<i32> {
-        self.timers
+        self.clocks
             .iter()
-            .filter(|(partition, timers)| **timers > 0 && self.partitions.contains_key(partition))
+            .filter(|(partition, clock)| {
+                clock.timers() > 0 && self.partitions.contains_key(partition)
+            })
             .map(|(partition, _)| *partition)
             .collect()
     }
 
-    fn record_clock_metrics(&mut self, partition: i32, clock: &PartitionClock) {
-        self.timers.insert(partition, clock.timers());
+    fn record_clock_metrics(&self, partition: i32, clock: &PartitionClock) {
         let label = partition.to_string();
         if let Some(watermark) = clock.watermark() {
             self.metrics

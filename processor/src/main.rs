@@ -337,6 +337,21 @@ fn dump_state(config: &ProcessorConfig) -> anyhow::Result<()> {
                 writeln!(out, "{line}")?;
                 continue;
             }
+            if key.starts_with(hookfold_rules::TIMER_PREFIX) {
+                let (deadline, of) = hookfold_rules::read_timer_key(&key)
+                    .with_context(|| format!("a timer key that does not read back: {key:?}"))?;
+                let line = serde_json::json!({
+                    "partition": partition,
+                    "next_offset": next_offset,
+                    "timer": {
+                        "deadline": deadline.format(&time::format_description::well_known::Rfc3339)?,
+                        "key": String::from_utf8_lossy(&of),
+                    },
+                });
+                use std::io::Write;
+                writeln!(out, "{line}")?;
+                continue;
+            }
             let state = codec::decode(&value)
                 .with_context(|| format!("decoding {}", String::from_utf8_lossy(&key)))?;
             let line = serde_json::json!({

@@ -154,9 +154,23 @@ impl PartitionStore {
         next_offset: i64,
         changelog_offset: Option<i64>,
     ) -> Result<(), StoreError> {
+        let states = states.into_iter().map(|(key, value)| (key, Some(value)));
+        self.commit_changes(states, next_offset, changelog_offset)
+    }
+
+    /// [`PartitionStore::commit`] where a `None` value deletes the key (a timer that fired).
+    pub fn commit_changes<'a>(
+        &self,
+        states: impl IntoIterator<Item = (&'a [u8], Option<&'a [u8]>)>,
+        next_offset: i64,
+        changelog_offset: Option<i64>,
+    ) -> Result<(), StoreError> {
         let mut batch = WriteBatch::default();
         for (key, value) in states {
-            batch.put(state_key(key), value);
+            match value {
+                Some(value) => batch.put(state_key(key), value),
+                None => batch.delete(state_key(key)),
+            }
         }
         batch.put(NEXT_OFFSET, next_offset.to_be_bytes());
         match changelog_offset {
@@ -280,12 +294,18 @@ impl PartitionStore {
 
     /// Every entity key and state, in key order.
     pub fn states(&self) -> impl Iterator<Item = Result<(Vec<u8>, Vec<u8>), StoreError>> + '_ {
+        self.states_with_prefix(&[])
+    }
+
+    /// The stored (key, value) pairs whose key starts with `prefix`, in key order.
+    pub fn states_with_prefix<'s>(
+        &'s self,
+        prefix: &[u8],
+    ) -> impl Iterator<Item = Result<(Vec<u8>, Vec<u8>), StoreError>> + 's {
+        let start = state_key(prefix);
         self.db
-            .prefix_iterator(STATE_PREFIX)
-            .take_while(|item| {
-                item.as_ref()
-                    .map_or(true, |(k, _)| k.starts_with(STATE_PREFIX))
-            })
+            .prefix_iterator(start.clone())
+            .take_while(move |item| item.as_ref().map_or(true, |(k, _)| k.starts_with(&start)))
             .map(|item| {
                 item.map(|(k, v)| (k[STATE_PREFIX.len()..].to_vec(), v.to_vec()))
                     .map_err(|e| self.err(e))

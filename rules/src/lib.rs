@@ -24,7 +24,10 @@ pub mod state;
 use hookfold_events::{EventBody, WebhookEvent};
 use hookfold_proto::v1::IncidentEvent;
 
-pub use clock::{CLOCK_KEY, PartitionClock};
+pub use clock::{
+    CLOCK_KEY, ClockWrite, PartitionClock, RESERVED_PREFIX, StoredClock, TIMER_PREFIX, TIMER_VALUE,
+    read_timer_key,
+};
 pub use config::{
     AgentRules, BitbucketRules, BranchSeverity, BuildRules, BuildScope, MAX_OPEN_AFTER_FAILURES,
     Rules, RulesError, SeverityLevel,

@@ -150,6 +150,15 @@ impl From<OffsetDateTime> for StoredTime {
 }
 
 impl StoredTime {
+    pub(crate) fn parts(self) -> (i64, u32) {
+        (self.seconds, self.nanos)
+    }
+
+    /// From stored parts; `None` for nanoseconds of a second or more.
+    pub(crate) fn from_parts(seconds: i64, nanos: u32) -> Option<Self> {
+        (nanos < 1_000_000_000).then_some(Self { seconds, nanos })
+    }
+
     /// `self + duration`, saturating (the rules bound every duration to ten years).
     pub(crate) fn plus(self, duration: std::time::Duration) -> Self {
         let at = self.to_offset_date_time();

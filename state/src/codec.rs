@@ -1,9 +1,9 @@
-//! How a [`KeyState`] and a partition's [`PartitionClock`] are stored: a 4-byte big-endian
-//! format version, then postcard. postcard has no field names, so a state written by
+//! How a [`KeyState`] and a partition's [`StoredClock`] (its watermark) are stored: a 4-byte
+//! big-endian format version, then postcard. postcard has no field names, so a state written by
 //! another layout version is refused (the partition must be rebuilt from the webhook topic)
 //! instead of being misread.
 
-use hookfold_rules::{KeyState, PartitionClock, STATE_FORMAT_VERSION};
+use hookfold_rules::{KeyState, STATE_FORMAT_VERSION, StoredClock};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
@@ -27,12 +27,13 @@ pub fn decode(bytes: &[u8]) -> Result<KeyState, CodecError> {
     decode_any(bytes)
 }
 
-/// The clock's value under [`hookfold_rules::CLOCK_KEY`].
-pub fn encode_clock(clock: &PartitionClock) -> Vec<u8> {
+/// The clock's value under [`hookfold_rules::CLOCK_KEY`] (its timers have keys of their
+/// own: [`hookfold_rules::TIMER_PREFIX`]).
+pub fn encode_clock(clock: &StoredClock) -> Vec<u8> {
     encode_any(clock)
 }
 
-pub fn decode_clock(bytes: &[u8]) -> Result<PartitionClock, CodecError> {
+pub fn decode_clock(bytes: &[u8]) -> Result<StoredClock, CodecError> {
     decode_any(bytes)
 }
 
@@ -65,7 +66,7 @@ mod tests {
         other[3] = other[3].wrapping_add(1);
         assert!(matches!(decode(&other), Err(CodecError::Version { .. })));
         assert!(matches!(decode(&bytes[..2]), Err(CodecError::Truncated)));
-        let clock = PartitionClock::default();
+        let clock = StoredClock::default();
         assert_eq!(decode_clock(&encode_clock(&clock)).unwrap(), clock);
     }
 }

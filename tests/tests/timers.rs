@@ -1,7 +1,8 @@
 //! Time in the log, end to end: the real gateway and processor on a real broker, with
 //! ticks on. A lost agent on a partition that never gets another webhook opens its
 //! incident from the processor's ticks alone once the grace period has passed, and a
-//! SIGKILL in the middle of the grace gives the same single event, id for id.
+//! SIGKILL in the middle of the grace, with the store deleted too (so the waiting timer
+//! comes back from the changelog), gives the same single event, id for id.
 
 use std::time::Duration;
 
@@ -35,8 +36,8 @@ fn millis(timestamp: Timestamp) -> OffsetDateTime {
 }
 
 /// One `agent.lost` and nothing else, on a topic of one partition; `kill_mid_grace`
-/// SIGKILLs the processor once the lost event is committed (well within the grace) and
-/// starts it again.
+/// SIGKILLs the processor once the lost event is committed (well within the grace),
+/// deletes its store and starts it again.
 async fn lost_agent_alone(broker: &Broker, kill_mid_grace: bool) -> Run {
     let t = Topics::create(broker, 1).await.unwrap();
     let gateway = Gateway::buildkite(&broker.bootstrap, &t.webhooks, "acme-bk", BK_SECRET)
@@ -64,6 +65,7 @@ async fn lost_agent_alone(broker: &Broker, kill_mid_grace: bool) -> Run {
             .await
             .unwrap();
         processor.process.kill();
+        std::fs::remove_dir_all(dir.path().join("state")).unwrap();
         processor.restart().await.unwrap();
     }
     // After a SIGKILL the group hands the partition on once the dead member's session
@@ -121,7 +123,7 @@ async fn lost_agent_alone(broker: &Broker, kill_mid_grace: bool) -> Run {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_lost_agent_on_a_quiet_partition_opens_from_ticks_alone_and_a_sigkill_mid_grace_changes_nothing()
+async fn a_lost_agent_on_a_quiet_partition_opens_from_ticks_alone_and_a_sigkill_mid_grace_with_the_store_lost_changes_nothing()
  {
     let broker = Broker::start().unwrap();
     let clean = lost_agent_alone(&broker, false).await;
