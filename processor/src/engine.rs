@@ -324,6 +324,9 @@ impl Engine {
                 self.fold(partition, &message, &mut clock, &mut states)?;
             }
             let Some(next_offset) = next_offset else {
+                // Nothing new folded (every record a redelivery): the clock is unchanged,
+                // and must stay known, or its partition would get no more ticks.
+                self.clocks.insert(partition, clock);
                 continue;
             };
             let mut encoded: Vec<(Vec<u8>, Option<Vec<u8>>)> = states
@@ -474,6 +477,16 @@ impl Engine {
             }
         };
         let key = message.key().unwrap_or_default();
+        if matches!(parsed, LogRecord::Webhook(_)) && key.starts_with(RESERVED_PREFIX) {
+            // The clock and the timers live under these keys beside the states.
+            self.malformed(
+                partition,
+                message,
+                &ce.ty,
+                "record key uses the reserved prefix \\0hookfold/",
+            );
+            return Ok(());
+        }
         let cause = Cause {
             topic: self.topics.input.clone(),
             partition,

@@ -57,7 +57,10 @@ pub struct PartitionClock {
     watermark: Option<StoredTime>,
     /// `(deadline, routing key)`, ordered by deadline first.
     timers: BTreeSet<(StoredTime, Vec<u8>)>,
-    /// Timers added (true) or removed (false) since the last `take_changes`.
+    /// Every timer added or removed since the last `take_changes`, with whether it is there
+    /// now. A timer added and removed again is still written (as a deletion): a batch redone
+    /// after a crash folds the same records first, so it writes every timer the failed batch
+    /// wrote, and a restore that replays both ends with the redone batch's word on each.
     changes: BTreeMap<(StoredTime, Vec<u8>), bool>,
     watermark_moved: bool,
 }
@@ -180,15 +183,12 @@ impl PartitionClock {
 
     fn remove(&mut self, timer: (StoredTime, Vec<u8>)) {
         if self.timers.remove(&timer) {
-            // Added and removed within one batch: nothing to write at all.
-            if self.changes.remove(&timer) != Some(true) {
-                self.changes.insert(timer, false);
-            }
+            self.changes.insert(timer, false);
         }
     }
 
     fn insert(&mut self, timer: (StoredTime, Vec<u8>)) {
-        if self.timers.insert(timer.clone()) && self.changes.remove(&timer) != Some(false) {
+        if self.timers.insert(timer.clone()) {
             self.changes.insert(timer, true);
         }
     }
@@ -254,11 +254,15 @@ mod tests {
         clock.advance(at(100, 0));
         clock.reschedule(b"a", &[], &[at(200, 0)]);
         clock.reschedule(b"b", &[], &[at(150, 0)]);
-        // Added and removed in the same batch: never written.
+        // Added and removed in the same batch: written as a deletion (see `changes`).
         clock.reschedule(b"c", &[], &[at(300, 0)]);
         clock.reschedule(b"c", &[at(300, 0)], &[]);
         let writes = clock.take_changes();
-        assert_eq!(writes.len(), 3, "{writes:?}");
+        assert_eq!(writes.len(), 4, "{writes:?}");
+        assert!(writes.contains(&ClockWrite::Timer {
+            key: timer_key(at(300, 0), b"c"),
+            present: false
+        }));
         assert!(clock.take_changes().is_empty());
         let stored: Vec<Vec<u8>> = writes
             .iter()

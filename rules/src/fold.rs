@@ -8,8 +8,10 @@
 //! 4. a timer that webhook armed already in the past (a late delivery) fires at once.
 //!
 //! The outputs of a fired timer are attributed to the webhook that armed it (ids, cause),
-//! never to the record that moved the clock: inserting ticks anywhere changes at most when
-//! a timer fires, not what it emits.
+//! never to the record that moved the clock: inserting ticks anywhere, with times not ahead
+//! of the webhooks that follow them, changes at most when a timer fires, not what it emits.
+//! A tick ahead of a later webhook (a clock that runs fast, a webhook delayed) makes that
+//! webhook late: it then meets the timers as they are at the tick's time.
 
 use hookfold_events::WebhookEvent;
 use hookfold_proto::v1::IncidentEvent;

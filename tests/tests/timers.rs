@@ -173,3 +173,70 @@ async fn a_lost_agent_on_a_quiet_partition_opens_from_ticks_alone_and_a_sigkill_
         ))
     );
 }
+
+/// The clock and the timers live under `\0hookfold/` keys beside the states: a record that
+/// claims such a key is skipped and counted as malformed, and the partition goes on (it
+/// would otherwise overwrite the partition's clock and stop the processor at its next batch).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_record_keyed_like_the_clock_is_skipped_and_the_partition_goes_on() {
+    use hookfold_tests::records::{buildkite, produce};
+    use hookfold_tests::webhooks::build_finished;
+    let broker = Broker::start().unwrap();
+    let t = Topics::create(&broker, 1).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let mut processor = t.processor(&broker, dir.path()).start().await.unwrap();
+    let mut forged = buildkite(
+        "acme-bk",
+        "agent.lost",
+        agent_event("agent.lost", "ci-1", "id-1"),
+    );
+    forged.key = "\0hookfold/clock".into();
+    let failed = buildkite(
+        "acme-bk",
+        "build.finished",
+        build_finished("web", "main", 7, "failed"),
+    );
+    produce(&broker.bootstrap, &t.webhooks, &[forged, failed.clone()])
+        .await
+        .unwrap();
+    processor
+        .wait_committed(2, Duration::from_secs(60))
+        .await
+        .unwrap();
+    let malformed = processor
+        .metric_sum("hookfold_processor_events_total")
+        .await;
+    let text = reqwest::get(&processor.metrics_url)
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with("hookfold_processor_events_total")
+                && l.contains("outcome=\"malformed\"")
+                && l.ends_with(" 1")),
+        "{text}"
+    );
+    assert_eq!(malformed.unwrap(), 2, "both records counted once");
+    // The build after it was folded as usual, and a later batch still reads the clock.
+    let incidents = broker.read_all(&t.incidents).unwrap();
+    assert_eq!(incidents.len(), 1);
+    produce(&broker.bootstrap, &t.webhooks, &[failed])
+        .await
+        .unwrap();
+    processor
+        .wait_committed(3, Duration::from_secs(60))
+        .await
+        .unwrap();
+    assert!(
+        processor.process.exited().is_none(),
+        "{}",
+        processor.process.output()
+    );
+    processor
+        .process
+        .terminate(Duration::from_secs(30))
+        .unwrap();
+}
