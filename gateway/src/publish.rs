@@ -45,13 +45,7 @@ impl PublishError {
 /// The record headers for CloudEvents attributes, `ce_specversion` first, then
 /// `hookfold-redacted` when the body was redacted.
 pub fn kafka_headers(headers: &CloudEventHeaders, redacted: Option<&str>) -> OwnedHeaders {
-    let mut out = OwnedHeaders::new_with_capacity(7);
-    for (key, value) in headers.pairs() {
-        out = out.insert(Header {
-            key,
-            value: Some(value),
-        });
-    }
+    let mut out = hookfold_kafka::cloudevent_headers(headers, 1);
     if let Some(paths) = redacted {
         out = out.insert(Header {
             key: cloudevents::REDACTED,

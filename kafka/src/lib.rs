@@ -1,6 +1,7 @@
 //! The settings every Kafka client hookfold builds starts from: the gateway's producer, the
 //! processor's consumers and producers, `tail`, `topics`, `rebuild`, `state`, `incidents`,
-//! `view` and the benchmarks' clients; and the reader of a whole topic ([`TopicReader`]).
+//! `view` and the benchmarks' clients; the reader of a whole topic ([`TopicReader`]); and
+//! CloudEvents attributes as record headers ([`cloudevent_headers`]).
 //! One function ([`client_config`]) so that no client connects with less than the operator
 //! configured (before it, `tail` ignored `kafka.properties`).
 //!
@@ -14,6 +15,7 @@
 
 pub mod acl;
 pub mod connect;
+pub mod headers;
 pub mod reader;
 pub mod security;
 
@@ -25,6 +27,7 @@ use rdkafka::config::RDKafkaLogLevel;
 pub use connect::{
     ConnectError, LastError, is_authorization_error, log_librdkafka, wait_for_brokers,
 };
+pub use headers::cloudevent_headers;
 pub use reader::{ReadError, TopicReader};
 pub use security::{Mechanism, Protocol, ResolvedSecurity, Sasl, Security, SecurityError};
 

@@ -29,7 +29,7 @@ use hookfold_rules::{
     TIMER_PREFIX, TIMER_VALUE,
 };
 use rdkafka::error::KafkaError;
-use rdkafka::message::{Header, Headers, Message, OwnedHeaders, OwnedMessage};
+use rdkafka::message::{Headers, Message, OwnedMessage};
 use rdkafka::producer::BaseRecord;
 
 use crate::changelog::{self, BATCH_MARKER_KEY, RESET_MARKER_KEY};
@@ -203,14 +203,13 @@ impl Engine {
                     &self.metrics.state_keys,
                     &self.metrics.state_bytes,
                     &self.metrics.consumer_lag,
+                    &self.metrics.watermark_seconds,
+                    &self.metrics.timers,
                 ] {
                     let _ = gauge.remove_label_values(&[&label]);
                 }
                 self.assigned_at.remove(partition);
                 self.clocks.remove(partition);
-                for gauge in [&self.metrics.watermark_seconds, &self.metrics.timers] {
-                    let _ = gauge.remove_label_values(&[&label]);
-                }
                 tracing::info!(partition, "partition revoked, store closed");
             }
         }
@@ -552,7 +551,7 @@ impl Engine {
         Ok(clock)
     }
 
-    /// The owned partitions whose committed state holds timers: ticks are only of use there.
+    /// The owned partitions whose clock holds timers: ticks are only of use there.
     pub fn partitions_with_timers(&self) -> Vec<i32> {
         self.clocks
             .iter()
@@ -605,13 +604,7 @@ impl Engine {
     fn emit(&self, incident: &IncidentEvent) -> Result<(), EngineError> {
         let ce = hookfold_proto::incident_event_headers(incident, PROCESSOR_SOURCE)
             .map_err(|_| EngineError::Headers(incident.event_id.clone()))?;
-        let mut headers = OwnedHeaders::new_with_capacity(6);
-        for (key, value) in ce.pairs() {
-            headers = headers.insert(Header {
-                key,
-                value: Some(value),
-            });
-        }
+        let headers = hookfold_kafka::cloudevent_headers(&ce, 0);
         let transition = Transition::try_from(incident.transition)
             .map(|t| {
                 t.as_str_name()

@@ -15,7 +15,7 @@ use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use hookfold_proto::cloudevents;
-use rdkafka::message::{DeliveryResult, Header, Message, OwnedHeaders};
+use rdkafka::message::{DeliveryResult, Message};
 use rdkafka::producer::{BaseRecord, ProducerContext, ThreadedProducer};
 use rdkafka::{ClientConfig, ClientContext};
 use time::OffsetDateTime;
@@ -68,7 +68,7 @@ pub struct Ticker {
 impl Ticker {
     /// `None` when ticks are off (`tick_interval = "0s"`).
     pub fn new(
-        client: ClientConfig,
+        mut client: ClientConfig,
         topic: &str,
         interval: Duration,
         metrics: Metrics,
@@ -78,7 +78,6 @@ impl Ticker {
         }
         let timeout = interval.max(Duration::from_secs(5)).as_millis().to_string();
         let producer = client
-            .clone()
             .set("client.id", "hookfold-processor-ticks")
             .set("acks", "all")
             .set("linger.ms", "0")
@@ -113,14 +112,8 @@ impl Ticker {
             let time = OffsetDateTime::now_utc();
             let id = format!("tick-{partition}-{}", time.unix_timestamp_nanos());
             let time = time.format(&Rfc3339).unwrap_or_default();
-            let ce = cloudevents::tick_headers(id, time);
-            let mut headers = OwnedHeaders::new_with_capacity(6);
-            for (key, value) in ce.pairs() {
-                headers = headers.insert(Header {
-                    key,
-                    value: Some(value),
-                });
-            }
+            let headers =
+                hookfold_kafka::cloudevent_headers(&cloudevents::tick_headers(id, time), 0);
             let record: BaseRecord<'_, [u8], [u8]> = BaseRecord::to(&self.topic)
                 .partition(*partition)
                 .payload(b"{}".as_slice())

@@ -92,7 +92,7 @@ pub(crate) fn apply_agent(
         if let Some(open) = agent_state.open.take() {
             let mut description = describe(event);
             description.summary = format!("Agent {} connected again", agent.name);
-            out.push(input.resolve(
+            out.push(input.by().resolve(
                 open,
                 ResolutionReason::AgentConnected,
                 occurred_at,
@@ -111,13 +111,19 @@ pub(crate) fn apply_agent(
     let mut description = describe(event);
     description.summary = problem_summary(&input.event.name, event);
     match &mut agent_state.open {
-        Some(open) => out.push(input.update(open, rules.severity, occurred_at, description)),
+        Some(open) => out.push(
+            input
+                .by()
+                .update(open, rules.severity, occurred_at, description),
+        ),
         // Already waiting out the grace of an earlier opening event: that one's incident,
         // with its time, is what opens if the agent does not come back.
         None if agent_state.pending.is_some() => {}
         None => {
             let key = dedup_key::agent(source_id, &agent.name);
-            let (open, created) = input.create(key, rules.severity, occurred_at, description);
+            let (open, created) = input
+                .by()
+                .create(key, rules.severity, occurred_at, description);
             if rules.grace.is_zero() {
                 open_now(agent_state, open, input.origin(), rules);
                 out.push(created);

@@ -101,7 +101,9 @@ pub(crate) fn apply_pull_request(
             description.summary = pull_request_summary(event, &opened);
             let key = dedup_key::pull_request(source_id, full_name, pr.id);
             let (open, created) =
-                input.create(key, rules.pull_request_severity, occurred_at, description);
+                input
+                    .by()
+                    .create(key, rules.pull_request_severity, occurred_at, description);
             state
                 .repos
                 .entry(routing)
@@ -122,7 +124,7 @@ pub(crate) fn apply_pull_request(
                         ("declined", ResolutionReason::PullRequestDeclined)
                     };
                     description.summary = pull_request_summary(event, what);
-                    out.push(input.resolve(open, reason, occurred_at, description));
+                    out.push(input.by().resolve(open, reason, occurred_at, description));
                 }
                 remember_closed(repo, pr.id);
             }
@@ -184,7 +186,7 @@ fn resolve_merged_branch(
         description.detail("merge_commit", pr.merge_commit.as_deref());
         description.detail("closed_by", pr.closed_by.as_ref().and_then(|u| u.display()));
         description.link("pull_request", pr.html_url.as_deref());
-        out.push(input.resolve(
+        out.push(input.by().resolve(
             open,
             ResolutionReason::BranchMerged,
             occurred_at,
@@ -266,14 +268,21 @@ pub(crate) fn apply_push(
             Some(open) => {
                 description.summary =
                     format!("Branch {branch} of {full_name} pushed again{by}, still not merged");
-                out.push(input.update(open, rules.branch_severity, input.event.time, description));
+                out.push(input.by().update(
+                    open,
+                    rules.branch_severity,
+                    input.event.time,
+                    description,
+                ));
             }
             None => {
                 description.summary =
                     format!("Branch {branch} pushed to {full_name}{by}, not merged yet");
                 let key = dedup_key::branch(source_id, full_name, branch);
                 let (open, created) =
-                    input.create(key, rules.branch_severity, input.event.time, description);
+                    input
+                        .by()
+                        .create(key, rules.branch_severity, input.event.time, description);
                 repo.branches.insert(branch.clone(), open);
                 out.push(created);
             }

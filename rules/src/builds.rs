@@ -220,7 +220,7 @@ pub(crate) fn apply_build(
                         "Build #{number} of {name} {what} on {}{again}",
                         build.branch
                     );
-                    out.push(input.update(open, severity, occurred_at, description));
+                    out.push(input.by().update(open, severity, occurred_at, description));
                 }
                 None => {
                     if !counted {
@@ -250,7 +250,8 @@ pub(crate) fn apply_build(
                             &event.pipeline.slug,
                             &build.branch,
                         );
-                        let (open, created) = input.create(key, severity, occurred_at, description);
+                        let (open, created) =
+                            input.by().create(key, severity, occurred_at, description);
                         scope.open = Some(open);
                         out.push(created);
                     }
@@ -265,7 +266,7 @@ pub(crate) fn apply_build(
             if let Some(open) = scope.open.take() {
                 description.summary =
                     format!("Build #{number} of {name} passed on {}", build.branch);
-                out.push(input.resolve(
+                out.push(input.by().resolve(
                     open,
                     ResolutionReason::BuildPassed,
                     occurred_at,
@@ -349,7 +350,7 @@ pub(crate) fn apply_job(
             .filter(|known| known.build_number == number && known.job_id != job.id);
         describe_jobs(&mut description, this_job.chain(other_jobs));
         let occurred_at = job.finished_at.unwrap_or(input.event.time);
-        out.push(input.update(
+        out.push(input.by().update(
             open,
             rules.severity_for(&build.branch),
             occurred_at,

@@ -116,37 +116,6 @@ impl Input<'_> {
             cause: self.cause.clone(),
         }
     }
-
-    pub(crate) fn create(
-        &self,
-        dedup_key: String,
-        severity: SeverityLevel,
-        occurred_at: OffsetDateTime,
-        description: Description,
-    ) -> (OpenIncident, IncidentEvent) {
-        self.by()
-            .create(dedup_key, severity, occurred_at, description)
-    }
-
-    pub(crate) fn update(
-        &self,
-        open: &mut OpenIncident,
-        severity: SeverityLevel,
-        occurred_at: OffsetDateTime,
-        description: Description,
-    ) -> IncidentEvent {
-        self.by().update(open, severity, occurred_at, description)
-    }
-
-    pub(crate) fn resolve(
-        &self,
-        open: OpenIncident,
-        reason: ResolutionReason,
-        occurred_at: OffsetDateTime,
-        description: Description,
-    ) -> IncidentEvent {
-        self.by().resolve(open, reason, occurred_at, description)
-    }
 }
 
 /// The webhook an event is attributed to, kept in the state for a timer that fires later

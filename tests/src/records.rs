@@ -5,7 +5,6 @@
 use anyhow::Result;
 use hookfold_proto::cloudevents::{self, CloudEventHeaders, SourceKind};
 use rdkafka::ClientConfig;
-use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 
 use crate::webhooks::{agent_event, build_finished};
@@ -123,13 +122,7 @@ pub async fn produce(bootstrap: &str, topic: &str, records: &[WebhookRecord]) ->
         .create()?;
     let mut pending = Vec::new();
     for record in records {
-        let mut headers = OwnedHeaders::new();
-        for (key, value) in record.headers.pairs() {
-            headers = headers.insert(Header {
-                key,
-                value: Some(value),
-            });
-        }
+        let headers = hookfold_kafka::cloudevent_headers(&record.headers, 0);
         let future = producer.send_result(
             FutureRecord::to(topic)
                 .key(&record.key)

@@ -11,9 +11,20 @@ use hookfold_proto::v1::IncidentEvent;
 use hookfold_tests::comparisons::open_by_fold;
 use hookfold_tests::records::{mixed_story, produce};
 use hookfold_tests::view::View;
-use hookfold_tests::{Broker, Topics};
+use hookfold_tests::{Broker, Processor, Topics};
 use rdkafka::Message as _;
 use serde_json::Value;
+
+/// The processor the views read from: ticks on as a user runs it, agent incidents opening
+/// at once (these tests are about what the views show, not about grace periods).
+async fn start_processor(t: &Topics, broker: &Broker, dir: &std::path::Path) -> Processor {
+    t.processor(broker, dir)
+        .with_ticks()
+        .without_grace()
+        .start()
+        .await
+        .unwrap()
+}
 
 fn keys(listed: &Value) -> Vec<String> {
     listed
@@ -33,13 +44,7 @@ async fn the_api_agrees_with_the_incident_topic_and_gives_the_history_in_order()
         .await
         .unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let mut processor = t
-        .processor(&broker, dir.path())
-        .with_ticks()
-        .without_grace()
-        .start()
-        .await
-        .unwrap();
+    let mut processor = start_processor(&t, &broker, dir.path()).await;
     processor
         .wait_committed(EVENTS as i64, Duration::from_secs(120))
         .await
@@ -175,13 +180,7 @@ async fn a_view_cut_off_from_the_brokers_is_not_ready_and_recovers() {
         .await
         .unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let mut processor = t
-        .processor(&broker, dir.path())
-        .with_ticks()
-        .without_grace()
-        .start()
-        .await
-        .unwrap();
+    let mut processor = start_processor(&t, &broker, dir.path()).await;
     processor
         .wait_committed(100, Duration::from_secs(120))
         .await
@@ -245,13 +244,7 @@ async fn the_page_in_chromium_lists_the_open_incidents_and_follows_them_live() {
             .await
             .unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let mut processor = t
-        .processor(&broker, dir.path())
-        .with_ticks()
-        .without_grace()
-        .start()
-        .await
-        .unwrap();
+    let mut processor = start_processor(&t, &broker, dir.path()).await;
     let mut posted = 0;
     let mut post = async |event: &str, body: Vec<u8>| {
         gateway
