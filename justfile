@@ -86,7 +86,13 @@ fuzz-seeds: build
     {{bin}}/hookfold-dev fuzz-seeds --out fuzz/corpus
 
 # Every benchmark
-bench: bench-gateway bench-processor bench-restore bench-ticks
+bench: bench-gateway bench-processor bench-restore bench-ticks bench-eos
+
+# hookfold under effectively_once and exactly_once beside Kafka Streams under at_least_once
+# and exactly_once_v2 on one broker: throughput, p99 latency at 1,000 events/s, RSS
+bench-eos: tools
+    cargo build --release --workspace --bins
+    scripts/bench-eos.sh
 
 # What a tick costs to fold next to a webhook, and the partition clock's size per batch
 bench-ticks: tools

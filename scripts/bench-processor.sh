@@ -27,39 +27,6 @@ topic_bytes() {
   find "$BROKER_DIR"/node-1/data -path "*/$1-[0-9]*/*.log" -printf '%s\n' | awk '{s += $1} END {print s + 0}'
 }
 
-# run_processor NAME INPUT: a processor of its own (group, output, changelog, state_dir)
-# over INPUT until it has committed every record there. Sets P_SECONDS (from the start of
-# the process), P_HWM_KB and P_RSS_KB (peak and current RSS at the end), P_STATE_BYTES
-# (state_dir after a clean stop), P_CPU (a cpu_end line) and P_LOG.
-run_processor() {
-  local name=$1 input=$2 port start end pid
-  port=$(free_port)
-  "$BIN/hookfold-dev" topics "$RUN.$name.incidents:$PARTITIONS" "$RUN.$name.incidents.open:$PARTITIONS:compact" "$RUN.$name.group.state:$PARTITIONS:compact" >/dev/null 2>&1
-  cat >"$WORK/$name.toml" <<TOML
-state_dir = "$WORK/$name-state"
-metrics_listen = "127.0.0.1:$port"
-[kafka]
-bootstrap_servers = "$KAFKA"
-input_topic = "$input"
-output_topic = "$RUN.$name.incidents"
-group_id = "$RUN.$name.group"
-TOML
-  P_LOG="$WORK/$name.log"
-  cpu_start
-  start=$(date +%s.%N)
-  RUST_LOG=warn "$BIN/hookfold-processor" --config "$WORK/$name.toml" >"$P_LOG" 2>&1 &
-  pid=$!; PIDS+=($pid)
-  "$BIN/hookfold-dev" wait-processed --topic "$input" --metrics "http://127.0.0.1:$port/metrics" --timeout-secs 1800 >&2
-  end=$(date +%s.%N)
-  P_CPU=$(cpu_end "processor=$(ticks_to_s "$(ticks "$pid")")")
-  P_HWM_KB=$(awk '/VmHWM/ {print $2}' "/proc/$pid/status")
-  P_RSS_KB=$(awk '/VmRSS/ {print $2}' "/proc/$pid/status")
-  kill -TERM "$pid"; wait "$pid" || { cat "$P_LOG" >&2; say "processor $name did not stop cleanly"; exit 1; }
-  stop "$pid"
-  P_STATE_BYTES=$(du -sb "$WORK/$name-state" | cut -f1)
-  P_SECONDS=$(python3 -c "print(f'{$end - $start:.3f}')")
-}
-
 say "filling $RUN.mixed with $EVENTS mixed events"
 "$BIN/hookfold-dev" topics "$RUN.mixed:$PARTITIONS" "$RUN.copy:$PARTITIONS" >/dev/null 2>&1
 "$BIN/hookfold-dev" fill --topic "$RUN.mixed" --count "$EVENTS" --shape mixed

@@ -12,6 +12,9 @@ pub enum Resource {
     /// Every group whose id starts with this (the processor's group and its `.restore`
     /// and `.rebuild` readers).
     GroupPrefix(String),
+    /// Every transactional id that starts with this (the processor's producers under
+    /// `processing.guarantee = "exactly_once"`).
+    TransactionalIdPrefix(String),
     Cluster,
 }
 
@@ -52,6 +55,12 @@ impl Acl {
                 "--resource-pattern-type".into(),
                 "prefixed".into(),
                 "--group".into(),
+                prefix.clone(),
+            ]),
+            Resource::TransactionalIdPrefix(prefix) => args.extend([
+                "--resource-pattern-type".into(),
+                "prefixed".into(),
+                "--transactional-id".into(),
                 prefix.clone(),
             ]),
             Resource::Cluster => args.push("--cluster".into()),

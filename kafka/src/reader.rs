@@ -69,6 +69,10 @@ impl TopicReader {
         let consumer: BaseConsumer = client
             .set("group.id", group)
             .set("enable.auto.commit", "false")
+            // A topic written in transactions ends in commit markers, which are never
+            // delivered: the end of a partition is where librdkafka says it is (for a
+            // read_committed reader, the last stable offset).
+            .set("enable.partition.eof", "true")
             .create()
             .map_err(ReadError::Create)?;
         let metadata = consumer
@@ -147,6 +151,10 @@ impl TopicReader {
                     self.ends.remove(&partition);
                 }
                 Ok(Some(message))
+            }
+            Some(Err(KafkaError::PartitionEOF(partition))) => {
+                self.ends.remove(&partition);
+                Ok(None)
             }
             Some(Err(source)) => Err(ReadError::Consume {
                 topic: self.topic.clone(),

@@ -54,6 +54,17 @@ e.g. HOOKFOLD_KAFKA__BOOTSTRAP_SERVERS=10.0.0.5:9092, HOOKFOLD_STATE_DIR=/var/li
                                       token_endpoint_url, client_id, client_secret_file
                                       or client_secret_env; optional scope, extensions
 
+  [processing]
+  guarantee = "effectively_once"      a crash repeats the last batch's incident events, with
+                                      the same event ids (consumers deduplicate by ce_id);
+                                      "exactly_once": each batch's incident events, states
+                                      and input offsets in one Kafka transaction, so a
+                                      read_committed consumer never sees a repeat
+  transaction_timeout = "10s"         exactly_once: the broker aborts a transaction open
+                                      this long (a crashed processor's open transaction holds
+                                      back read_committed readers until then); a batch must
+                                      commit within it
+
   [batch]
   max_records = 1000                  commit after this many records...
   max_wait = "50ms"                   ...or this long after the batch's first record
@@ -83,6 +94,7 @@ pub struct ProcessorConfig {
     pub metrics_listen: SocketAddr,
     pub kafka: KafkaConfig,
     pub batch: BatchConfig,
+    pub processing: ProcessingConfig,
     pub rules: Rules,
     /// A quiet owned partition of the webhook topic gets a `hookfold.tick` this often, so
     /// that time passes in the log without webhooks; zero: no ticks.
@@ -99,6 +111,7 @@ impl Default for ProcessorConfig {
             tick_interval: Duration::from_secs(5),
             kafka: KafkaConfig::default(),
             batch: BatchConfig::default(),
+            processing: ProcessingConfig::default(),
             rules: Rules::default(),
         }
     }
@@ -184,6 +197,51 @@ impl Default for BatchConfig {
     }
 }
 
+/// What a consumer of the incident topic can rely on after a crash (docs/OPERATIONS.md,
+/// Processing guarantees).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Guarantee {
+    /// The store is written after the broker acked a batch's outputs: a crash before that
+    /// produces the batch again, with the same event ids.
+    EffectivelyOnce,
+    /// A batch's outputs, changelog records and input offsets are one Kafka transaction.
+    ExactlyOnce,
+}
+
+impl Guarantee {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Guarantee::EffectivelyOnce => "effectively_once",
+            Guarantee::ExactlyOnce => "exactly_once",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProcessingConfig {
+    pub guarantee: Guarantee,
+    /// `transaction.timeout.ms` of the transactional producer (exactly_once only).
+    #[serde(with = "humantime_serde")]
+    pub transaction_timeout: Duration,
+}
+
+impl Default for ProcessingConfig {
+    fn default() -> Self {
+        Self {
+            guarantee: Guarantee::EffectivelyOnce,
+            transaction_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+impl ProcessingConfig {
+    pub fn exactly_once(&self) -> bool {
+        self.guarantee == Guarantee::ExactlyOnce
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("reading configuration: {0}")]
@@ -242,6 +300,13 @@ impl ProcessorConfig {
                 "the idempotent producers (acks=all, enable.idempotence=true)",
             ),
         ];
+        if self.processing.exactly_once() {
+            acls.push(Acl::new(
+                AclResource::TransactionalIdPrefix(format!("{}.", k.group_id)),
+                &["Write", "Describe"],
+                "exactly_once: the transactional producer (transactional.id <group_id>.<instance>)",
+            ));
+        }
         if create_topics {
             acls.push(Acl::new(
                 AclResource::Cluster,
@@ -317,6 +382,28 @@ impl ProcessorConfig {
                 "batch.max_records must be above 0".into(),
             ));
         }
+        if self.processing.exactly_once() {
+            let timeout = self.processing.transaction_timeout;
+            if timeout < Duration::from_secs(1) {
+                return Err(ConfigError::Invalid(
+                    "processing.transaction_timeout must be at least 1s".into(),
+                ));
+            }
+            if timeout <= self.batch.max_wait {
+                return Err(ConfigError::Invalid(format!(
+                    "processing.transaction_timeout ({timeout:?}) must exceed batch.max_wait ({:?}): \
+                     a batch is one transaction",
+                    self.batch.max_wait
+                )));
+            }
+            if self.kafka.properties.contains_key("transactional.id") {
+                return Err(ConfigError::Invalid(
+                    "kafka.properties must not set transactional.id: the processor derives it \
+                     from group_id and instance_id"
+                        .into(),
+                ));
+            }
+        }
         self.rules
             .validate()
             .map_err(|e| ConfigError::Invalid(format!("rules: {e}")))
@@ -367,6 +454,19 @@ group_id = "hookfold-processor"
             parse("[rules]\ndedup_windw = 3")
                 .unwrap_err()
                 .contains("dedup_windw")
+        );
+        assert_eq!(config.processing.guarantee, Guarantee::EffectivelyOnce);
+        let config = parse("[processing]\nguarantee = \"exactly_once\"").unwrap();
+        assert!(config.processing.exactly_once());
+        assert!(
+            parse("[processing]\nguarantee = \"exactly-once\"")
+                .unwrap_err()
+                .contains("exactly_once")
+        );
+        assert!(
+            parse("[processing]\nguarantee = \"exactly_once\"\ntransaction_timeout = \"10ms\"")
+                .unwrap_err()
+                .contains("transaction_timeout")
         );
         assert!(
             parse("[kafka]\noutput_topic = \"hookfold.webhooks\"")

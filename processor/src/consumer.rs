@@ -14,17 +14,19 @@ use rdkafka::statistics::Statistics;
 use rdkafka::types::RDKafkaRespErr;
 use rdkafka::{ClientConfig, ClientContext, Offset, TopicPartitionList};
 
-use crate::config::ProcessorConfig;
-use crate::delivery::{BatchProducers, TrackedProducer};
-use crate::engine::{Committed, Engine, Topics};
+use crate::config::{Guarantee, ProcessorConfig};
+use crate::delivery::{BatchProducers, TrackedProducer, Transactional};
+use crate::engine::{Committed, Engine, EngineError, Topics};
 use crate::metrics::Metrics;
-use crate::restores::{Finished, Restores};
+use crate::restores::{Finished, GroupOffsets, Restores};
 use crate::store::PartitionStore;
 
 pub struct ProcessorContext {
     engine: Mutex<Engine>,
     restores: Restores,
     input_topic: String,
+    /// `exactly_once`: the group's offsets are committed in each batch's transaction.
+    exactly_once: bool,
     metrics: Metrics,
     /// An error inside a callback, which cannot return one: the loop stops on it.
     fatal: Mutex<Option<String>>,
@@ -164,9 +166,15 @@ impl ConsumerContext for ProcessorContext {
                         .with_label_values(&[&partition.to_string()])
                         .set(0);
                 }
-                let revoked = self.engine().revoke(&partitions);
+                let lost = consumer.assignment_lost();
+                let group = consumer.group_metadata();
+                let revoked = self.engine().revoke(&partitions, lost, group.as_ref());
                 match revoked {
-                    Ok(committed) => commit_offsets(consumer, &self.input_topic, &committed),
+                    Ok(committed) => {
+                        if !self.exactly_once {
+                            commit_offsets(consumer, &self.input_topic, &committed)
+                        }
+                    }
                     Err(e) => self.fail(format!(
                         "committing partitions {partitions:?} before giving them up: {e}"
                     )),
@@ -239,6 +247,28 @@ fn finish_restores(consumer: &BaseConsumer<ProcessorContext>) -> anyhow::Result<
         consumer
             .resume(&tpl)
             .with_context(|| format!("resuming partition {partition}"))?;
+    }
+    Ok(())
+}
+
+/// Seeks the partitions of an aborted batch back to where their stores are, so the batch
+/// is read and folded again (a partition given up meanwhile is the new owner's).
+fn rewind(consumer: &BaseConsumer<ProcessorContext>) -> anyhow::Result<()> {
+    let context = consumer.context();
+    let rewinds = context.engine().take_rewinds()?;
+    for (partition, next) in rewinds {
+        let offset = next.map_or(Offset::Beginning, Offset::Offset);
+        if let Err(e) = consumer.seek(
+            &context.input_topic,
+            partition,
+            offset,
+            Duration::from_secs(10),
+        ) {
+            // Not assigned any more (revoked meanwhile): the new owner reads it.
+            tracing::warn!(partition, error = %e, "rewinding an aborted batch's partition");
+        } else {
+            tracing::info!(partition, ?offset, "rewound to redo an aborted batch");
+        }
     }
     Ok(())
 }
@@ -318,26 +348,69 @@ pub fn reader_config(config: &ProcessorConfig) -> ClientConfig {
     client
 }
 
-/// The engine with its producers (acks=all, idempotent), as `run` and `rebuild` use it.
-pub fn new_engine(config: &ProcessorConfig, metrics: Metrics) -> anyhow::Result<Engine> {
-    let producer = |client_id: &str, linger_ms: &str| -> anyhow::Result<TrackedProducer> {
-        TrackedProducer::create(
-            client_config(config)
-                .set("client.id", client_id)
-                .set("acks", "all")
-                .set("enable.idempotence", "true")
-                .set("linger.ms", linger_ms)
+/// The engine with its producers (acks=all, idempotent; under `exactly_once` one
+/// transactional producer), as `run` and `rebuild` use it.
+pub fn new_engine(
+    config: &ProcessorConfig,
+    metrics: Metrics,
+    guarantee: Guarantee,
+) -> anyhow::Result<Engine> {
+    let producer_config = |client_id: &str, linger_ms: &str| -> ClientConfig {
+        let mut client = client_config(config);
+        client
+            .set("client.id", client_id)
+            .set("acks", "all")
+            .set("enable.idempotence", "true")
+            .set("linger.ms", linger_ms)
+            .set(
+                "message.timeout.ms",
+                config.kafka.ack_timeout.as_millis().to_string(),
+            );
+        client
+    };
+    let producers = match guarantee {
+        Guarantee::EffectivelyOnce => {
+            let producer = |client_id: &str, linger_ms: &str| {
+                TrackedProducer::create(&producer_config(client_id, linger_ms))
+                    .with_context(|| format!("creating the Kafka producer {client_id}"))
+            };
+            // Incident events and states come in bursts that linger batches; a batch's
+            // markers are a handful of records the batch is waiting on, so they go at once.
+            BatchProducers::EffectivelyOnce {
+                outputs: producer("hookfold-processor", "5")?,
+                markers: producer("hookfold-processor-markers", "0")?,
+            }
+        }
+        Guarantee::ExactlyOnce => {
+            let timeout = config.processing.transaction_timeout;
+            let transactional_id = transactional_id(config);
+            let mut client = producer_config("hookfold-processor", "5");
+            // A record not acked within the transaction's timeout cannot be committed.
+            let message_timeout = config.kafka.ack_timeout.min(timeout);
+            client
+                .set("transactional.id", &transactional_id)
+                .set("transaction.timeout.ms", timeout.as_millis().to_string())
                 .set(
                     "message.timeout.ms",
-                    config.kafka.ack_timeout.as_millis().to_string(),
-                ),
-        )
-        .with_context(|| format!("creating the Kafka producer {client_id}"))
+                    message_timeout.as_millis().to_string(),
+                );
+            let transactional = Transactional::create(&client, config.kafka.ack_timeout)
+                .with_context(|| {
+                    format!(
+                        "starting the transactional producer {transactional_id} \
+                         (processing.guarantee = \"exactly_once\"; the principal needs Write and \
+                         Describe on transactional ids prefixed {}.)",
+                        config.kafka.group_id
+                    )
+                })?;
+            tracing::info!(
+                %transactional_id,
+                transaction_timeout_ms = timeout.as_millis() as u64,
+                "transactional producer ready (exactly_once)"
+            );
+            BatchProducers::ExactlyOnce(transactional)
+        }
     };
-    // Incident events and states come in bursts that linger batches; a batch's markers
-    // are a handful of records the batch is waiting on, so they go at once.
-    let outputs = producer("hookfold-processor", "5")?;
-    let markers = producer("hookfold-processor-markers", "0")?;
     let topics = Topics {
         input: config.kafka.input_topic.clone(),
         output: config.kafka.output_topic.clone(),
@@ -348,11 +421,38 @@ pub fn new_engine(config: &ProcessorConfig, metrics: Metrics) -> anyhow::Result<
         config.rules.clone(),
         topics,
         &config.state_dir,
-        BatchProducers { outputs, markers },
+        producers,
         config.kafka.ack_timeout,
         config.batch.clone(),
         metrics,
     ))
+}
+
+/// The transactional id under `exactly_once`: `<group_id>.<instance_id>`, stable across
+/// restarts, so a restarted instance fences its predecessor and aborts what it left open at
+/// once; without an instance_id, one of its own per process (`<group_id>.<host>-<pid>-<start
+/// time>`), so a crashed process's open transaction holds read_committed readers back until
+/// `processing.transaction_timeout`.
+pub fn transactional_id(config: &ProcessorConfig) -> String {
+    let group = &config.kafka.group_id;
+    match config
+        .kafka
+        .instance_id
+        .as_deref()
+        .filter(|i| !i.is_empty())
+    {
+        Some(instance) => format!("{group}.{instance}"),
+        None => {
+            let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+                .map(|h| h.trim().to_owned())
+                .unwrap_or_else(|_| "host".into());
+            let started = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_millis())
+                .unwrap_or_default();
+            format!("{group}.{host}-{}-{started}", std::process::id())
+        }
+    }
 }
 
 /// Runs until `shutdown` is set, or an error the processor cannot recover from. `ready`
@@ -365,7 +465,7 @@ pub fn run(
 ) -> anyhow::Result<()> {
     std::fs::create_dir_all(&config.state_dir)
         .with_context(|| format!("creating state_dir {}", config.state_dir.display()))?;
-    let engine = new_engine(config, metrics.clone())?;
+    let engine = new_engine(config, metrics.clone(), config.processing.guarantee)?;
     let mut changelog_client = reader_config(config);
     changelog_client
         .set("client.id", "hookfold-processor-restore")
@@ -376,9 +476,23 @@ pub fn run(
             changelog_client,
             config.kafka.changelog_topic(),
             config.kafka.ack_timeout,
+            config.processing.exactly_once().then(|| GroupOffsets {
+                client: {
+                    let mut client = client_config(config);
+                    client
+                        .set("client.id", "hookfold-processor-offsets")
+                        .set("group.id", &config.kafka.group_id);
+                    client
+                },
+                input_topic: config.kafka.input_topic.clone(),
+                // The coordinator looks for timed-out transactions every 10 s by default
+                // (transaction.abort.timed.out.transaction.cleanup.interval.ms).
+                settle: config.processing.transaction_timeout + Duration::from_secs(30),
+            }),
             metrics.clone(),
         ),
         input_topic: config.kafka.input_topic.clone(),
+        exactly_once: config.processing.exactly_once(),
         metrics,
         fatal: Mutex::new(None),
         assigned_once: AtomicBool::new(false),
@@ -448,6 +562,7 @@ pub fn run(
     // they are committed every few seconds, not per batch: every commit is a write at
     // the group coordinator, which on a busy broker delays its heartbeat answers.
     let mut last_group_commit = std::time::Instant::now();
+    let exactly_once = config.processing.exactly_once();
     let mut uncommitted: std::collections::BTreeMap<i32, i64> = Default::default();
     let mut ticker = crate::tick::Ticker::new(
         client_config(config),
@@ -493,21 +608,27 @@ pub fn run(
         let committed = {
             let mut engine = consumer.context().engine();
             if engine.due() {
-                Some(engine.commit())
+                Some(engine.commit(consumer.group_metadata().as_ref()))
             } else {
                 None
             }
         };
         match committed {
             Some(Ok(committed)) => uncommitted.extend(committed),
+            // Nothing of it is visible; its partitions are rewound just below.
+            Some(Err(EngineError::Aborted { .. })) => {}
             Some(Err(e)) => return Err(e).context("committing a batch"),
             None => {}
         }
+        rewind(&consumer)?;
         if let Some(ticker) = &mut ticker {
             let waiting = consumer.context().engine().partitions_with_timers();
             ticker.tick(&waiting);
         }
-        if !uncommitted.is_empty() && last_group_commit.elapsed() >= GROUP_COMMIT_INTERVAL {
+        if exactly_once {
+            // The offsets were committed in each batch's transaction.
+            uncommitted.clear();
+        } else if !uncommitted.is_empty() && last_group_commit.elapsed() >= GROUP_COMMIT_INTERVAL {
             let assigned = consumer.context().engine().assigned();
             let offsets: Committed = std::mem::take(&mut uncommitted)
                 .into_iter()
@@ -522,9 +643,16 @@ pub fn run(
     let committed = consumer
         .context()
         .engine()
-        .commit()
-        .context("committing the last batch")?;
-    commit_offsets(&consumer, &config.kafka.input_topic, &committed);
+        .commit(consumer.group_metadata().as_ref());
+    match committed {
+        Ok(committed) if !exactly_once => {
+            commit_offsets(&consumer, &config.kafka.input_topic, &committed)
+        }
+        Ok(_) => {}
+        // Nothing of it is visible; the next owner of its partitions redoes it.
+        Err(EngineError::Aborted { .. }) => {}
+        Err(e) => return Err(e).context("committing the last batch"),
+    }
     // Leaving the group revokes the partitions (closing their stores) before exiting.
     consumer.context().restores.cancel_all();
     consumer.unsubscribe();
@@ -533,7 +661,7 @@ pub fn run(
         consumer
             .context()
             .engine()
-            .revoke(&assigned)
+            .revoke(&assigned, false, consumer.group_metadata().as_ref())
             .context("closing stores")?;
     }
     if let Some(fatal) = consumer.context().fatal() {

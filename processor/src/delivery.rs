@@ -19,11 +19,12 @@ use std::collections::HashMap;
 use std::sync::{Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
+use rdkafka::consumer::ConsumerGroupMetadata;
 use rdkafka::error::{KafkaError, KafkaResult};
 use rdkafka::message::{DeliveryResult, Message, ToBytes};
 use rdkafka::producer::{BaseRecord, Producer, ProducerContext, ThreadedProducer};
 use rdkafka::types::RDKafkaErrorCode;
-use rdkafka::{ClientConfig, ClientContext};
+use rdkafka::{ClientConfig, ClientContext, TopicPartitionList};
 
 use crate::changelog::BATCH_MARKER_KEY;
 
@@ -174,15 +175,91 @@ impl TrackedProducer {
     pub fn take_markers(&self) -> HashMap<i32, i64> {
         self.producer.context().take_markers()
     }
+
+    /// The producer's fatal error, if it has one (e.g. fenced by a newer producer with its
+    /// `transactional.id`): it can produce nothing more.
+    pub fn fatal_error(&self) -> Option<String> {
+        self.producer
+            .client()
+            .fatal_error()
+            .map(|(code, reason)| format!("{reason} ({code:?})"))
+    }
 }
 
-/// The processor's two producers (see `engine`).
-pub struct BatchProducers {
-    /// Incident events and states.
-    pub outputs: TrackedProducer,
-    /// Batch and reset markers, sent only once the batch's outputs are acked: a producer
-    /// of their own, without linger, so the batch does not wait `linger.ms` a second time.
-    pub markers: TrackedProducer,
+/// A [`TrackedProducer`] created with a `transactional.id`: every batch is one transaction,
+/// committed together with the consumer's input offsets (KIP-447).
+///
+/// Invariant: between [`Transactional::begin`] and a successful
+/// [`Transactional::commit`], nothing this producer sent is visible to a `read_committed`
+/// reader; after [`Transactional::abort`], none of it ever is.
+pub struct Transactional {
+    pub producer: TrackedProducer,
+    pub transactional_id: String,
+    timeout: Duration,
+}
+
+impl Transactional {
+    /// Creates the producer and registers its `transactional.id` with the coordinator,
+    /// which aborts what an earlier producer with this id left open and fences it.
+    pub fn create(client: &ClientConfig, timeout: Duration) -> KafkaResult<Self> {
+        let producer = TrackedProducer::create(client)?;
+        producer.producer.init_transactions(timeout)?;
+        Ok(Self {
+            transactional_id: client.get("transactional.id").unwrap_or_default().into(),
+            producer,
+            timeout,
+        })
+    }
+
+    pub fn begin(&self) -> KafkaResult<()> {
+        self.producer.producer.begin_transaction()
+    }
+
+    /// Adds the next input offsets to the transaction, as the group member `group` (a
+    /// member of an older generation is refused: a zombie cannot commit).
+    pub fn send_offsets(
+        &self,
+        offsets: &TopicPartitionList,
+        group: &ConsumerGroupMetadata,
+    ) -> KafkaResult<()> {
+        self.producer
+            .producer
+            .send_offsets_to_transaction(offsets, group, self.timeout)
+    }
+
+    /// Flushes what was sent and commits it.
+    pub fn commit(&self) -> KafkaResult<()> {
+        self.producer.producer.commit_transaction(self.timeout)
+    }
+
+    pub fn abort(&self) -> KafkaResult<()> {
+        self.producer.producer.abort_transaction(self.timeout)
+    }
+}
+
+/// Whether a failed transactional call leaves the producer usable once the transaction is
+/// aborted (the batch is then redone); otherwise the producer is fenced or broken.
+pub fn abortable(error: &KafkaError) -> bool {
+    match error {
+        KafkaError::Transaction(e) => !e.is_fatal(),
+        // A send refused before a transactional call: the producer's state tells.
+        _ => true,
+    }
+}
+
+/// The processor's producers (see `engine`).
+pub enum BatchProducers {
+    EffectivelyOnce {
+        /// Incident events and states.
+        outputs: TrackedProducer,
+        /// Batch and reset markers, sent only once the batch's outputs are acked: a
+        /// producer of their own, without linger, so the batch does not wait `linger.ms` a
+        /// second time.
+        markers: TrackedProducer,
+    },
+    /// One transactional producer for everything a batch writes, markers included: the
+    /// transaction, not the order of acks, makes the batch all or nothing.
+    ExactlyOnce(Transactional),
 }
 
 /// What the broker said of one record.

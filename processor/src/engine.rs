@@ -1,18 +1,28 @@
 //! The engine: folds a batch of webhook records into their keys' states and commits it.
 //!
-//! Per batch, in this order (the processing guarantee in docs):
+//! Per batch, in this order (the processing guarantees in docs/OPERATIONS.md):
 //! 1. every record is parsed and folded into its partition's clock and its keys' states
 //!    (pure `hookfold_rules::fold`: a tick only moves the clock, which fires due timers);
 //! 2. the incident events, the open-incident table's records (the latest event of an
 //!    incident still open, a tombstone for one resolved; keyed by dedup key) and one
 //!    changelog record per changed key (the clock's watermark under `CLOCK_KEY`, and each
 //!    timer added, or a tombstone for each removed, among them) are produced;
-//! 3. the engine waits until every one of them is acked (`delivery`), or the batch fails;
+//! 3. `effectively_once`: the engine waits until every one of them is acked (`delivery`),
+//!    then produces each partition's batch marker and waits for it, or the batch fails;
+//!    `exactly_once`: everything of step 2, the markers and the next input offsets
+//!    (`send_offsets_to_transaction`, as the current group member) are one transaction,
+//!    and the engine waits for its commit;
 //! 4. per partition, the changed states and the next input offset are written in one
 //!    RocksDB `WriteBatch`.
 //!
-//! A crash anywhere before 4 leaves the store at the previous batch, so the batch is
-//! read again and its outputs produced again, with the same deterministic `event_id`s.
+//! A crash anywhere before 4 leaves the store at the previous batch. `effectively_once`:
+//! the batch is read again and its outputs produced again, with the same deterministic
+//! `event_id`s. `exactly_once`: a crash before the commit leaves an open transaction that
+//! is aborted (nothing of it visible to `read_committed` readers); a crash between the
+//! commit and 4 leaves the store one batch behind the group's committed offset, and the
+//! restore brings it up from the changelog (read `read_committed`) before the partition
+//! resumes (`restores`). A transaction that fails is aborted, and its partitions rewound
+//! to their stores' offsets ([`Engine::take_rewinds`]): the batch is redone.
 
 use std::collections::hash_map::Entry;
 use std::collections::{BTreeMap, HashMap};
@@ -28,6 +38,8 @@ use hookfold_rules::{
     CLOCK_KEY, Cause, ClockWrite, KeyState, PartitionClock, RESERVED_PREFIX, Record, Rules,
     TIMER_PREFIX, TIMER_VALUE,
 };
+use rdkafka::TopicPartitionList;
+use rdkafka::consumer::ConsumerGroupMetadata;
 use rdkafka::error::KafkaError;
 use rdkafka::message::{Headers, Message, OwnedMessage};
 use rdkafka::producer::BaseRecord;
@@ -35,7 +47,7 @@ use rdkafka::producer::BaseRecord;
 use crate::changelog::{self, BATCH_MARKER_KEY, RESET_MARKER_KEY};
 use crate::codec::{self, CodecError};
 use crate::config::BatchConfig;
-use crate::delivery::{BatchProducers, DeliveryError, TrackedProducer};
+use crate::delivery::{self, BatchProducers, DeliveryError, TrackedProducer};
 use crate::metrics::Metrics;
 use crate::store::{PartitionStore, StoreError};
 
@@ -56,6 +68,30 @@ pub enum EngineError {
     Produce(#[source] KafkaError),
     #[error("incident event {0} has no valid headers (a bug in the rules)")]
     Headers(String),
+    #[error("transaction: {0}")]
+    Transaction(#[source] KafkaError),
+    /// The batch's transaction failed and was aborted: nothing of it is visible, and its
+    /// partitions are rewound to redo it.
+    #[error("transaction aborted (the batch is redone): {source}")]
+    Aborted {
+        partitions: Vec<i32>,
+        #[source]
+        source: Box<EngineError>,
+    },
+    /// The transactional producer cannot go on: another producer took its
+    /// `transactional.id`, or the coordinator fenced it.
+    #[error(
+        "the transactional producer {transactional_id} is fenced and can write nothing more \
+         ({reason}): another processor with the same instance_id started, or this one was \
+         paused past its session or transaction timeout; nothing it wrote since is visible \
+         to read_committed readers"
+    )]
+    Fenced {
+        transactional_id: String,
+        reason: String,
+    },
+    #[error("exactly_once needs the consumer's group metadata, and there is none (not in a group)")]
+    NoGroup,
 }
 
 pub struct Topics {
@@ -70,8 +106,7 @@ pub struct Engine {
     rules: Rules,
     topics: Topics,
     state_dir: PathBuf,
-    outputs: TrackedProducer,
-    markers: TrackedProducer,
+    producers: BatchProducers,
     ack_timeout: Duration,
     batch: BatchConfig,
     partitions: BTreeMap<i32, PartitionStore>,
@@ -87,11 +122,22 @@ pub struct Engine {
     /// Per owned partition, its clock (watermark and timers), loaded when the partition is
     /// adopted and kept up to date by every batch; a batch writes only what changed.
     clocks: HashMap<i32, PartitionClock>,
+    /// Partitions whose batch was aborted: their records are dropped until the consumer
+    /// has rewound them to their stores' offsets ([`Engine::take_rewinds`]).
+    rewinding: std::collections::BTreeSet<i32>,
     metrics: Metrics,
 }
 
 /// What a committed batch moved each partition to.
 pub type Committed = Vec<(i32, i64)>;
+
+/// One partition's part of a folded batch: its encoded changes (`None`: a deletion) and
+/// the input offset it moves to.
+struct PartitionBatch {
+    partition: i32,
+    changes: Vec<(Vec<u8>, Option<Vec<u8>>)>,
+    next_offset: i64,
+}
 
 impl Engine {
     pub fn new(
@@ -107,8 +153,7 @@ impl Engine {
             rules,
             topics,
             state_dir: state_dir.to_owned(),
-            outputs: producers.outputs,
-            markers: producers.markers,
+            producers,
             ack_timeout,
             batch,
             partitions: BTreeMap::new(),
@@ -118,8 +163,41 @@ impl Engine {
             emit_from: HashMap::new(),
             assigned_at: HashMap::new(),
             clocks: HashMap::new(),
+            rewinding: Default::default(),
             metrics,
         }
+    }
+
+    /// Incident events, table records and states go here (the transactional producer
+    /// under `exactly_once`).
+    fn outputs(&self) -> &TrackedProducer {
+        match &self.producers {
+            BatchProducers::EffectivelyOnce { outputs, .. } => outputs,
+            BatchProducers::ExactlyOnce(transactional) => &transactional.producer,
+        }
+    }
+
+    /// Batch and reset markers go here (into the batch's transaction under
+    /// `exactly_once`).
+    fn markers(&self) -> &TrackedProducer {
+        match &self.producers {
+            BatchProducers::EffectivelyOnce { markers, .. } => markers,
+            BatchProducers::ExactlyOnce(transactional) => &transactional.producer,
+        }
+    }
+
+    fn start_batch(&mut self) {
+        match &mut self.producers {
+            BatchProducers::EffectivelyOnce { outputs, markers } => {
+                outputs.start_batch();
+                markers.start_batch();
+            }
+            BatchProducers::ExactlyOnce(transactional) => transactional.producer.start_batch(),
+        }
+    }
+
+    pub fn exactly_once(&self) -> bool {
+        matches!(self.producers, BatchProducers::ExactlyOnce(_))
     }
 
     /// Recompute state without producing incident events (`rebuild` without `--emit`),
@@ -189,9 +267,33 @@ impl Engine {
         Ok(next)
     }
 
-    /// Finishes and commits the pending batch, then closes the partitions' stores.
-    pub fn revoke(&mut self, partitions: &[i32]) -> Result<Committed, EngineError> {
-        let committed = self.commit()?;
+    /// Finishes and commits the pending batch, then closes the partitions' stores. `lost`:
+    /// the group has already given them to another member (this one was out of the group
+    /// too long); under `exactly_once` their pending records are then dropped, as no
+    /// transaction of this member's generation can commit any more.
+    pub fn revoke(
+        &mut self,
+        partitions: &[i32],
+        lost: bool,
+        group: Option<&ConsumerGroupMetadata>,
+    ) -> Result<Committed, EngineError> {
+        if lost && self.exactly_once() {
+            let before = self.pending.len();
+            self.pending
+                .retain(|m| !partitions.contains(&m.partition()));
+            tracing::warn!(
+                ?partitions,
+                dropped = before - self.pending.len(),
+                "partitions lost (this processor was out of its group): their pending records \
+                 are dropped, the new owner folds them"
+            );
+        }
+        let committed = match self.commit(group) {
+            Ok(committed) => committed,
+            // The partitions go anyway: their new owner redoes the batch.
+            Err(EngineError::Aborted { .. }) => Vec::new(),
+            Err(e) => return Err(e),
+        };
         for partition in partitions {
             if self.partitions.remove(partition).is_some() {
                 let label = partition.to_string();
@@ -210,6 +312,7 @@ impl Engine {
                 }
                 self.assigned_at.remove(partition);
                 self.clocks.remove(partition);
+                self.rewinding.remove(partition);
                 tracing::info!(partition, "partition revoked, store closed");
             }
         }
@@ -250,6 +353,9 @@ impl Engine {
     }
 
     pub fn push(&mut self, message: OwnedMessage) {
+        if self.rewinding.contains(&message.partition()) {
+            return; // read before its aborted batch was rewound; read again after
+        }
         self.pending_since.get_or_insert_with(Instant::now);
         self.pending.push(message);
     }
@@ -280,13 +386,198 @@ impl Engine {
             .set(bytes as i64);
     }
 
-    /// Folds, produces, flushes and commits the pending batch.
-    pub fn commit(&mut self) -> Result<Committed, EngineError> {
+    /// Folds, produces, flushes and commits the pending batch. `group`: the consumer's
+    /// group metadata, which `exactly_once` commits the input offsets as.
+    pub fn commit(
+        &mut self,
+        group: Option<&ConsumerGroupMetadata>,
+    ) -> Result<Committed, EngineError> {
         self.pending_since = None;
         if self.pending.is_empty() {
             return Ok(Vec::new());
         }
         let pending = std::mem::take(&mut self.pending);
+        let batches = if self.exactly_once() {
+            self.produce_in_transaction(pending, group)?
+        } else {
+            self.produce_acked(pending)?
+        };
+        self.write_stores(batches)
+    }
+
+    /// `effectively_once`: folds and produces the batch, waits for every ack, then
+    /// produces the markers and waits for theirs.
+    fn produce_acked(
+        &mut self,
+        pending: Vec<OwnedMessage>,
+    ) -> Result<(Vec<PartitionBatch>, HashMap<i32, i64>), EngineError> {
+        self.start_batch();
+        let batches = self.fold_batch(pending)?;
+        // Only once every incident event and state of the batch is acked do the markers say
+        // the batch is complete (see `changelog`): a marker acked beside a refused incident
+        // event would let a restore skip the inputs whose events were lost.
+        let started = Instant::now();
+        self.outputs().wait(self.ack_timeout)?;
+        for batch in &batches {
+            self.send_marker(batch.partition, BATCH_MARKER_KEY, batch.next_offset)?;
+        }
+        self.markers().wait(self.ack_timeout)?;
+        self.metrics
+            .batch_commit_seconds
+            .with_label_values(&["flush"])
+            .observe(started.elapsed().as_secs_f64());
+        Ok((batches, self.markers().take_markers()))
+    }
+
+    /// `exactly_once`: the batch, its markers and its input offsets in one transaction.
+    /// A failure aborts it and rewinds its partitions ([`EngineError::Aborted`]), unless
+    /// the producer is fenced ([`EngineError::Fenced`]).
+    fn produce_in_transaction(
+        &mut self,
+        pending: Vec<OwnedMessage>,
+        group: Option<&ConsumerGroupMetadata>,
+    ) -> Result<(Vec<PartitionBatch>, HashMap<i32, i64>), EngineError> {
+        let group = group.ok_or(EngineError::NoGroup)?;
+        let mut partitions: Vec<i32> = pending.iter().map(|m| m.partition()).collect();
+        partitions.sort_unstable();
+        partitions.dedup();
+        let started = Instant::now();
+        match self.transact(pending, group) {
+            Ok(batches) => {
+                let markers = self.outputs().take_markers();
+                self.metrics
+                    .batch_commit_seconds
+                    .with_label_values(&["transaction"])
+                    .observe(started.elapsed().as_secs_f64());
+                self.metrics
+                    .transactions
+                    .with_label_values(&["committed"])
+                    .inc();
+                Ok((batches, markers))
+            }
+            Err(error) => Err(self.abort(partitions, error)),
+        }
+    }
+
+    fn transactional(&self) -> &delivery::Transactional {
+        match &self.producers {
+            BatchProducers::ExactlyOnce(transactional) => transactional,
+            BatchProducers::EffectivelyOnce { .. } => {
+                unreachable!("only exactly_once batches are transactions")
+            }
+        }
+    }
+
+    fn transact(
+        &mut self,
+        pending: Vec<OwnedMessage>,
+        group: &ConsumerGroupMetadata,
+    ) -> Result<Vec<PartitionBatch>, EngineError> {
+        self.start_batch();
+        self.transactional()
+            .begin()
+            .map_err(EngineError::Transaction)?;
+        let batches = self.fold_batch(pending)?;
+        if batches.is_empty() {
+            // Every record a redelivery: nothing to write, nothing to commit.
+            self.transactional()
+                .abort()
+                .map_err(EngineError::Transaction)?;
+            return Ok(batches);
+        }
+        let mut offsets = TopicPartitionList::new();
+        for batch in &batches {
+            self.send_marker(batch.partition, BATCH_MARKER_KEY, batch.next_offset)?;
+            offsets
+                .add_partition_offset(
+                    &self.topics.input,
+                    batch.partition,
+                    rdkafka::Offset::Offset(batch.next_offset),
+                )
+                .map_err(EngineError::Transaction)?;
+        }
+        let transactional = self.transactional();
+        transactional
+            .send_offsets(&offsets, group)
+            .map_err(EngineError::Transaction)?;
+        transactional.commit().map_err(EngineError::Transaction)?;
+        // Committed: every record is acked, and the last delivery reports (where the
+        // markers landed) are being served.
+        self.outputs().wait(self.ack_timeout)?;
+        Ok(batches)
+    }
+
+    /// After a failed transaction: forgets what the fold changed in memory (the clocks
+    /// are reloaded from the stores), aborts, and marks the partitions to be rewound.
+    fn abort(&mut self, partitions: Vec<i32>, error: EngineError) -> EngineError {
+        for partition in &partitions {
+            self.clocks.remove(partition);
+        }
+        let transactional = self.transactional();
+        let transactional_id = transactional.transactional_id.clone();
+        if let Some(reason) = transactional.producer.fatal_error() {
+            self.metrics
+                .transactions
+                .with_label_values(&["fenced"])
+                .inc();
+            tracing::error!(%transactional_id, %reason, error = %error, "transactional producer fenced");
+            return EngineError::Fenced {
+                transactional_id,
+                reason,
+            };
+        }
+        let redo = match &error {
+            EngineError::Transaction(e) | EngineError::Produce(e) => delivery::abortable(e),
+            EngineError::Delivery(_) => true,
+            _ => false,
+        };
+        let aborted = transactional.abort();
+        self.metrics
+            .transactions
+            .with_label_values(&["aborted"])
+            .inc();
+        if let Err(e) = aborted {
+            tracing::error!(%transactional_id, error = %e, "aborting the transaction failed");
+            return EngineError::Transaction(e);
+        }
+        if !redo {
+            return error;
+        }
+        tracing::warn!(
+            %transactional_id,
+            ?partitions,
+            error = %error,
+            "transaction aborted: nothing of the batch is visible; its partitions are rewound \
+             to redo it"
+        );
+        self.rewinding.extend(partitions.iter().copied());
+        self.pending
+            .retain(|m| !partitions.contains(&m.partition()));
+        EngineError::Aborted {
+            partitions,
+            source: Box::new(error),
+        }
+    }
+
+    /// The partitions to seek back to where their stores are (after an aborted batch),
+    /// with the offset to seek to (`None`: the beginning); records of theirs are taken
+    /// again from the next one polled.
+    pub fn take_rewinds(&mut self) -> Result<Vec<(i32, Option<i64>)>, EngineError> {
+        let mut rewinds = Vec::new();
+        for partition in std::mem::take(&mut self.rewinding) {
+            if let Some(store) = self.partitions.get(&partition) {
+                rewinds.push((partition, store.next_offset()?));
+            }
+        }
+        Ok(rewinds)
+    }
+
+    /// Folds the batch partition by partition, producing its incident events, table
+    /// records and changelog states; returns what each partition's store is to write.
+    fn fold_batch(
+        &mut self,
+        pending: Vec<OwnedMessage>,
+    ) -> Result<Vec<PartitionBatch>, EngineError> {
         let mut by_partition: BTreeMap<i32, Vec<OwnedMessage>> = BTreeMap::new();
         for message in pending {
             by_partition
@@ -294,10 +585,7 @@ impl Engine {
                 .or_default()
                 .push(message);
         }
-        self.outputs.start_batch();
-        self.markers.start_batch();
-
-        let mut commits = Vec::new();
+        let mut batches = Vec::new();
         for (partition, messages) in by_partition {
             let Some(store) = self.partitions.get(&partition) else {
                 // Revoked while the records were in flight: the new owner reads them.
@@ -328,13 +616,13 @@ impl Engine {
                 self.clocks.insert(partition, clock);
                 continue;
             };
-            let mut encoded: Vec<(Vec<u8>, Option<Vec<u8>>)> = states
+            let mut changes: Vec<(Vec<u8>, Option<Vec<u8>>)> = states
                 .states
                 .iter()
                 .map(|(key, state)| (key.clone(), Some(codec::encode(state))))
                 .collect();
             for write in clock.take_changes() {
-                encoded.push(match write {
+                changes.push(match write {
                     ClockWrite::Watermark(stored) => {
                         (CLOCK_KEY.to_vec(), Some(codec::encode_clock(&stored)))
                     }
@@ -344,35 +632,40 @@ impl Engine {
                 });
             }
             self.record_clock_metrics(partition, &clock);
-            // Kept for the next batch now: if this one fails, the process stops anyway.
+            // Kept for the next batch now: a failed batch either stops the process or
+            // (an aborted transaction) forgets it again.
             self.clocks.insert(partition, clock);
-            for (key, value) in &encoded {
+            for (key, value) in &changes {
                 self.send_changelog(partition, key, value.as_deref(), next_offset)?;
             }
-            commits.push((partition, encoded, next_offset));
+            batches.push(PartitionBatch {
+                partition,
+                changes,
+                next_offset,
+            });
         }
+        Ok(batches)
+    }
 
-        // Only once every incident event and state of the batch is acked do the markers say
-        // the batch is complete (see `changelog`): a marker acked beside a refused incident
-        // event would let a restore skip the inputs whose events were lost.
+    /// Writes each partition's changes and next offset (and where its marker landed in
+    /// the changelog) to its store: the batch is committed.
+    fn write_stores(
+        &mut self,
+        (batches, markers): (Vec<PartitionBatch>, HashMap<i32, i64>),
+    ) -> Result<Committed, EngineError> {
         let started = Instant::now();
-        self.outputs.wait(self.ack_timeout)?;
-        for (partition, _, next_offset) in &commits {
-            self.send_marker(*partition, BATCH_MARKER_KEY, *next_offset)?;
-        }
-        self.markers.wait(self.ack_timeout)?;
-        self.metrics
-            .batch_commit_seconds
-            .with_label_values(&["flush"])
-            .observe(started.elapsed().as_secs_f64());
-
-        let started = Instant::now();
-        let markers = self.markers.take_markers();
         let mut committed = Vec::new();
-        for (partition, encoded, next_offset) in commits {
-            let store = &self.partitions[&partition];
+        for PartitionBatch {
+            partition,
+            changes,
+            next_offset,
+        } in batches
+        {
+            let Some(store) = self.partitions.get(&partition) else {
+                continue;
+            };
             store.commit_changes(
-                encoded.iter().map(|(k, v)| (k.as_slice(), v.as_deref())),
+                changes.iter().map(|(k, v)| (k.as_slice(), v.as_deref())),
                 next_offset,
                 markers.get(&partition).copied(),
             )?;
@@ -380,7 +673,7 @@ impl Engine {
             tracing::debug!(
                 partition,
                 next_offset,
-                keys = encoded.len(),
+                keys = changes.len(),
                 "batch committed"
             );
             if let Some(assigned_at) = self.assigned_at.remove(&partition) {
@@ -408,9 +701,9 @@ impl Engine {
     /// Writes a reset marker to the partition's changelog (a rebuild starts the state over;
     /// see `changelog`) and waits for its ack.
     pub fn reset_changelog(&mut self, partition: i32) -> Result<(), EngineError> {
-        self.markers.start_batch();
+        self.start_batch();
         self.send_marker(partition, RESET_MARKER_KEY, 0)?;
-        Ok(self.markers.wait(self.ack_timeout)?)
+        Ok(self.markers().wait(self.ack_timeout)?)
     }
 
     /// Produces a changelog state record (`None`: a tombstone).
@@ -421,7 +714,7 @@ impl Engine {
         value: Option<&[u8]>,
         next_offset: i64,
     ) -> Result<(), EngineError> {
-        self.outputs
+        self.outputs()
             .send(changelog::record(
                 &self.topics.changelog,
                 partition,
@@ -436,7 +729,7 @@ impl Engine {
     /// value is a tombstone, which compaction would delete.
     fn send_marker(&self, partition: i32, key: &[u8], next_offset: i64) -> Result<(), EngineError> {
         let offset = next_offset.to_string();
-        self.markers
+        self.markers()
             .send(changelog::record(
                 &self.topics.changelog,
                 partition,
@@ -586,19 +879,19 @@ impl Engine {
         if let Some(value) = &value {
             record = record.payload(value.as_slice());
         }
-        self.outputs.send(record).map_err(EngineError::Produce)
+        self.outputs().send(record).map_err(EngineError::Produce)
     }
 
     /// Tombstones in the open-incident table for `dedup_keys` (a rebuild's incidents that
     /// the new state no longer has open), acked before it returns.
     pub fn close_in_table(&mut self, dedup_keys: &[String]) -> Result<(), EngineError> {
-        self.outputs.start_batch();
+        self.start_batch();
         for key in dedup_keys {
-            self.outputs
+            self.outputs()
                 .send(BaseRecord::<str, [u8]>::to(&self.topics.open_incidents).key(key.as_str()))
                 .map_err(EngineError::Produce)?;
         }
-        Ok(self.outputs.wait(self.ack_timeout)?)
+        Ok(self.outputs().wait(self.ack_timeout)?)
     }
 
     fn emit(&self, incident: &IncidentEvent) -> Result<(), EngineError> {
@@ -627,7 +920,7 @@ impl Engine {
             .with_label_values(&[&transition])
             .inc();
         let value = incident.encode_to_vec();
-        self.outputs
+        self.outputs()
             .send(
                 BaseRecord::to(&self.topics.output)
                     .key(incident.dedup_key.as_str())

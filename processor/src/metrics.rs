@@ -25,6 +25,8 @@ pub struct Metrics {
     pub timers: IntGaugeVec,
     pub ticks_sent: IntCounterVec,
     pub tick_errors: IntCounterVec,
+    pub transactions: IntCounterVec,
+    pub resume_conflicts: IntCounterVec,
 }
 
 fn counter(name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -61,7 +63,7 @@ impl Metrics {
         let batch_commit_seconds = HistogramVec::new(
             HistogramOpts::new(
                 "hookfold_processor_batch_commit_seconds",
-                "Time to flush a batch's outputs and commit its state, by phase (flush, store).",
+                "Time to flush a batch's outputs and commit its state, by phase (flush, store; transaction: from its begin to its acknowledged commit, under exactly_once).",
             )
             .buckets(vec![
                 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
@@ -135,6 +137,16 @@ impl Metrics {
             "hookfold.tick records the broker refused or did not ack (timers then wait for the next webhook).",
             &["partition"],
         );
+        let transactions = counter(
+            "hookfold_processor_transactions_total",
+            "exactly_once batches by outcome: committed, aborted (the batch is redone), fenced (the producer can write no more; the processor exits).",
+            &["outcome"],
+        );
+        let resume_conflicts = counter(
+            "hookfold_processor_resume_conflicts_total",
+            "exactly_once: assigned partitions whose store, after the changelog restore, disagreed with the group's committed offset (ahead or behind; see the log).",
+            &["kind"],
+        );
         for collector in [
             Box::new(events.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(incidents.clone()),
@@ -153,6 +165,8 @@ impl Metrics {
             Box::new(timers.clone()),
             Box::new(ticks_sent.clone()),
             Box::new(tick_errors.clone()),
+            Box::new(transactions.clone()),
+            Box::new(resume_conflicts.clone()),
         ] {
             registry
                 .register(collector)
@@ -177,6 +191,8 @@ impl Metrics {
             timers,
             ticks_sent,
             tick_errors,
+            transactions,
+            resume_conflicts,
         }
     }
 

@@ -20,7 +20,7 @@ use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::{Offset, TopicPartitionList};
 
 use crate::changelog::{ChangelogSource, last_position};
-use crate::config::ProcessorConfig;
+use crate::config::{Guarantee, ProcessorConfig};
 use crate::consumer::{check_copartitioned, client_config, new_engine, reader_config};
 use crate::engine::Engine;
 use crate::metrics::Metrics;
@@ -103,7 +103,9 @@ pub fn run(
     }
     std::fs::create_dir_all(&config.state_dir)
         .with_context(|| format!("creating state_dir {}", config.state_dir.display()))?;
-    let mut engine = new_engine(config, Metrics::new())?;
+    // Always effectively once: the group is empty (checked above), and its offsets are
+    // committed once the partition is rebuilt (`commit_group_offset`).
+    let mut engine = new_engine(config, Metrics::new(), Guarantee::EffectivelyOnce)?;
     if !options.emit {
         engine = engine.without_incident_events();
     }
@@ -130,8 +132,36 @@ pub fn run(
         .with_context(|| format!("rebuilding partition {partition}"))?;
         close_vanished(config, &mut engine, &table, partition, out)
             .with_context(|| format!("updating {table_topic} for partition {partition}"))?;
-        engine.revoke(&[partition])?;
+        engine.revoke(&[partition], false, None)?;
     }
+    Ok(())
+}
+
+/// Sets the group's committed offset of `partition` to where the rebuilt state is: under
+/// `exactly_once` it is where processors resume (and their stores must agree with it), and
+/// lag tools read it under either guarantee. The group is empty (checked before), so a
+/// commit outside it is allowed.
+fn commit_group_offset(
+    config: &ProcessorConfig,
+    partition: i32,
+    next_offset: i64,
+) -> anyhow::Result<()> {
+    let committer: BaseConsumer = client_config(config)
+        .set("group.id", &config.kafka.group_id)
+        .set("enable.auto.commit", "false")
+        .create()
+        .context("creating the group offset committer")?;
+    let mut tpl = TopicPartitionList::new();
+    tpl.add_partition_offset(
+        &config.kafka.input_topic,
+        partition,
+        Offset::Offset(next_offset),
+    )?;
+    committer
+        .commit(&tpl, rdkafka::consumer::CommitMode::Sync)
+        .with_context(|| {
+            format!("committing offset {next_offset} of partition {partition} for the group")
+        })?;
     Ok(())
 }
 
@@ -432,7 +462,7 @@ fn rebuild_partition(
             None => {}
         }
         if engine.due() {
-            engine.commit()?;
+            engine.commit(None)?;
         }
         if last_progress.elapsed() >= Duration::from_secs(5) {
             let done = next - low;
@@ -445,7 +475,8 @@ fn rebuild_partition(
             last_progress = Instant::now();
         }
     }
-    engine.commit()?;
+    engine.commit(None)?;
+    commit_group_offset(config, partition, high)?;
     writeln!(
         out,
         "partition {partition}: rebuilt {} records in {:.1} s; state at offset {high}",

@@ -6,6 +6,14 @@
 //! (its store handed back once, by [`Restores::take_finished`]) or cancelled (its thread
 //! told to stop and joined, its store closed with it), never both; the metrics
 //! `restoring`, `restore_records`, `restore_remaining` and `restore_seconds` follow each one.
+//!
+//! Under `exactly_once` the group's committed offset is the truth of what was committed
+//! (it is written in the batch's transaction). A restore first reads it (a fetch that
+//! waits while a transaction holding offsets for the partition is still open), then brings
+//! the store up to the changelog, read `read_committed`; a store behind the committed
+//! offset (a crash between a commit and its store write) is up to it then. A store ahead
+//! of it cannot come from a transaction: it is cleared and restored from the whole
+//! changelog ([`reconcile`]).
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -14,7 +22,8 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
-use rdkafka::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 
 use crate::changelog::{self, ChangelogError, ChangelogSource, RestoreReport};
 use crate::metrics::Metrics;
@@ -24,7 +33,7 @@ use crate::store::PartitionStore;
 struct Restore {
     assigned_at: Instant,
     cancel: Arc<AtomicBool>,
-    handle: JoinHandle<Result<(PartitionStore, RestoreReport), ChangelogError>>,
+    handle: JoinHandle<anyhow::Result<(PartitionStore, RestoreReport)>>,
 }
 
 /// A restore that has finished: the partition's store, up to date with its changelog.
@@ -41,16 +50,61 @@ pub struct Restores {
     client: ClientConfig,
     topic: String,
     timeout: Duration,
+    /// `exactly_once`: where the group's committed offsets are read.
+    group_offsets: Option<GroupOffsets>,
     metrics: Metrics,
 }
 
+/// The consumer group whose committed offsets a restore checks its store against.
+#[derive(Clone)]
+pub struct GroupOffsets {
+    /// Client settings with the processors' `group.id` (the reader never joins it).
+    pub client: ClientConfig,
+    pub input_topic: String,
+    /// How long a store behind the committed offset may wait for the changelog's last
+    /// stable offset to pass it (a dead producer's open transaction being aborted).
+    pub settle: Duration,
+}
+
+impl GroupOffsets {
+    /// The group's committed offset of `partition` (`None`: none committed). librdkafka
+    /// reads it with RequireStable (isolation.level=read_committed): while a transaction
+    /// that commits offsets for the partition is open, the fetch waits for its end.
+    fn committed(&self, partition: i32, timeout: Duration) -> anyhow::Result<Option<i64>> {
+        let consumer: BaseConsumer = self
+            .client
+            .clone()
+            .set("enable.auto.commit", "false")
+            .create()
+            .context("creating the committed-offset reader")?;
+        let mut tpl = TopicPartitionList::new();
+        tpl.add_partition(&self.input_topic, partition);
+        let committed = consumer.committed_offsets(tpl, timeout).with_context(|| {
+            format!("reading the group's committed offset of partition {partition}")
+        })?;
+        Ok(committed
+            .find_partition(&self.input_topic, partition)
+            .and_then(|e| match e.offset() {
+                Offset::Offset(offset) => Some(offset),
+                _ => None,
+            }))
+    }
+}
+
 impl Restores {
-    pub fn new(client: ClientConfig, topic: String, timeout: Duration, metrics: Metrics) -> Self {
+    pub fn new(
+        client: ClientConfig,
+        topic: String,
+        timeout: Duration,
+        group_offsets: Option<GroupOffsets>,
+        metrics: Metrics,
+    ) -> Self {
         Self {
             running: Mutex::new(BTreeMap::new()),
             client,
             topic,
             timeout,
+            group_offsets,
             metrics,
         }
     }
@@ -72,54 +126,80 @@ impl Restores {
         let topic = self.topic.clone();
         let timeout = self.timeout;
         let metrics = self.metrics.clone();
+        let group_offsets = self.group_offsets.clone();
+        let settle = group_offsets.as_ref().map_or(Duration::ZERO, |g| g.settle);
         let flag = cancel.clone();
         let handle = std::thread::Builder::new()
             .name(format!("restore-{partition}"))
             .spawn(move || {
                 let label = partition.to_string();
                 metrics.restoring.with_label_values(&[&label]).set(1);
+                let committed = match &group_offsets {
+                    Some(group) => group.committed(partition, timeout),
+                    None => Ok(None),
+                };
                 let mut counted = 0u64;
-                let result = changelog::restore(
-                    &store,
-                    ChangelogSource {
-                        client,
-                        topic: &topic,
-                        partition,
-                        timeout,
-                    },
-                    &flag,
-                    |progress| {
+                let restore = |store: &PartitionStore, counted: &mut u64| {
+                    changelog::restore(
+                        store,
+                        ChangelogSource {
+                            client: client.clone(),
+                            topic: &topic,
+                            partition,
+                            timeout,
+                        },
+                        &flag,
+                        |progress| {
+                            metrics
+                                .restore_records
+                                .with_label_values(&[&label])
+                                .inc_by(progress.records.saturating_sub(*counted));
+                            *counted = progress.records;
+                            metrics
+                                .restore_remaining
+                                .with_label_values(&[&label])
+                                .set(progress.remaining);
+                            let rate =
+                                progress.records as f64 / progress.elapsed.as_secs_f64().max(1e-3);
+                            tracing::info!(
+                                partition,
+                                records = progress.records,
+                                remaining = progress.remaining,
+                                records_per_second = rate as u64,
+                                elapsed_ms = progress.elapsed.as_millis() as u64,
+                                "restoring from the changelog"
+                            );
+                        },
+                    )
+                    .inspect(|report| {
                         metrics
                             .restore_records
                             .with_label_values(&[&label])
-                            .inc_by(progress.records - counted);
-                        counted = progress.records;
-                        metrics
-                            .restore_remaining
-                            .with_label_values(&[&label])
-                            .set(progress.remaining);
-                        let rate =
-                            progress.records as f64 / progress.elapsed.as_secs_f64().max(1e-3);
-                        tracing::info!(
+                            .inc_by(report.records.saturating_sub(*counted));
+                        *counted = 0;
+                    })
+                };
+                let result = committed.and_then(|committed| {
+                    let report = restore(&store, &mut counted)?;
+                    match committed {
+                        Some(committed) => reconcile(
                             partition,
-                            records = progress.records,
-                            remaining = progress.remaining,
-                            records_per_second = rate as u64,
-                            elapsed_ms = progress.elapsed.as_millis() as u64,
-                            "restoring from the changelog"
-                        );
-                    },
-                );
+                            &store,
+                            committed,
+                            report,
+                            settle,
+                            &metrics,
+                            |store| restore(store, &mut counted),
+                        ),
+                        None => Ok(report),
+                    }
+                });
                 metrics.restoring.with_label_values(&[&label]).set(0);
                 metrics
                     .restore_remaining
                     .with_label_values(&[&label])
                     .set(0);
                 let report = result?;
-                metrics
-                    .restore_records
-                    .with_label_values(&[&label])
-                    .inc_by(report.records - counted);
                 metrics
                     .restore_seconds
                     .with_label_values(&[&label])
@@ -178,7 +258,7 @@ impl Restores {
             let (store, report) = match restore.handle.join() {
                 Ok(Ok(done)) => done,
                 Ok(Err(e)) => {
-                    return Err(e).with_context(|| format!("restoring partition {partition}"));
+                    return Err(e.context(format!("restoring partition {partition}")));
                 }
                 Err(_) => bail!("the restore thread of partition {partition} panicked"),
             };
@@ -207,4 +287,98 @@ impl Restores {
         }
         Ok(out)
     }
+}
+
+/// `exactly_once`: after the store is brought up to the changelog, compares it with the
+/// group's committed offset. Equal is the rule.
+///
+/// Behind: the committed batch is in the changelog, past the last stable offset, behind a
+/// transaction a crashed producer left open (its `transactional.id` used by nobody now):
+/// the restore is repeated until the broker has aborted that transaction and the store is
+/// up to the committed offset, for at most `settle`. If it is still behind then, the
+/// changelog lacks committed batches (its records deleted): the store is kept and the
+/// records after it are folded again, their incident events produced again with their ids.
+///
+/// Ahead: cannot come from a transaction: the store is cleared and restored from the whole
+/// changelog, which holds committed batches only; if it is still ahead then, the changelog
+/// itself is (batches of `effectively_once`, whose group offsets lag, or offsets reset by
+/// hand), and the store is kept. Both conflicts are logged and counted.
+fn reconcile(
+    partition: i32,
+    store: &PartitionStore,
+    committed: i64,
+    mut report: RestoreReport,
+    settle: Duration,
+    metrics: &Metrics,
+    mut restore: impl FnMut(&PartitionStore) -> Result<RestoreReport, ChangelogError>,
+) -> anyhow::Result<RestoreReport> {
+    let deadline = Instant::now() + settle;
+    let mut waited = false;
+    loop {
+        let local = store.next_offset()?.unwrap_or(0);
+        if local == committed {
+            if waited {
+                tracing::info!(
+                    partition,
+                    committed,
+                    "the store reached the committed offset once the open transaction ended"
+                );
+            }
+            return Ok(report);
+        }
+        if local > committed {
+            break;
+        }
+        if Instant::now() >= deadline {
+            metrics
+                .resume_conflicts
+                .with_label_values(&["behind"])
+                .inc();
+            tracing::error!(
+                partition,
+                store_next_offset = local,
+                committed,
+                waited_ms = settle.as_millis() as u64,
+                "the changelog does not reach the group's committed offset (its records were \
+                 deleted?): resuming from the state, so the records in between are folded again \
+                 and their incident events produced again, with the same ids"
+            );
+            return Ok(report);
+        }
+        if !waited {
+            tracing::info!(
+                partition,
+                store_next_offset = local,
+                committed,
+                "the store is behind the committed offset and the changelog's readable end: \
+                 waiting for the broker to end an open transaction (a crashed processor's)"
+            );
+            waited = true;
+        }
+        // The broker aborts a dead producer's transaction after its timeout, on its own
+        // schedule: look again every half second.
+        std::thread::sleep(Duration::from_millis(500));
+        report = restore(store)?;
+    }
+    let local = store.next_offset()?.unwrap_or(0);
+    tracing::warn!(
+        partition,
+        store_next_offset = local,
+        committed,
+        "the store is ahead of the group's committed offset; restoring it from the whole changelog"
+    );
+    store.clear()?;
+    let report = restore(store)?;
+    let restored = store.next_offset()?.unwrap_or(0);
+    if restored > committed {
+        metrics.resume_conflicts.with_label_values(&["ahead"]).inc();
+        tracing::warn!(
+            partition,
+            next_offset = restored,
+            committed,
+            "the changelog is ahead of the group's committed offset too (batches committed \
+             under effectively_once, or group offsets reset by hand): resuming from the state"
+        );
+    }
+    Ok(report)
 }

@@ -30,6 +30,7 @@ pub fn tail(options: &TailOptions, out: &mut impl Write) -> anyhow::Result<u64> 
         .clone()
         .set("group.id", "hookfold-tail")
         .set("enable.auto.commit", "false")
+        .set("enable.partition.eof", "true")
         .create()
         .context("creating the Kafka consumer")?;
     let metadata = consumer
@@ -83,6 +84,11 @@ pub fn tail(options: &TailOptions, out: &mut impl Write) -> anyhow::Result<u64> 
                 {
                     ends.remove(&message.partition());
                 }
+            }
+            // A topic written in transactions (exactly_once) ends in commit markers, never
+            // delivered: the end is where librdkafka says (the last stable offset).
+            Some(Err(rdkafka::error::KafkaError::PartitionEOF(partition))) => {
+                ends.remove(&partition);
             }
             Some(Err(e)) => bail!("reading {}: {e}", options.topic),
             None => {

@@ -138,3 +138,52 @@ pub fn assert_table_matches(incidents: &[OwnedMessage], table: &[OwnedMessage]) 
     }
     Ok(expected.len())
 }
+
+/// [`assert_same_incidents`] with no repeat at all: every event of the reference exactly
+/// once (what a `read_committed` consumer must see under `exactly_once`).
+pub fn assert_exactly_once(reference: &[OwnedMessage], actual: &[OwnedMessage]) -> Result<()> {
+    let repeats = assert_same_incidents(reference, actual)?;
+    if repeats != 0 {
+        let ids = outputs_by_id(actual);
+        let mut counts: HashMap<String, usize> = HashMap::new();
+        for record in actual {
+            let id = headers_of(record).get("ce_id").cloned().unwrap_or_default();
+            *counts.entry(id).or_default() += 1;
+        }
+        let repeated: Vec<(&String, &usize)> = counts.iter().filter(|(_, n)| **n > 1).collect();
+        bail!(
+            "{repeats} repeated record(s) over {} ids, e.g. {:?}",
+            ids.len(),
+            repeated.first()
+        );
+    }
+    Ok(())
+}
+
+/// Two `hookfold-processor state` dumps are equal; otherwise fails with the number of
+/// lines only one side has and the first few of them (shortened: states are long).
+pub fn assert_same_state(actual: &[String], expected: &[String], what: &str) -> Result<()> {
+    if actual == expected {
+        return Ok(());
+    }
+    let short = |line: &String| line.chars().take(400).collect::<String>();
+    let expected_set: HashSet<&String> = expected.iter().collect();
+    let actual_set: HashSet<&String> = actual.iter().collect();
+    let only_actual: Vec<String> = actual
+        .iter()
+        .filter(|l| !expected_set.contains(l))
+        .take(3)
+        .map(short)
+        .collect();
+    let only_expected: Vec<String> = expected
+        .iter()
+        .filter(|l| !actual_set.contains(l))
+        .take(3)
+        .map(short)
+        .collect();
+    bail!(
+        "{what}: the state differs ({} lines, expected {}); only here: {only_actual:#?}; only expected: {only_expected:#?}",
+        actual.len(),
+        expected.len()
+    )
+}

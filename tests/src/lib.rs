@@ -37,7 +37,7 @@ pub use comparisons::{assert_same_incidents, outputs_by_id};
 pub use gateway::Gateway;
 pub use process::{Process, Signal, workspace_binary};
 pub use processor::{Processor, ProcessorSetup};
-pub use topics::{Topics, create_topic, headers_of, read_all, watermarks};
+pub use topics::{Topics, create_topic, headers_of, read_all, read_all_uncommitted, watermarks};
 
 /// Polls `check` every 25 ms until it returns `Some`, or fails after `timeout`.
 pub fn wait_for<T>(

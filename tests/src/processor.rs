@@ -90,6 +90,11 @@ impl ProcessorSetup {
         self.extra("[rules.agents]\ngrace = \"0s\"")
     }
 
+    /// `[processing] guarantee = "exactly_once"`: each batch one Kafka transaction.
+    pub fn exactly_once(self) -> Self {
+        self.extra("[processing]\nguarantee = \"exactly_once\"")
+    }
+
     /// TOML appended to the configuration (e.g. `[rules.builds]` tables).
     pub fn extra(mut self, toml: &str) -> Self {
         self.extra.push_str(toml);

@@ -9,6 +9,7 @@ use rdkafka::ClientConfig;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::error::KafkaError;
 use rdkafka::message::{Headers, Message, OwnedMessage};
 use rdkafka::{Offset, TopicPartitionList};
 
@@ -64,13 +65,27 @@ pub async fn create_topic(
 }
 
 /// [`Broker::read_all`] for any Kafka (e.g. librdkafka's mock cluster): every record on
-/// the topic from the beginning up to the high watermarks as they are when called.
+/// the topic from the beginning up to the high watermarks as they are when called, read as
+/// a downstream consumer reads by default (`isolation.level=read_committed`: records of
+/// open or aborted transactions are not delivered).
 pub fn read_all(bootstrap: &str, topic: &str) -> Result<Vec<OwnedMessage>> {
+    read_all_as(bootstrap, topic, "read_committed")
+}
+
+/// [`read_all`] with `isolation.level=read_uncommitted`: aborted transactions' records too.
+pub fn read_all_uncommitted(bootstrap: &str, topic: &str) -> Result<Vec<OwnedMessage>> {
+    read_all_as(bootstrap, topic, "read_uncommitted")
+}
+
+fn read_all_as(bootstrap: &str, topic: &str, isolation: &str) -> Result<Vec<OwnedMessage>> {
     let consumer: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", bootstrap)
         .set("group.id", unique_name("hookfold-test-reader"))
         .set("enable.auto.commit", "false")
-        .set("enable.partition.eof", "false")
+        .set("isolation.level", isolation)
+        // A transactional topic's last offsets may be commit markers, never delivered: a
+        // partition is read through when librdkafka says its end is reached.
+        .set("enable.partition.eof", "true")
         .create()?;
     let metadata = consumer.fetch_metadata(Some(topic), Duration::from_secs(5))?;
     let partitions = metadata
@@ -109,6 +124,11 @@ pub fn read_all(bootstrap: &str, topic: &str) -> Result<Vec<OwnedMessage>> {
                     remaining.remove(&partition);
                 }
                 messages.push(message.detach());
+            }
+            Some(Err(KafkaError::PartitionEOF(partition))) => {
+                // With read_committed, the end is the last stable offset: an open
+                // transaction's records (and those after them) are not read.
+                remaining.remove(&partition);
             }
             Some(Err(e)) => bail!("reading {topic}: {e}"),
             None => {}

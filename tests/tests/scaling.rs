@@ -8,9 +8,9 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use hookfold_proto::v1::EntityKind;
-use hookfold_tests::comparisons::{assert_table_matches, open_by_fold};
+use hookfold_tests::comparisons::{assert_exactly_once, assert_table_matches, open_by_fold};
 use hookfold_tests::records::{WebhookRecord, mixed_story, produce};
-use hookfold_tests::{Broker, Processor, Topics, assert_same_incidents};
+use hookfold_tests::{Broker, Processor, ProcessorSetup, Topics, assert_same_incidents};
 use rdkafka::message::OwnedMessage;
 
 /// A single processor over the whole input: what every other arrangement must equal.
@@ -175,6 +175,16 @@ async fn a_deleted_state_dir_is_restored_from_the_changelog() {
 /// the middle of the rebalance that brings them in, and restarted.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_to_three_to_one_processors_with_a_sigkill_equal_a_single_processor() {
+    one_to_three_to_one(false).await;
+}
+
+/// The same under `exactly_once`: a `read_committed` reader sees no repeat at all.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_to_three_to_one_processors_with_a_sigkill_under_exactly_once_repeat_nothing() {
+    one_to_three_to_one(true).await;
+}
+
+async fn one_to_three_to_one(exactly_once: bool) {
     const PARTITIONS: i32 = 6;
     let total: usize = std::env::var("SCALING_TEST_EVENTS")
         .ok()
@@ -198,8 +208,15 @@ async fn one_to_three_to_one_processors_with_a_sigkill_equal_a_single_processor(
 
     let root = tempfile::tempdir().unwrap();
     let dirs: Vec<_> = (1..=3).map(|n| root.path().join(format!("p{n}"))).collect();
+    let guaranteed = |setup: ProcessorSetup| {
+        if exactly_once {
+            setup.exactly_once()
+        } else {
+            setup
+        }
+    };
     let spawn = |n: usize| {
-        let setup = t.processor(&broker, &dirs[n]).without_grace();
+        let setup = guaranteed(t.processor(&broker, &dirs[n]).without_grace());
         async move { setup.start().await.unwrap() }
     };
     let mut p1 = spawn(0).await;
@@ -273,9 +290,7 @@ async fn one_to_three_to_one_processors_with_a_sigkill_equal_a_single_processor(
         .await
         .unwrap();
     let single_dir = root.path().join("single");
-    let mut single_processor = single
-        .processor(&broker, &single_dir)
-        .without_grace()
+    let mut single_processor = guaranteed(single.processor(&broker, &single_dir).without_grace())
         .start()
         .await
         .unwrap();
@@ -292,6 +307,9 @@ async fn one_to_three_to_one_processors_with_a_sigkill_equal_a_single_processor(
     let reference_out = broker.read_all(&single.incidents).unwrap();
 
     let repeats = assert_same_incidents(&reference_out, &outputs).unwrap();
+    if exactly_once {
+        assert_exactly_once(&reference_out, &outputs).unwrap();
+    }
     assert_eq!(
         state, reference_state,
         "final state differs from a single processor's"
@@ -333,7 +351,7 @@ async fn one_to_three_to_one_processors_with_a_sigkill_equal_a_single_processor(
         assert_eq!(keys, wanted, "{args:?}");
     }
     eprintln!(
-        "{total} events; single processor: {} incident events; 1->3->1 with a SIGKILL: {} ({repeats} identical repeats); {restored} changelog records restored by p1; {open} open in the table",
+        "{total} events, exactly_once {exactly_once}; single processor: {} incident events; 1->3->1 with a SIGKILL: {} ({repeats} identical repeats); {restored} changelog records restored by p1; {open} open in the table",
         reference_out.len(),
         outputs.len()
     );

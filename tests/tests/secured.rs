@@ -292,12 +292,21 @@ async fn scram_sha_512_over_tls_gives_the_same_incidents_as_plaintext() {
     let mut secured = Broker::own_secured(&[GATEWAY_USER, PROCESSOR_USER]).unwrap();
     let plaintext = Connection::plaintext(&secured.broker);
     let (reference, _) = run_story(&mut secured, &plaintext, &plaintext).await;
-    let (gateway, processor) = (
+    let (gateway, mut processor) = (
         Connection::scram(&secured, GATEWAY_USER),
         Connection::scram(&secured, PROCESSOR_USER),
     );
+    // Under exactly_once: its transactional ids are among the ACLs it prints, and enough.
+    processor.env.push((
+        "HOOKFOLD_PROCESSING__GUARANTEE".into(),
+        "exactly_once".into(),
+    ));
     let (records, logs) = run_story(&mut secured, &gateway, &processor).await;
     assert_same_story(&reference, &records);
+    assert!(
+        logs.contains("transactional producer ready"),
+        "the secured processor ran exactly_once:\n{logs}"
+    );
     assert_no_secret(&logs, &[GATEWAY_USER.1, PROCESSOR_USER.1]);
 }
 

@@ -58,10 +58,22 @@ fn main() -> anyhow::Result<()> {
     let mut batch: Vec<(i32, i64)> = Vec::new();
     let mut batch_started: Option<Instant> = None;
     producer.start_batch();
+    let mut announced = false;
     while copied < args.count {
-        if let Some(Ok(message)) = consumer.poll(Duration::from_millis(20)) {
+        let polled = consumer.poll(Duration::from_millis(20));
+        if !announced && consumer.assignment().is_ok_and(|a| a.count() > 0) {
+            // What a latency run waits for before it sends.
+            eprintln!("copy-baseline: assigned");
+            announced = true;
+        }
+        if let Some(Ok(message)) = polled {
             let mut record =
                 BaseRecord::to(&args.output).payload(message.payload().unwrap_or_default());
+            // Carried over, as Kafka Streams does: `eos-latency` reads the input's append
+            // time from it.
+            if let Some(ms) = message.timestamp().to_millis() {
+                record = record.timestamp(ms);
+            }
             if let Some(key) = message.key() {
                 record = record.key(key);
             }

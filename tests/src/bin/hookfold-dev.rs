@@ -49,6 +49,16 @@ enum Command {
         #[arg(long, default_value_t = 60)]
         timeout_secs: u64,
     },
+    /// Wait until a consumer group (e.g. a Kafka Streams application id) has committed
+    /// every record now on the topic (its committed offsets reach the high watermarks).
+    WaitGroup {
+        #[arg(long)]
+        group: String,
+        #[arg(long)]
+        topic: String,
+        #[arg(long, default_value_t = 60)]
+        timeout_secs: u64,
+    },
     /// Fill a webhook topic with records in the gateway's format.
     Fill {
         #[arg(long)]
@@ -219,6 +229,16 @@ async fn main() -> Result<()> {
             )
             .await
         }
+        Command::WaitGroup {
+            group,
+            topic,
+            timeout_secs,
+        } => wait_group(
+            &args.bootstrap,
+            &group,
+            &topic,
+            Duration::from_secs(timeout_secs),
+        ),
         Command::Fill {
             topic,
             count,
@@ -343,6 +363,41 @@ async fn wait_processed(
             bail!("processor folded {done} of {end} records of {topic} within {timeout:?}");
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+fn wait_group(bootstrap: &str, group: &str, topic: &str, timeout: Duration) -> Result<()> {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    let highs = hookfold_tests::watermarks(bootstrap, topic)?;
+    let end: i64 = highs.iter().map(|(_, high)| high).sum();
+    let consumer: BaseConsumer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("group.id", group)
+        .set("enable.auto.commit", "false")
+        .create()?;
+    let mut tpl = rdkafka::TopicPartitionList::new();
+    for partition in 0..highs.len() as i32 {
+        tpl.add_partition(topic, partition);
+    }
+    let deadline = Instant::now() + timeout;
+    loop {
+        let done: i64 = match consumer.committed_offsets(tpl.clone(), Duration::from_secs(10)) {
+            Ok(committed) => committed
+                .elements()
+                .iter()
+                .filter_map(|e| e.offset().to_raw())
+                .filter(|o| *o >= 0)
+                .sum(),
+            Err(_) => 0,
+        };
+        if done >= end {
+            eprintln!("group {group} has committed all {end} records of {topic}");
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!("group {group} committed {done} of {end} records of {topic} within {timeout:?}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
     }
 }
 

@@ -81,6 +81,8 @@ public final class BuildRulesApp {
             return org.apache.kafka.streams.errors.StreamsUncaughtExceptionHandler
                     .StreamThreadExceptionResponse.SHUTDOWN_CLIENT;
         });
+        // The benchmark waits for RUNNING before it sends the latency run's records.
+        streams.setStateListener((now, before) -> System.err.println("hookfold-kstreams: state " + now));
         streams.start();
         stopped.await();
     }

@@ -1,0 +1,363 @@
+//! `processing.guarantee = "exactly_once"` against a real broker: whatever happens to the
+//! processors (SIGKILL, a pause past their session, stores lost or left behind), a consumer
+//! reading the incident topic with `read_committed` (librdkafka's default) sees exactly
+//! the clean run's incident events, each once, and the final state is the clean run's.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use hookfold_tests::comparisons::{
+    assert_exactly_once, assert_same_state, assert_table_matches, outputs_by_id,
+};
+use hookfold_tests::records::{mixed_story, produce};
+use hookfold_tests::{Broker, Processor, Signal, Topics, read_all_uncommitted};
+use rdkafka::message::OwnedMessage;
+
+/// A clean run under `exactly_once` over `total` records of `t`'s input: the reference.
+async fn clean_run(broker: &Broker, t: &Topics, total: i64) -> (Vec<OwnedMessage>, Vec<String>) {
+    let dir = tempfile::tempdir().unwrap();
+    let mut processor = t
+        .processor(broker, dir.path())
+        .exactly_once()
+        .start()
+        .await
+        .unwrap();
+    finish(&mut processor, total).await;
+    let state = processor.state_dump().unwrap();
+    (broker.read_all(&t.incidents).unwrap(), state)
+}
+
+/// Waits until the processor has committed `total` records, then stops it cleanly.
+async fn finish(processor: &mut Processor, total: i64) {
+    processor
+        .wait_committed(total, Duration::from_secs(300))
+        .await
+        .unwrap();
+    let status = processor
+        .process
+        .terminate(Duration::from_secs(60))
+        .unwrap();
+    assert!(status.success(), "clean stop: {status}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_at_three_points_under_exactly_once_repeats_nothing() {
+    const EVENTS: usize = 10_000;
+    let broker = Broker::start().unwrap();
+    let story = mixed_story(EVENTS, 0xe05);
+    let clean = Topics::create(&broker, 3).await.unwrap();
+    produce(&broker.bootstrap, &clean.webhooks, &story)
+        .await
+        .unwrap();
+    let (clean_out, clean_state) = clean_run(&broker, &clean, EVENTS as i64).await;
+
+    // No instance_id (each start a transactional id of its own), as processors run by
+    // default: what a killed one left open is aborted by the broker after its timeout.
+    let crashed = Topics::on_input(&broker, &clean.webhooks, 3).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let mut processor = crashed
+        .processor(&broker, dir.path())
+        .exactly_once()
+        .start()
+        .await
+        .unwrap();
+    for point in [2_000, 5_000, 8_000] {
+        processor
+            .wait_committed(point, Duration::from_secs(180))
+            .await
+            .unwrap();
+        processor.process.kill();
+        processor.restart().await.unwrap();
+    }
+    finish(&mut processor, EVENTS as i64).await;
+    let crash_state = processor.state_dump().unwrap();
+    let crash_out = broker.read_all(&crashed.incidents).unwrap();
+
+    assert!(clean_out.len() > 500, "the story makes incidents");
+    assert_exactly_once(&clean_out, &crash_out).unwrap();
+    assert_same_state(&crash_state, &clean_state, "after three SIGKILLs").unwrap();
+    assert_table_matches(
+        &crash_out,
+        &broker.read_all(&crashed.open_incidents()).unwrap(),
+    )
+    .unwrap();
+
+    // What a read_uncommitted consumer sees: the aborted transactions' records too.
+    let uncommitted = read_all_uncommitted(&broker.bootstrap, &crashed.incidents).unwrap();
+    let distinct = outputs_by_id(&uncommitted).len();
+    eprintln!(
+        "exactly_once, 3 SIGKILLs over {EVENTS} events: read_committed {} records ({} in the \
+         clean run, no repeat); read_uncommitted {} records over {distinct} ids ({} of them \
+         from aborted transactions)",
+        crash_out.len(),
+        clean_out.len(),
+        uncommitted.len(),
+        uncommitted.len() - crash_out.len()
+    );
+}
+
+/// The store of a partition whose processor was paused past its session: `SIGSTOP` it
+/// until the group hands its partitions to another, then `SIGCONT`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_paused_processor_resumed_after_its_partitions_moved_makes_nothing_visible() {
+    const EVENTS: usize = 8_000;
+    let broker = Broker::start().unwrap();
+    let story = mixed_story(EVENTS, 0x2077);
+    let t = Topics::create(&broker, 3).await.unwrap();
+    let root = tempfile::tempdir().unwrap();
+    let setup = |name: &str| {
+        t.processor(&broker, &root.path().join(name))
+            .exactly_once()
+            // The group notices a paused member after this; librdkafka's default is 45 s,
+            // and the broker's minimum 6 s.
+            .property("session.timeout.ms", "10000")
+    };
+    let quarter = EVENTS / 4;
+    produce(&broker.bootstrap, &t.webhooks, &story[..quarter])
+        .await
+        .unwrap();
+    let mut zombie = setup("zombie").start().await.unwrap();
+    zombie
+        .wait_committed(quarter as i64, Duration::from_secs(120))
+        .await
+        .unwrap();
+    let mut other = setup("other").start().await.unwrap();
+    wait_owned(
+        &mut other,
+        |n| n >= 1,
+        "the second processor to get a partition",
+    )
+    .await;
+    wait_owned(&mut zombie, |n| n >= 1, "the first to keep one").await;
+
+    // Paused while records are arriving: it may hold some fetched and not yet committed,
+    // or be inside a transaction.
+    produce(&broker.bootstrap, &t.webhooks, &story[quarter..2 * quarter])
+        .await
+        .unwrap();
+    zombie.process.signal(Signal::Stop).unwrap();
+    // The group drops the paused member and gives the other every partition.
+    wait_owned(&mut other, |n| n == 3, "the other to own all partitions").await;
+    other
+        .wait_committed(2 * quarter as i64, Duration::from_secs(120))
+        .await
+        .unwrap();
+
+    // Records the zombie fetched before the pause, or fetches now from partitions it
+    // still believes it owns, must not become visible.
+    zombie.process.signal(Signal::Cont).unwrap();
+    produce(&broker.bootstrap, &t.webhooks, &story[2 * quarter..])
+        .await
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(240);
+    loop {
+        let both = committed_sum(&[&zombie, &other]).await;
+        if both >= EVENTS as i64 {
+            break;
+        }
+        if let Some(status) = other.process.exited() {
+            panic!(
+                "the other processor exited ({status}):\n{}",
+                other.process.output()
+            );
+        }
+        assert!(
+            Instant::now() < deadline,
+            "not every event committed ({both} of {EVENTS}):\n{}\n----\n{}",
+            zombie.process.output_tail(),
+            other.process.output_tail()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let zombie_exited = zombie.process.exited();
+    if zombie_exited.is_none() {
+        // It noticed, and is a member of the group again.
+        wait_owned(
+            &mut zombie,
+            |n| n >= 1,
+            "the resumed processor to own a partition again",
+        )
+        .await;
+    }
+    let zombie_log = strip_ansi(&zombie.process.output());
+    for processor in [&mut zombie, &mut other] {
+        if processor.process.is_running() {
+            let status = processor
+                .process
+                .terminate(Duration::from_secs(60))
+                .unwrap();
+            assert!(status.success(), "clean stop: {status}");
+        }
+    }
+    // The reference: a clean run over the same input, once it is complete.
+    let clean = Topics::on_input(&broker, &t.webhooks, 3).await.unwrap();
+    let (clean_out, _) = clean_run(&broker, &clean, EVENTS as i64).await;
+    let out = broker.read_all(&t.incidents).unwrap();
+    assert_exactly_once(&clean_out, &out).unwrap();
+    let noticed: Vec<&str> = zombie_log
+        .lines()
+        .filter(|l| {
+            l.contains("partitions lost")
+                || l.contains("transaction aborted")
+                || l.contains("fenced")
+        })
+        .collect();
+    assert!(
+        !noticed.is_empty(),
+        "the resumed processor never said it lost its partitions or its transaction:\n{zombie_log}"
+    );
+    if let Some(status) = zombie_exited {
+        assert!(
+            zombie_log.contains("fenced"),
+            "the resumed processor exited ({status}) without saying it was fenced"
+        );
+    }
+    eprintln!(
+        "zombie: exited {zombie_exited:?}; {} log line(s) about losing its partitions or its \
+         transactions, e.g. {:?}; read_committed output exactly once ({} records)",
+        noticed.len(),
+        noticed.first(),
+        out.len()
+    );
+}
+
+/// The sum of the offsets committed over the partitions each processor owns now (a
+/// stopped or exited one counts nothing).
+async fn committed_sum(processors: &[&Processor]) -> i64 {
+    let mut owned = std::collections::BTreeMap::new();
+    for processor in processors {
+        if let Ok(offsets) = processor.owned_offsets().await {
+            for (partition, offset) in offsets {
+                let at: &mut i64 = owned.entry(partition).or_default();
+                *at = (*at).max(offset);
+            }
+        }
+    }
+    owned.values().sum()
+}
+
+/// Waits until the processor owns (restored) a number of partitions `check` accepts.
+async fn wait_owned(processor: &mut Processor, check: impl Fn(usize) -> bool, what: &str) {
+    let deadline = Instant::now() + Duration::from_secs(180);
+    loop {
+        if let Some(status) = processor.process.exited() {
+            panic!(
+                "processor exited ({status}):\n{}",
+                processor.process.output()
+            );
+        }
+        if let Ok(owned) = processor.owned_offsets().await
+            && check(owned.len())
+        {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out waiting for {what}:\n{}",
+            processor.process.output_tail()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// A store one batch behind the group's committed offset (what a crash between a
+/// transaction's commit and the store write leaves; here a copy of the store taken one
+/// batch earlier), then a store deleted: both end equal to the clean run, and nothing is
+/// emitted twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_one_batch_behind_and_a_deleted_store_end_equal_to_the_clean_run() {
+    const EVENTS: usize = 6_000;
+    let broker = Broker::start().unwrap();
+    let story = mixed_story(EVENTS, 0xbe41d);
+    let t = Topics::create(&broker, 1).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let state_dir = dir.path().join("state");
+    let saved = dir.path().join("saved");
+    let mut processor = t
+        .processor(&broker, dir.path())
+        .exactly_once()
+        .configure()
+        .unwrap();
+    let first = 4_000;
+    produce(&broker.bootstrap, &t.webhooks, &story[..first])
+        .await
+        .unwrap();
+    processor.restart().await.unwrap();
+    finish(&mut processor, first as i64).await;
+    copy_dir(&state_dir, &saved);
+
+    // One batch more (fewer records than a batch holds), then the store put back as it
+    // was before it: the group's committed offset is one batch ahead of the store.
+    let second = first + 500;
+    produce(&broker.bootstrap, &t.webhooks, &story[first..second])
+        .await
+        .unwrap();
+    processor.restart().await.unwrap();
+    finish(&mut processor, second as i64).await;
+    std::fs::remove_dir_all(&state_dir).unwrap();
+    copy_dir(&saved, &state_dir);
+
+    produce(&broker.bootstrap, &t.webhooks, &story[second..])
+        .await
+        .unwrap();
+    processor.restart().await.unwrap();
+    finish(&mut processor, EVENTS as i64).await;
+    // The reference: a clean run over the same input, once it is complete.
+    let clean = Topics::on_input(&broker, &t.webhooks, 1).await.unwrap();
+    let (clean_out, clean_state) = clean_run(&broker, &clean, EVENTS as i64).await;
+    assert_same_state(
+        &processor.state_dump().unwrap(),
+        &clean_state,
+        "a store one batch behind",
+    )
+    .unwrap();
+    let out = broker.read_all(&t.incidents).unwrap();
+    assert_exactly_once(&clean_out, &out).unwrap();
+
+    // The store deleted: everything comes back from the changelog, nothing is emitted.
+    std::fs::remove_dir_all(&state_dir).unwrap();
+    processor.restart().await.unwrap();
+    processor
+        .wait_ready(Duration::from_secs(120))
+        .await
+        .unwrap();
+    finish(&mut processor, EVENTS as i64).await;
+    assert_same_state(
+        &processor.state_dump().unwrap(),
+        &clean_state,
+        "a deleted store",
+    )
+    .unwrap();
+    assert_exactly_once(&clean_out, &broker.read_all(&t.incidents).unwrap()).unwrap();
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let target = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            copy_dir(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), &target).unwrap();
+        }
+    }
+}
+
+/// The log without its terminal colour codes.
+fn strip_ansi(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut chars = text.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            for c in chars.by_ref() {
+                if c.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
