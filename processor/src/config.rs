@@ -66,7 +66,7 @@ e.g. HOOKFOLD_KAFKA__BOOTSTRAP_SERVERS=10.0.0.5:9092, HOOKFOLD_STATE_DIR=/var/li
                                       commit within it
 
   [batch]
-  max_records = 1000                  commit after this many records...
+  max_records = 5000                  commit after this many records...
   max_wait = "50ms"                   ...or this long after the batch's first record
 
   [rules]                             the incident rules; see docs/RULES.md
@@ -191,7 +191,7 @@ pub struct BatchConfig {
 impl Default for BatchConfig {
     fn default() -> Self {
         Self {
-            max_records: 1000,
+            max_records: 5000,
             max_wait: Duration::from_millis(50),
         }
     }

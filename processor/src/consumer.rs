@@ -1,7 +1,9 @@
 //! The Kafka side: a consumer group member on the webhook topic that hands records to the
 //! [`Engine`], seeks every assigned partition to the offset stored with its state, and
 //! commits a partition's pending batch before giving the partition up. A newly assigned
-//! partition stays paused while [`Restores`] brings its store up to the changelog.
+//! partition stays paused while [`Restores`] brings its store up to the changelog (and,
+//! under `exactly_once`, to the group's committed offset). The partitions of an aborted
+//! transaction are sought back to their stores' offsets before the next poll.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};

@@ -449,10 +449,12 @@ impl Engine {
                     .batch_commit_seconds
                     .with_label_values(&["transaction"])
                     .observe(started.elapsed().as_secs_f64());
-                self.metrics
-                    .transactions
-                    .with_label_values(&["committed"])
-                    .inc();
+                if !batches.is_empty() {
+                    self.metrics
+                        .transactions
+                        .with_label_values(&["committed"])
+                        .inc();
+                }
                 Ok((batches, markers))
             }
             Err(error) => Err(self.abort(partitions, error)),
@@ -496,14 +498,15 @@ impl Engine {
                 )
                 .map_err(EngineError::Transaction)?;
         }
-        let transactional = self.transactional();
-        transactional
+        self.transactional()
             .send_offsets(&offsets, group)
             .map_err(EngineError::Transaction)?;
-        transactional.commit().map_err(EngineError::Transaction)?;
-        // Committed: every record is acked, and the last delivery reports (where the
-        // markers landed) are being served.
+        // Every record acked (and where the markers landed known) before the commit: a
+        // refused one fails the batch here, and the commit need not flush.
         self.outputs().wait(self.ack_timeout)?;
+        self.transactional()
+            .commit()
+            .map_err(EngineError::Transaction)?;
         Ok(batches)
     }
 

@@ -1,6 +1,6 @@
 //! hookfold's processor: a consumer group member that folds webhook events into
 //! per-entity state held in RocksDB (one store per input partition) and emits incident
-//! events, effectively once (see [`engine`]).
+//! events, effectively once or, in Kafka transactions, exactly once (see [`engine`]).
 //!
 //! The folding itself is pure and lives in `hookfold-rules`; this crate is the adapter
 //! around it: [`store`] (RocksDB), [`consumer`] and [`engine`] (Kafka), [`tail`].

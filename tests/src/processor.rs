@@ -14,7 +14,7 @@ use crate::topics::Topics;
 
 /// A processor deployment to start: its topics, directory, and what differs from the
 /// defaults a user runs with (batching, client properties, rules). Everything not set
-/// here is the processor's own default: `batch.max_records = 1000`, `max_wait = 50ms`,
+/// here is the processor's own default: `batch.max_records = 5000`, `max_wait = 50ms`,
 /// librdkafka's session timeout, cooperative-sticky assignment, agents' 5-minute grace;
 /// except ticks, off unless a test turns them on ([`ProcessorSetup::with_ticks`]): they are
 /// records a processor appends to the webhook topic, and most tests compare two runs over

@@ -1,6 +1,6 @@
 //! The stream-processing ceiling: a raw consume-and-produce copy of the webhook topic with
 //! the processor's producer and batch settings (idempotent, acks=all, linger 5 ms, batches
-//! of up to 1000 records or 50 ms, each waiting for its acks as the processor does, group
+//! of the configuration's `[batch]` (default 5000 records or 50 ms), each waiting for its acks as the processor does, group
 //! offsets committed after each batch) and no state. The processor's rate is reported as a
 //! fraction of this one's.
 
@@ -29,10 +29,12 @@ struct Args {
     /// Stop after copying this many records.
     #[arg(long)]
     count: u64,
-    #[arg(long, default_value_t = 1000)]
-    max_records: usize,
-    #[arg(long, default_value_t = 50)]
-    max_wait_ms: u64,
+    /// Default: the configuration's `batch.max_records`.
+    #[arg(long)]
+    max_records: Option<usize>,
+    /// Default: the configuration's `batch.max_wait`.
+    #[arg(long)]
+    max_wait_ms: Option<u64>,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -40,7 +42,12 @@ fn main() -> anyhow::Result<()> {
     let config = ProcessorConfig::load(Some(&args.config))?;
     let input = args
         .input
+        .clone()
         .unwrap_or_else(|| config.kafka.input_topic.clone());
+    let max_records = args.max_records.unwrap_or(config.batch.max_records);
+    let max_wait = args
+        .max_wait_ms
+        .map_or(config.batch.max_wait, Duration::from_millis);
     let mut producer = TrackedProducer::create(
         client_config(&config)
             .set("acks", "all")
@@ -81,9 +88,8 @@ fn main() -> anyhow::Result<()> {
             batch.push((message.partition(), message.offset() + 1));
             batch_started.get_or_insert_with(Instant::now);
         }
-        let due = batch.len() >= args.max_records
-            || batch_started
-                .is_some_and(|s| s.elapsed() >= Duration::from_millis(args.max_wait_ms));
+        let due =
+            batch.len() >= max_records || batch_started.is_some_and(|s| s.elapsed() >= max_wait);
         if due {
             producer.wait(Duration::from_secs(60))?;
             let mut tpl = TopicPartitionList::new();

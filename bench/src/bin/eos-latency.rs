@@ -6,7 +6,7 @@
 //! Which input record an output comes from: for hookfold (`--kind hookfold`) the incident
 //! event's `cause` (partition and offset, looked up in the input topic afterwards); for the
 //! copy and the Kafka Streams baseline, the output record's timestamp, which both carry
-//! over from their input record.
+//! over from their input record. The first `--warmup-secs` of inputs are not counted.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -40,6 +40,10 @@ struct Args {
     /// After the last input, wait this long without a new output before stopping.
     #[arg(long, default_value_t = 5)]
     quiet_secs: u64,
+    /// Outputs of the inputs appended in the first seconds are not counted: the system
+    /// under test may still be seeking or fetching its first records then.
+    #[arg(long, default_value_t = 5)]
+    warmup_secs: u64,
 }
 
 fn now_ms() -> i64 {
@@ -106,6 +110,7 @@ fn main() -> anyhow::Result<()> {
         .set("linger.ms", "1")
         .create()?;
     let started = Instant::now();
+    let counted_from = now_ms() + args.warmup_secs as i64 * 1000;
     let step = Duration::from_secs_f64(1.0 / args.rate as f64);
     for (n, record) in story.iter().enumerate() {
         // Paced against the start, so a slow send does not lower the rate.
@@ -137,6 +142,7 @@ fn main() -> anyhow::Result<()> {
     if received.is_empty() {
         bail!("no output record arrived");
     }
+    let outputs = received.len();
 
     let input_times: HashMap<(i32, i64), i64> = if args.kind == "hookfold" {
         hookfold_tests::read_all(&args.bootstrap, &args.input)?
@@ -162,7 +168,12 @@ fn main() -> anyhow::Result<()> {
                 .to_millis()
                 .context("an output record without a timestamp")?
         };
-        latencies.push(at - appended);
+        if appended >= counted_from {
+            latencies.push(at - appended);
+        }
+    }
+    if latencies.is_empty() {
+        bail!("no output record after the warm-up ({outputs} before it)");
     }
     latencies.sort_unstable();
     let pct = |p: f64| latencies[((latencies.len() as f64 - 1.0) * p).round() as usize];

@@ -71,10 +71,14 @@ enum Command {
         #[arg(long, default_value = "mixed")]
         shape: String,
     },
-    /// Print how many records a topic holds.
+    /// Print how many records a topic holds (its offsets, which on a topic written in
+    /// transactions count the commit markers too).
     Count {
         #[arg(long)]
         topic: String,
+        /// Read the records (read_committed) and count those instead.
+        #[arg(long)]
+        read: bool,
     },
     /// Print an X-Buildkite-Signature header for a body file, signed now.
     Sign {
@@ -259,11 +263,15 @@ async fn main() -> Result<()> {
             );
             Ok(())
         }
-        Command::Count { topic } => {
-            let total: i64 = hookfold_tests::watermarks(&args.bootstrap, &topic)?
-                .iter()
-                .map(|(low, high)| high - low)
-                .sum();
+        Command::Count { topic, read } => {
+            let total: i64 = if read {
+                hookfold_tests::read_all(&args.bootstrap, &topic)?.len() as i64
+            } else {
+                hookfold_tests::watermarks(&args.bootstrap, &topic)?
+                    .iter()
+                    .map(|(low, high)| high - low)
+                    .sum()
+            };
             println!("{total}");
             Ok(())
         }
