@@ -98,7 +98,10 @@ fuzz_target!(|data: &[u8]| {
     {
         let mut removed = Vec::new();
         for path in &paths {
-            if remove_all(&mut expected, &path.to_string().split('.').collect::<Vec<_>>()) {
+            if remove_all(
+                &mut expected,
+                &path.to_string().split('.').collect::<Vec<_>>(),
+            ) {
                 removed.push(path.to_string());
             }
         }
@@ -107,8 +110,15 @@ fuzz_target!(|data: &[u8]| {
                 let got: serde_json::Value =
                     serde_json::from_slice(&r.body).expect("redaction keeps JSON valid");
                 assert_eq!(got, expected);
-                // With a repeated key, redaction also takes the members a parse discards.
-                assert!(removed.iter().all(|p| r.removed.contains(p)), "{removed:?}");
+                // With a repeated key, redaction also takes the members a parse discards. A
+                // path inside another removed one (`build.env` beside `build`) is gone with
+                // it, and reported as the outer one.
+                assert!(
+                    removed.iter().all(|p| r.removed.contains(p)
+                        || r.removed.iter().any(|q| p.starts_with(&format!("{q}.")))),
+                    "{removed:?} vs {:?}",
+                    r.removed
+                );
             }
             None => assert!(removed.is_empty(), "{removed:?} present but not redacted"),
         }

@@ -396,6 +396,18 @@ impl ProcessorConfig {
                     self.batch.max_wait
                 )));
             }
+            if self
+                .kafka
+                .properties
+                .get("isolation.level")
+                .is_some_and(|level| level != "read_committed")
+            {
+                return Err(ConfigError::Invalid(
+                    "kafka.properties sets isolation.level to other than read_committed: under \
+                     exactly_once the restore must not read aborted transactions' records"
+                        .into(),
+                ));
+            }
             if self.kafka.properties.contains_key("transactional.id") {
                 return Err(ConfigError::Invalid(
                     "kafka.properties must not set transactional.id: the processor derives it \

@@ -266,8 +266,12 @@ fn rewind(consumer: &BaseConsumer<ProcessorContext>) -> anyhow::Result<()> {
             offset,
             Duration::from_secs(10),
         ) {
-            // Not assigned any more (revoked meanwhile): the new owner reads it.
-            tracing::warn!(partition, error = %e, "rewinding an aborted batch's partition");
+            if context.engine().assigned().contains(&partition) {
+                // Still ours, and reading on from past the aborted batch would skip it.
+                bail!("rewinding partition {partition} to {offset:?} after an aborted batch: {e}");
+            }
+            // Revoked meanwhile: the new owner reads it.
+            tracing::info!(partition, error = %e, "not rewinding a partition given up");
         } else {
             tracing::info!(partition, ?offset, "rewound to redo an aborted batch");
         }

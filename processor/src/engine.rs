@@ -125,8 +125,14 @@ pub struct Engine {
     /// Partitions whose batch was aborted: their records are dropped until the consumer
     /// has rewound them to their stores' offsets ([`Engine::take_rewinds`]).
     rewinding: std::collections::BTreeSet<i32>,
+    /// Transactions aborted in a row: a failure that repeats each time (a record the broker
+    /// always refuses) must end the process, not loop.
+    consecutive_aborts: u32,
     metrics: Metrics,
 }
+
+/// Aborted transactions in a row after which the batch's error ends the process.
+const MAX_CONSECUTIVE_ABORTS: u32 = 5;
 
 /// What a committed batch moved each partition to.
 pub type Committed = Vec<(i32, i64)>;
@@ -164,6 +170,7 @@ impl Engine {
             assigned_at: HashMap::new(),
             clocks: HashMap::new(),
             rewinding: Default::default(),
+            consecutive_aborts: 0,
             metrics,
         }
     }
@@ -444,6 +451,7 @@ impl Engine {
         let started = Instant::now();
         match self.transact(pending, group) {
             Ok(batches) => {
+                self.consecutive_aborts = 0;
                 let markers = self.outputs().take_markers();
                 self.metrics
                     .batch_commit_seconds
@@ -504,9 +512,11 @@ impl Engine {
         // Every record acked (and where the markers landed known) before the commit: a
         // refused one fails the batch here, and the commit need not flush.
         self.outputs().wait(self.ack_timeout)?;
+        crash_point::reached("before_commit");
         self.transactional()
             .commit()
             .map_err(EngineError::Transaction)?;
+        crash_point::reached("after_commit");
         Ok(batches)
     }
 
@@ -546,6 +556,18 @@ impl Engine {
         if !redo {
             return error;
         }
+        self.consecutive_aborts += 1;
+        if self.consecutive_aborts >= MAX_CONSECUTIVE_ABORTS {
+            tracing::error!(
+                %transactional_id,
+                aborts = self.consecutive_aborts,
+                error = %error,
+                "the same batch failed in every transaction: giving up"
+            );
+            return error;
+        }
+        // A broker that refuses now may accept in a moment: back off a little more each time.
+        std::thread::sleep(Duration::from_millis(100) * self.consecutive_aborts);
         tracing::warn!(
             %transactional_id,
             ?partitions,
@@ -972,6 +994,34 @@ impl hookfold_rules::States for BatchStates<'_> {
                 };
                 Ok(slot.insert(state))
             }
+        }
+    }
+}
+
+/// Crash points for the tests of `exactly_once`: `HOOKFOLD_TEST_CRASH_AT=<point>:<n>` makes
+/// the process SIGKILL itself the n-th time it reaches `<point>` (`before_commit`: with the
+/// batch's records and offsets in an open transaction; `after_commit`: committed, the
+/// stores not yet written). A SIGKILL sent from outside cannot aim at such a moment. Unset
+/// (as in every deployment), a point costs one comparison.
+mod crash_point {
+    use std::sync::OnceLock;
+    use std::sync::atomic::{AtomicU64, Ordering};
+
+    static TARGET: OnceLock<Option<(String, u64)>> = OnceLock::new();
+    static COUNT: AtomicU64 = AtomicU64::new(0);
+
+    pub fn reached(point: &str) {
+        let target = TARGET.get_or_init(|| {
+            let value = std::env::var("HOOKFOLD_TEST_CRASH_AT").ok()?;
+            let (name, n) = value.split_once(':')?;
+            Some((name.to_owned(), n.parse().ok()?))
+        });
+        if let Some((name, n)) = target
+            && name == point
+            && COUNT.fetch_add(1, Ordering::SeqCst) + 1 == *n
+        {
+            tracing::warn!(point, "HOOKFOLD_TEST_CRASH_AT: killing this process");
+            let _ = signal_hook::low_level::raise(signal_hook::consts::SIGKILL);
         }
     }
 }

@@ -70,7 +70,15 @@ impl GroupOffsets {
     /// The group's committed offset of `partition` (`None`: none committed). librdkafka
     /// reads it with RequireStable (isolation.level=read_committed): while a transaction
     /// that commits offsets for the partition is open, the fetch waits for its end.
-    fn committed(&self, partition: i32, timeout: Duration) -> anyhow::Result<Option<i64>> {
+    ///
+    /// Asks in steps of a second, so that a revoked partition's restore (`cancel`) ends at
+    /// once rather than at the end of such a wait; gives up after `settle`.
+    fn committed(
+        &self,
+        partition: i32,
+        settle: Duration,
+        cancel: &AtomicBool,
+    ) -> anyhow::Result<Option<i64>> {
         let consumer: BaseConsumer = self
             .client
             .clone()
@@ -79,9 +87,21 @@ impl GroupOffsets {
             .context("creating the committed-offset reader")?;
         let mut tpl = TopicPartitionList::new();
         tpl.add_partition(&self.input_topic, partition);
-        let committed = consumer.committed_offsets(tpl, timeout).with_context(|| {
-            format!("reading the group's committed offset of partition {partition}")
-        })?;
+        let deadline = Instant::now() + settle;
+        let committed = loop {
+            if cancel.load(Ordering::SeqCst) {
+                bail!("restore of partition {partition} cancelled (partition revoked)");
+            }
+            match consumer.committed_offsets(tpl.clone(), Duration::from_secs(1)) {
+                Ok(committed) => break committed,
+                Err(e) if Instant::now() >= deadline => {
+                    return Err(e).with_context(|| {
+                        format!("reading the group's committed offset of partition {partition}")
+                    });
+                }
+                Err(_) => {} // an open transaction holds it, or the coordinator moves
+            }
+        };
         Ok(committed
             .find_partition(&self.input_topic, partition)
             .and_then(|e| match e.offset() {
@@ -135,7 +155,7 @@ impl Restores {
                 let label = partition.to_string();
                 metrics.restoring.with_label_values(&[&label]).set(1);
                 let committed = match &group_offsets {
-                    Some(group) => group.committed(partition, timeout),
+                    Some(group) => group.committed(partition, settle.max(timeout), &flag),
                     None => Ok(None),
                 };
                 let mut counted = 0u64;
@@ -187,7 +207,7 @@ impl Restores {
                             &store,
                             committed,
                             report,
-                            settle,
+                            (settle, &flag),
                             &metrics,
                             |store| restore(store, &mut counted),
                         ),
@@ -308,13 +328,16 @@ fn reconcile(
     store: &PartitionStore,
     committed: i64,
     mut report: RestoreReport,
-    settle: Duration,
+    (settle, cancel): (Duration, &AtomicBool),
     metrics: &Metrics,
     mut restore: impl FnMut(&PartitionStore) -> Result<RestoreReport, ChangelogError>,
 ) -> anyhow::Result<RestoreReport> {
     let deadline = Instant::now() + settle;
     let mut waited = false;
     loop {
+        if cancel.load(Ordering::SeqCst) {
+            bail!("restore of partition {partition} cancelled (partition revoked)");
+        }
         let local = store.next_offset()?.unwrap_or(0);
         if local == committed {
             if waited {

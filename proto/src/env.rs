@@ -20,4 +20,6 @@ pub const NOT_CONFIG_KEYS: &[&str] = &[
     "VENV",
     "VALIDATE_SKIP_BINARIES",
     "FIXTURES",
+    // The processor's crash points for the exactly-once tests (processor/src/engine.rs).
+    "TEST_CRASH_AT",
 ];

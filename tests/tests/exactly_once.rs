@@ -42,6 +42,8 @@ async fn finish(processor: &mut Processor, total: i64) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_at_three_points_under_exactly_once_repeats_nothing() {
+    // The points: from outside at 2,000 records, inside an open transaction, and between a
+    // commit and the store write.
     const EVENTS: usize = 10_000;
     let broker = Broker::start().unwrap();
     let story = mixed_story(EVENTS, 0xe05);
@@ -61,14 +63,28 @@ async fn sigkill_at_three_points_under_exactly_once_repeats_nothing() {
         .start()
         .await
         .unwrap();
-    for point in [2_000, 5_000, 8_000] {
-        processor
-            .wait_committed(point, Duration::from_secs(180))
-            .await
-            .unwrap();
-        processor.process.kill();
+    // 1. From outside, once 2,000 records are committed: wherever the processor is then.
+    processor
+        .wait_committed(2_000, Duration::from_secs(180))
+        .await
+        .unwrap();
+    processor.process.kill();
+    // 2. With the second batch's records and offsets in an open transaction; 3. with the
+    // second batch committed and the stores not written (HOOKFOLD_TEST_CRASH_AT).
+    for point in ["before_commit:2", "after_commit:2"] {
+        processor.set_env("HOOKFOLD_TEST_CRASH_AT", point);
         processor.restart().await.unwrap();
+        let status = hookfold_tests::wait_for(point, Duration::from_secs(180), || {
+            processor.process.exited()
+        })
+        .unwrap();
+        assert!(
+            !status.success(),
+            "{point}: the processor killed itself: {status}"
+        );
     }
+    processor.set_env("HOOKFOLD_TEST_CRASH_AT", "");
+    processor.restart().await.unwrap();
     finish(&mut processor, EVENTS as i64).await;
     let crash_state = processor.state_dump().unwrap();
     let crash_out = broker.read_all(&crashed.incidents).unwrap();
@@ -82,9 +98,14 @@ async fn sigkill_at_three_points_under_exactly_once_repeats_nothing() {
     )
     .unwrap();
 
-    // What a read_uncommitted consumer sees: the aborted transactions' records too.
+    // What a read_uncommitted consumer sees: the aborted transactions' records too; at
+    // least those of the transaction left open at `before_commit`.
     let uncommitted = read_all_uncommitted(&broker.bootstrap, &crashed.incidents).unwrap();
     let distinct = outputs_by_id(&uncommitted).len();
+    assert!(
+        uncommitted.len() > crash_out.len(),
+        "the transaction open at the crash wrote records only a read_uncommitted reader sees"
+    );
     eprintln!(
         "exactly_once, 3 SIGKILLs over {EVENTS} events: read_committed {} records ({} in the \
          clean run, no repeat); read_uncommitted {} records over {distinct} ids ({} of them \
@@ -130,12 +151,23 @@ async fn a_paused_processor_resumed_after_its_partitions_moved_makes_nothing_vis
     .await;
     wait_owned(&mut zombie, |n| n >= 1, "the first to keep one").await;
 
-    // Paused while records are arriving: it may hold some fetched and not yet committed,
-    // or be inside a transaction.
-    produce(&broker.bootstrap, &t.webhooks, &story[quarter..2 * quarter])
-        .await
-        .unwrap();
+    // Paused while records are arriving and being folded: it may hold some fetched and not
+    // yet committed, or be inside a transaction.
+    let feeder = {
+        let (bootstrap, topic) = (broker.bootstrap.clone(), t.webhooks.clone());
+        let part = story[quarter..2 * quarter].to_vec();
+        tokio::spawn(async move { produce(&bootstrap, &topic, &part).await })
+    };
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while committed_sum(&[&zombie, &other]).await <= quarter as i64 + 100 {
+        assert!(
+            Instant::now() < deadline,
+            "the second part is not being folded"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
     zombie.process.signal(Signal::Stop).unwrap();
+    feeder.await.unwrap().unwrap();
     // The group drops the paused member and gives the other every partition.
     wait_owned(&mut other, |n| n == 3, "the other to own all partitions").await;
     other
