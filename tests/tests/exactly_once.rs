@@ -69,9 +69,11 @@ async fn sigkill_at_three_points_under_exactly_once_repeats_nothing() {
         .await
         .unwrap();
     processor.process.kill();
-    // 2. With the second batch's records and offsets in an open transaction; 3. with the
-    // second batch committed and the stores not written (HOOKFOLD_TEST_CRASH_AT).
-    for point in ["before_commit:2", "after_commit:2"] {
+    // 2. With the restart's first batch's records and offsets in an open transaction; 3.
+    // with the next restart's first batch committed and the stores not written
+    // (HOOKFOLD_TEST_CRASH_AT). The first batch of each: with 5000-record batches, the
+    // records left may fit in one.
+    for point in ["before_commit:1", "after_commit:1"] {
         processor.set_env("HOOKFOLD_TEST_CRASH_AT", point);
         processor.restart().await.unwrap();
         let status = hookfold_tests::wait_for(point, Duration::from_secs(180), || {
