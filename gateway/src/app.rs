@@ -7,11 +7,14 @@
 //! topic before every check has passed, so a refused request leaves no trace there.
 //! What is written is the body without the members the source redacts (`redact`), its
 //! `ce_id` computed over the body as received.
+//!
+//! This module is the router and the handlers; the checks themselves are in
+//! [`crate::checks`], the answer to a refused request in [`crate::refusal`].
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::body::Body;
@@ -20,54 +23,23 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use hookfold_proto::cloudevents::SourceKind;
-use http_body_util::{BodyExt, LengthLimitError, Limited};
-use ipnet::IpNet;
 use serde_json::{Value, json};
 use tokio::sync::Mutex;
 use tracing::Instrument;
 
-use crate::auth::{self, BuildkiteCredentials, Secret};
-use crate::config::{GatewayConfig, SourceConfig};
+use crate::checks::{self, BodyLimits, Source};
+use crate::config::GatewayConfig;
 use crate::metrics::Metrics;
 use crate::publish::{Publisher, WebhookRecord};
-use crate::rate_limit::TokenBucket;
-use crate::redact::{self, JsonPath};
+use crate::redact;
+use crate::refusal::Refusal;
 use crate::routing;
-
-/// Longest event name accepted from `X-Buildkite-Event` / `X-Event-Key`.
-const MAX_EVENT_NAME: usize = 128;
-
-pub struct Source {
-    pub id: String,
-    pub kind: SourceKind,
-    secrets: Vec<Secret>,
-    allowed: Vec<IpNet>,
-    bucket: Option<TokenBucket>,
-    redact: Vec<JsonPath>,
-}
-
-impl Source {
-    /// The source of a validated config (`GatewayConfig::validate` checked its paths).
-    pub fn from_config(config: &SourceConfig) -> Self {
-        Self {
-            redact: config.redact_paths().unwrap_or_default(),
-            id: config.id.clone(),
-            kind: config.kind.into(),
-            secrets: config.secrets.clone(),
-            allowed: config.allowed_cidrs.clone(),
-            bucket: config
-                .rate_limit
-                .map(|limit| TokenBucket::new(limit, Instant::now())),
-        }
-    }
-}
 
 pub struct AppState {
     sources: HashMap<String, Source>,
     publisher: Publisher,
     pub metrics: Metrics,
-    max_body_bytes: usize,
-    body_timeout: Duration,
+    body_limits: BodyLimits,
     signature_window_secs: u64,
     readiness: Mutex<Option<(Instant, Result<(), String>)>>,
 }
@@ -82,8 +54,10 @@ impl AppState {
                 .collect(),
             publisher,
             metrics,
-            max_body_bytes: config.max_body_bytes,
-            body_timeout: config.body_timeout,
+            body_limits: BodyLimits {
+                max_bytes: config.max_body_bytes,
+                timeout: config.body_timeout,
+            },
             signature_window_secs: config.signature_window.as_secs(),
             readiness: Mutex::new(None),
         }
@@ -107,47 +81,6 @@ struct Json200(Value);
 impl IntoResponse for Json200 {
     fn into_response(self) -> Response {
         (StatusCode::OK, axum::Json(self.0)).into_response()
-    }
-}
-
-/// A refusal: the status, a stable machine-readable code and a sentence for a person.
-#[derive(Debug)]
-pub struct Refusal {
-    pub status: StatusCode,
-    pub code: &'static str,
-    pub message: String,
-    pub retry_after: Option<u64>,
-}
-
-impl Refusal {
-    fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
-        Self {
-            status,
-            code,
-            message: message.into(),
-            retry_after: None,
-        }
-    }
-
-    fn retry_after(mut self, seconds: u64) -> Self {
-        self.retry_after = Some(seconds.max(1));
-        self
-    }
-}
-
-impl IntoResponse for Refusal {
-    fn into_response(self) -> Response {
-        let mut response = (
-            self.status,
-            axum::Json(json!({"error": self.code, "message": self.message})),
-        )
-            .into_response();
-        if let Some(seconds) = self.retry_after {
-            response
-                .headers_mut()
-                .insert(header::RETRY_AFTER, HeaderValue::from(seconds));
-        }
-        response
     }
 }
 
@@ -207,8 +140,9 @@ async fn webhook(
     response
 }
 
-/// The checks and the append. Returns the event id, or the refusal; and the event name
-/// once the request is authenticated (so that metrics never carry unauthenticated text).
+/// The checks (in the order of [`crate::checks`]) and the append. Returns the event id,
+/// or the refusal; and the event name once the request is authenticated (so that metrics
+/// never carry unauthenticated text).
 async fn accept(
     state: &AppState,
     source_id: &str,
@@ -216,196 +150,29 @@ async fn accept(
     headers: &HeaderMap,
     body: Body,
 ) -> (Result<String, Refusal>, Option<String>) {
-    let Some(source) = state.sources.get(source_id) else {
-        return (
-            Err(Refusal::new(
-                StatusCode::NOT_FOUND,
-                "unknown_source",
-                "no webhook source is configured with this id",
-            )),
-            None,
-        );
+    let checked = async {
+        let source = checks::find_source(&state.sources, source_id)?;
+        checks::admit(source, peer)?;
+        checks::require_json(headers)?;
+        let body = checks::read_body(state.body_limits, headers, body).await?;
+        if let Err(e) = checks::authenticate(source, headers, &body, state.signature_window_secs) {
+            state
+                .metrics
+                .auth_failures
+                .with_label_values(&[&source.id, e.reason()])
+                .inc();
+            return Err(checks::unauthorized(&e));
+        }
+        let event = checks::event_name(source.kind, headers)?;
+        Ok((source, body, event))
     };
-    if let Err(refusal) = admit(source, peer) {
-        return (Err(refusal), None);
-    }
-    if !is_json(headers) {
-        return (
-            Err(Refusal::new(
-                StatusCode::UNSUPPORTED_MEDIA_TYPE,
-                "unsupported_media_type",
-                "Content-Type must be application/json",
-            )),
-            None,
-        );
-    }
-    let body = match read_body(state, headers, body).await {
-        Ok(body) => body,
-        Err(refusal) => return (Err(refusal), None),
-    };
-    if let Err(e) = authenticate(state, source, headers, &body) {
-        state
-            .metrics
-            .auth_failures
-            .with_label_values(&[&source.id, e.reason()])
-            .inc();
-        return (
-            Err(Refusal::new(
-                StatusCode::UNAUTHORIZED,
-                "unauthorized",
-                e.to_string(),
-            )),
-            None,
-        );
-    }
-    let event = match event_name(source.kind, headers) {
-        Ok(event) => event,
+    let (source, body, event) = match checked.await {
+        Ok(checked) => checked,
         Err(refusal) => return (Err(refusal), None),
     };
     tracing::Span::current().record("event", event.as_str());
     let result = append(state, source, &event, headers, &body).await;
     (result, Some(event))
-}
-
-fn admit(source: &Source, peer: SocketAddr) -> Result<(), Refusal> {
-    // An IPv4 client on a dual-stack listener shows up as ::ffff:a.b.c.d.
-    let ip = peer.ip().to_canonical();
-    if !source.allowed.is_empty() && !source.allowed.iter().any(|net| net.contains(&ip)) {
-        return Err(Refusal::new(
-            StatusCode::FORBIDDEN,
-            "forbidden",
-            format!("address {ip} is not allowed to deliver to this source"),
-        ));
-    }
-    if let Some(Err(wait)) = source.bucket.as_ref().map(|b| b.try_take(Instant::now())) {
-        return Err(Refusal::new(
-            StatusCode::TOO_MANY_REQUESTS,
-            "rate_limited",
-            "this source is over its configured rate limit",
-        )
-        .retry_after(wait.as_secs_f64().ceil() as u64));
-    }
-    Ok(())
-}
-
-fn is_json(headers: &HeaderMap) -> bool {
-    headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.split(';').next())
-        .is_some_and(|media| media.trim().eq_ignore_ascii_case("application/json"))
-}
-
-async fn read_body(state: &AppState, headers: &HeaderMap, body: Body) -> Result<Vec<u8>, Refusal> {
-    let too_large = || {
-        Refusal::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "payload_too_large",
-            format!("body is over the {} byte limit", state.max_body_bytes),
-        )
-    };
-    // Refuse a declared oversize body before reading any of it.
-    let declared = headers
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
-    if let Some(len) = declared.filter(|len| *len > state.max_body_bytes as u64) {
-        // Read and drop a moderately oversized body before answering, so that a sender
-        // still writing it reads the 413 instead of a reset connection. A body that is
-        // hugely oversized is refused at once.
-        if len <= 4 * state.max_body_bytes as u64 {
-            let drain = Limited::new(body, 4 * state.max_body_bytes).collect();
-            let _ = tokio::time::timeout(state.body_timeout, drain).await;
-        }
-        return Err(too_large());
-    }
-    let limited = Limited::new(body, state.max_body_bytes);
-    match tokio::time::timeout(state.body_timeout, limited.collect()).await {
-        Err(_) => Err(Refusal::new(
-            StatusCode::REQUEST_TIMEOUT,
-            "body_timeout",
-            format!(
-                "body not received within {} s",
-                state.body_timeout.as_secs_f64()
-            ),
-        )),
-        Ok(Err(e)) if e.downcast_ref::<LengthLimitError>().is_some() => Err(too_large()),
-        Ok(Err(e)) => Err(Refusal::new(
-            StatusCode::BAD_REQUEST,
-            "bad_body",
-            format!("body could not be read: {e}"),
-        )),
-        Ok(Ok(collected)) => Ok(collected.to_bytes().to_vec()),
-    }
-}
-
-fn authenticate(
-    state: &AppState,
-    source: &Source,
-    headers: &HeaderMap,
-    body: &[u8],
-) -> Result<(), auth::AuthError> {
-    match source.kind {
-        SourceKind::Buildkite => {
-            let now = SystemTime::now()
-                .duration_since(UNIX_EPOCH)
-                .map(|d| d.as_secs() as i64)
-                .unwrap_or(0);
-            let credentials = BuildkiteCredentials {
-                token: headers.get("x-buildkite-token").map(HeaderValue::as_bytes),
-                signature: match headers.get("x-buildkite-signature") {
-                    Some(v) => Some(
-                        v.to_str()
-                            .map_err(|_| auth::AuthError::Malformed("header is not ASCII"))?,
-                    ),
-                    None => None,
-                },
-            };
-            auth::verify_buildkite(
-                &source.secrets,
-                credentials,
-                body,
-                now,
-                state.signature_window_secs,
-            )
-        }
-        SourceKind::Bitbucket => {
-            let signature = match headers.get("x-hub-signature") {
-                Some(v) => Some(
-                    v.to_str()
-                        .map_err(|_| auth::AuthError::Malformed("header is not ASCII"))?,
-                ),
-                None => None,
-            };
-            auth::verify_bitbucket(&source.secrets, signature, body)
-        }
-    }
-}
-
-fn event_name(kind: SourceKind, headers: &HeaderMap) -> Result<String, Refusal> {
-    let name = match kind {
-        SourceKind::Buildkite => "X-Buildkite-Event",
-        SourceKind::Bitbucket => "X-Event-Key",
-    };
-    let value = headers
-        .get(name)
-        .and_then(|v| v.to_str().ok())
-        .map(str::trim)
-        .unwrap_or_default();
-    let valid = !value.is_empty()
-        && value.len() <= MAX_EVENT_NAME
-        && value
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b':' | b'_' | b'-'));
-    if valid {
-        Ok(value.to_owned())
-    } else {
-        Err(Refusal::new(
-            StatusCode::BAD_REQUEST,
-            "missing_event",
-            format!("header {name} is missing or not an event name"),
-        ))
-    }
 }
 
 async fn append(
@@ -415,20 +182,7 @@ async fn append(
     headers: &HeaderMap,
     body: &[u8],
 ) -> Result<String, Refusal> {
-    let parsed: Value = serde_json::from_slice(body).map_err(|e| {
-        Refusal::new(
-            StatusCode::BAD_REQUEST,
-            "invalid_json",
-            format!("body is not JSON: {e}"),
-        )
-    })?;
-    if !parsed.is_object() {
-        return Err(Refusal::new(
-            StatusCode::BAD_REQUEST,
-            "invalid_json",
-            "body is JSON but not an object",
-        ));
-    }
+    let parsed = checks::json_object(body)?;
     let key = routing::routing_key(&source.id, source.kind, event, &parsed);
     let request_uuid = match source.kind {
         SourceKind::Bitbucket => headers.get("x-request-uuid").and_then(|v| v.to_str().ok()),

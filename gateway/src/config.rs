@@ -1,13 +1,14 @@
 //! Gateway configuration: a TOML file, overridden key by key from the environment
-//! (`HOOKFOLD_<SECTION>__<KEY>`), then validated as a whole before anything starts.
+//! (`HOOKFOLD_<SECTION>__<KEY>`), then validated as a whole before anything starts; loaded
+//! by `hookfold_config::load` (this module says what the keys are, what is valid and which
+//! secrets there are: the sources' and `[kafka.security]`'s).
 
 use std::collections::{BTreeMap, HashSet};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use figment::Figment;
-use figment::providers::{Env, Format, Serialized, Toml};
+use hookfold_config::{LayeredConfig, LoadError, Mode};
 use hookfold_proto::cloudevents::SourceKind;
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
@@ -110,12 +111,7 @@ impl Default for GatewayConfig {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum LogFormat {
-    Text,
-    Json,
-}
+pub use hookfold_config::LogFormat;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -127,7 +123,7 @@ pub struct KafkaConfig {
     pub properties: BTreeMap<String, String>,
     #[serde(default)]
     pub security: Security,
-    /// `security` checked and its secrets read, by [`GatewayConfig::load`].
+    /// `security` checked and its secrets read, when the secrets are ([`Mode::WithSecrets`]).
     #[serde(skip)]
     pub resolved_security: ResolvedSecurity,
 }
@@ -207,8 +203,6 @@ pub struct RateLimit {
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("reading configuration: {0}")]
-    Load(#[from] Box<figment::Error>),
     #[error("source `{id}`: {problem}")]
     Source { id: String, problem: String },
     #[error("{0}")]
@@ -234,40 +228,13 @@ impl GatewayConfig {
         ]
     }
 
-    /// Defaults, then the file (if any), then `HOOKFOLD_*` environment variables, without
-    /// reading a secret: enough to say which ACLs it needs (`--print-acls`, `acls`) on a
-    /// machine that holds none of the credentials.
-    pub fn without_secrets(file: Option<&Path>) -> Result<Self, ConfigError> {
-        let mut figment = Figment::from(Serialized::defaults(GatewayConfig::default()));
-        if let Some(file) = file {
-            figment = figment.merge(Toml::file_exact(file));
-        }
-        let config: GatewayConfig = figment
-            // HOOKFOLD_CONFIG names the file (--config); the scripts' own variables are
-            // not keys either.
-            .merge(
-                Env::prefixed("HOOKFOLD_")
-                    .ignore(hookfold_proto::env::NOT_CONFIG_KEYS)
-                    .split("__"),
-            )
-            .extract()
-            .map_err(Box::new)?;
-        Ok(config)
+    /// Everything, secrets included: what the gateway runs with
+    /// ([`hookfold_config::load`] in [`Mode::WithSecrets`]).
+    pub fn load(file: Option<&Path>) -> Result<Self, LoadError<ConfigError>> {
+        hookfold_config::load(file, Mode::WithSecrets)
     }
 
-    /// [`Self::without_secrets`], then the sources' secrets and `[kafka.security]` read
-    /// and everything checked: what the gateway runs with.
-    pub fn load(file: Option<&Path>) -> Result<Self, ConfigError> {
-        let mut config = Self::without_secrets(file)?;
-        config.resolve_secret_env(|name| std::env::var(name).ok())?;
-        config.kafka.resolved_security = config
-            .kafka
-            .security
-            .resolve(&config.kafka.properties, |name| std::env::var(name).ok())?;
-        config.validate()?;
-        Ok(config)
-    }
-
+    /// The sources' `secrets_env` read into their `secrets` (each set and not empty).
     fn resolve_secret_env(
         &mut self,
         lookup: impl Fn(&str) -> Option<String>,
@@ -278,12 +245,21 @@ impl GatewayConfig {
                     id: source.id.clone(),
                     problem: format!("secrets_env names `{name}`, which is not set"),
                 })?;
-                source.secrets.push(Secret::new(value));
+                let secret = Secret::new(value);
+                if secret.is_empty() {
+                    return Err(ConfigError::Source {
+                        id: source.id.clone(),
+                        problem: "a secret is empty".into(),
+                    });
+                }
+                source.secrets.push(secret);
             }
         }
         Ok(())
     }
 
+    /// Checks everything but the secrets `secrets_env` names (not read yet): a source
+    /// needs `secrets` or `secrets_env`, and those in `secrets` must not be empty.
     pub fn validate(&self) -> Result<(), ConfigError> {
         if self.sources.is_empty() {
             return Err(ConfigError::Invalid(
@@ -312,7 +288,7 @@ impl GatewayConfig {
             if !seen.insert(source.id.as_str()) {
                 return Err(bad("id is configured twice"));
             }
-            if source.secrets.is_empty() {
+            if source.secrets.is_empty() && source.secrets_env.is_empty() {
                 return Err(bad("no secrets: set `secrets` or `secrets_env`"));
             }
             if source.secrets.iter().any(Secret::is_empty) {
@@ -327,6 +303,21 @@ impl GatewayConfig {
                 return Err(bad(&e.to_string()));
             }
         }
+        Ok(())
+    }
+}
+
+impl LayeredConfig for GatewayConfig {
+    type Error = ConfigError;
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        GatewayConfig::validate(self)
+    }
+
+    /// The sources' `secrets_env`, then `[kafka.security]`.
+    fn resolve_secrets(&mut self, env: &dyn Fn(&str) -> Option<String>) -> Result<(), ConfigError> {
+        self.resolve_secret_env(env)?;
+        self.kafka.resolved_security = self.kafka.security.resolve(&self.kafka.properties, env)?;
         Ok(())
     }
 }
@@ -418,14 +409,48 @@ secrets = ["s3cret"]
         }
     }
 
+    /// `--print-acls` loads without the secrets: the whole file is checked, but no variable
+    /// that `secrets_env` or `[kafka.security]` names is read.
+    #[test]
+    fn without_secrets_the_config_is_validated_but_no_secret_is_read() {
+        let unset = "[kafka.security]\nprotocol = \"sasl_ssl\"\n[kafka.security.sasl]\nmechanism = \"scram-sha-512\"\nusername = \"u\"\npassword_env = \"HOOKFOLD_TEST_SURELY_UNSET\"\n[[sources]]\nid = \"a\"\nkind = \"buildkite\"\nsecrets_env = [\"HOOKFOLD_TEST_SURELY_UNSET\"]\n";
+        let file = write(unset);
+        let config: GatewayConfig =
+            hookfold_config::load(Some(file.path()), Mode::WithoutSecrets).unwrap();
+        assert!(config.sources[0].secrets.is_empty());
+        assert_eq!(config.kafka.resolved_security, ResolvedSecurity::default());
+        let err = GatewayConfig::load(Some(file.path())).unwrap_err();
+        assert!(
+            err.to_string().contains("HOOKFOLD_TEST_SURELY_UNSET"),
+            "{err}"
+        );
+
+        for (text, needle) in [
+            ("listen = \"127.0.0.1:1\"", "no [[sources]]"),
+            (
+                "[[sources]]\nid = \"a\"\nkind = \"buildkite\"",
+                "no secrets",
+            ),
+            (
+                "[[sources]]\nid = \"a\"\nkind = \"buildkite\"\nsecrets = [\"\"]",
+                "a secret is empty",
+            ),
+        ] {
+            let file = write(text);
+            let err =
+                hookfold_config::load::<GatewayConfig>(Some(file.path()), Mode::WithoutSecrets)
+                    .unwrap_err()
+                    .to_string();
+            assert!(err.contains(needle), "{text:?}: {err}");
+        }
+    }
+
     #[test]
     fn secrets_env_are_resolved_and_secrets_are_not_printed() {
-        let mut config: GatewayConfig = Figment::from(Serialized::defaults(GatewayConfig::default()))
-            .merge(Toml::string(
-                "[[sources]]\nid = \"a\"\nkind = \"bitbucket\"\nsecrets = [\"inline\"]\nsecrets_env = [\"ROTATED\"]",
-            ))
-            .extract()
-            .unwrap();
+        let mut config: GatewayConfig = hookfold_config::parse_toml(
+            "[[sources]]\nid = \"a\"\nkind = \"bitbucket\"\nsecrets = [\"inline\"]\nsecrets_env = [\"ROTATED\"]",
+        )
+        .unwrap();
         config
             .resolve_secret_env(|name| (name == "ROTATED").then(|| "from-env".to_string()))
             .unwrap();

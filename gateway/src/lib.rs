@@ -4,14 +4,17 @@
 //!
 //! Pure parts have no I/O: [`auth`], [`routing`] and [`redact`] (in `hookfold-webhook`,
 //! re-exported) and
-//! [`rate_limit`]; [`app`] is the HTTP adapter, [`publish`] the Kafka adapter and [`server`]
-//! the listener.
+//! [`rate_limit`]; [`checks`] are the request checks, each answering with a [`refusal`];
+//! [`app`] is the HTTP adapter (router and handlers), [`publish`] the Kafka adapter and
+//! [`server`] the listener.
 
 pub mod app;
+pub mod checks;
 pub mod config;
 pub mod metrics;
 pub mod publish;
 pub mod rate_limit;
+pub mod refusal;
 pub mod server;
 
 pub use hookfold_webhook::{auth, redact, routing};

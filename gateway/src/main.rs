@@ -3,6 +3,7 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use clap::Parser;
+use hookfold_config::Mode;
 use hookfold_gateway::app::{self, AppState};
 use hookfold_gateway::config::{self, GatewayConfig, LogFormat};
 use hookfold_gateway::metrics::Metrics;
@@ -36,11 +37,11 @@ struct Args {
 fn main() -> std::process::ExitCode {
     let args = Args::parse();
     // The ACLs follow from the topic alone: printing them needs none of the secrets.
-    let load = match args.print_acls {
-        Some(_) => GatewayConfig::without_secrets,
-        None => GatewayConfig::load,
+    let mode = match args.print_acls {
+        Some(_) => Mode::WithoutSecrets,
+        None => Mode::WithSecrets,
     };
-    let config = match load(args.config.as_deref()) {
+    let config = match hookfold_config::load::<GatewayConfig>(args.config.as_deref(), mode) {
         Ok(config) => config,
         Err(e) => {
             eprintln!("hookfold-gateway: invalid configuration: {e}");

@@ -1,6 +1,6 @@
 //! The settings every Kafka client hookfold builds starts from: the gateway's producer, the
 //! processor's consumers and producers, `tail`, `topics`, `rebuild`, `state`, `incidents`,
-//! `view` and the benchmarks' clients; the reader of a whole topic ([`TopicReader`]); and
+//! `view` and the benchmarks' clients; the reader of partitions to their end ([`PartitionReader`]); and
 //! CloudEvents attributes as record headers ([`cloudevent_headers`]).
 //! One function ([`client_config`]) so that no client connects with less than the operator
 //! configured (before it, `tail` ignored `kafka.properties`).
@@ -28,7 +28,7 @@ pub use connect::{
     ConnectError, LastError, is_authorization_error, log_librdkafka, wait_for_brokers,
 };
 pub use headers::cloudevent_headers;
-pub use reader::{ReadError, TopicReader};
+pub use reader::{AtEnd, NEVER, PartitionReader, Polled, ReadError, Start};
 pub use security::{Mechanism, Protocol, ResolvedSecurity, Sasl, Security, SecurityError};
 
 /// A client with the operator's `properties`, then the resolved security settings, then

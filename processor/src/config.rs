@@ -1,13 +1,14 @@
 //! Processor configuration: a TOML file, overridden key by key from the environment
-//! (`HOOKFOLD_<SECTION>__<KEY>`), validated before anything starts.
+//! (`HOOKFOLD_<SECTION>__<KEY>`), validated before anything starts; loaded by
+//! `hookfold_config::load` (this module says what the keys are, what is valid and which
+//! secrets there are: `[kafka.security]`'s).
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use figment::Figment;
-use figment::providers::{Env, Format, Serialized, Toml};
+use hookfold_config::{LayeredConfig, LoadError, Mode};
 use hookfold_kafka::acl::{Acl, Resource as AclResource};
 use hookfold_kafka::{ResolvedSecurity, Security, SecurityError};
 use hookfold_rules::Rules;
@@ -117,12 +118,7 @@ impl Default for ProcessorConfig {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum LogFormat {
-    Text,
-    Json,
-}
+pub use hookfold_config::LogFormat;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -142,7 +138,7 @@ pub struct KafkaConfig {
     pub properties: BTreeMap<String, String>,
     #[serde(default)]
     pub security: Security,
-    /// `security` checked and its secrets read, by [`ProcessorConfig::load`].
+    /// `security` checked and its secrets read, when the secrets are ([`Mode::WithSecrets`]).
     #[serde(skip)]
     pub resolved_security: ResolvedSecurity,
 }
@@ -244,8 +240,6 @@ impl ProcessingConfig {
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("reading configuration: {0}")]
-    Load(#[from] Box<figment::Error>),
     #[error("{0}")]
     Invalid(String),
     #[error(transparent)]
@@ -317,37 +311,10 @@ impl ProcessorConfig {
         acls
     }
 
-    /// Defaults, then the file (if any), then `HOOKFOLD_*` environment variables, without
-    /// reading a secret: enough to say which ACLs it needs (`--print-acls`, `acls`) on a
-    /// machine that holds none of the credentials.
-    pub fn without_secrets(file: Option<&Path>) -> Result<Self, ConfigError> {
-        let mut figment = Figment::from(Serialized::defaults(ProcessorConfig::default()));
-        if let Some(file) = file {
-            figment = figment.merge(Toml::file_exact(file));
-        }
-        let config: ProcessorConfig = figment
-            // HOOKFOLD_CONFIG names the file (--config); the scripts' own variables are
-            // not keys either.
-            .merge(
-                Env::prefixed("HOOKFOLD_")
-                    .ignore(hookfold_proto::env::NOT_CONFIG_KEYS)
-                    .split("__"),
-            )
-            .extract()
-            .map_err(Box::new)?;
-        config.validate()?;
-        Ok(config)
-    }
-
-    /// [`Self::without_secrets`], then `[kafka.security]` checked and its secrets read:
-    /// what every command that connects loads.
-    pub fn load(file: Option<&Path>) -> Result<Self, ConfigError> {
-        let mut config = Self::without_secrets(file)?;
-        config.kafka.resolved_security = config
-            .kafka
-            .security
-            .resolve(&config.kafka.properties, |name| std::env::var(name).ok())?;
-        Ok(config)
+    /// Everything, `[kafka.security]`'s secrets included: what every command that
+    /// connects loads ([`hookfold_config::load`] in [`Mode::WithSecrets`]).
+    pub fn load(file: Option<&Path>) -> Result<Self, LoadError<ConfigError>> {
+        hookfold_config::load(file, Mode::WithSecrets)
     }
 
     pub fn validate(&self) -> Result<(), ConfigError> {
@@ -422,6 +389,20 @@ impl ProcessorConfig {
     }
 }
 
+impl LayeredConfig for ProcessorConfig {
+    type Error = ConfigError;
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        ProcessorConfig::validate(self)
+    }
+
+    /// `[kafka.security]` checked and its secrets read.
+    fn resolve_secrets(&mut self, env: &dyn Fn(&str) -> Option<String>) -> Result<(), ConfigError> {
+        self.kafka.resolved_security = self.kafka.security.resolve(&self.kafka.properties, env)?;
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -450,10 +431,7 @@ group_id = "hookfold-processor"
     fn rules_section_and_mistakes() {
         let parse = |text: &str| -> Result<ProcessorConfig, String> {
             let config: ProcessorConfig =
-                Figment::from(Serialized::defaults(ProcessorConfig::default()))
-                    .merge(Toml::string(text))
-                    .extract()
-                    .map_err(|e| e.to_string())?;
+                hookfold_config::parse_toml(text).map_err(|e| e.to_string())?;
             config.validate().map_err(|e| e.to_string())?;
             Ok(config)
         };

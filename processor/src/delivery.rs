@@ -257,21 +257,6 @@ pub fn abortable(error: &KafkaError) -> bool {
     }
 }
 
-/// The processor's producers (see `engine`).
-pub enum BatchProducers {
-    EffectivelyOnce {
-        /// Incident events and states.
-        outputs: TrackedProducer,
-        /// Batch and reset markers, sent only once the batch's outputs are acked: a
-        /// producer of their own, without linger, so the batch does not wait `linger.ms` a
-        /// second time.
-        markers: TrackedProducer,
-    },
-    /// One transactional producer for everything a batch writes, markers included: the
-    /// transaction, not the order of acks, makes the batch all or nothing.
-    ExactlyOnce(Transactional),
-}
-
 /// What the broker said of one record.
 enum Settled {
     Acked,

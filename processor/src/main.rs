@@ -143,11 +143,11 @@ fn main() -> ExitCode {
     let args = Args::parse();
     // The ACLs follow from the topics and the group alone: printing them needs none of
     // the secrets.
-    let load = match args.command {
-        Some(Command::Acls { .. }) => ProcessorConfig::without_secrets,
-        _ => ProcessorConfig::load,
+    let mode = match args.command {
+        Some(Command::Acls { .. }) => hookfold_config::Mode::WithoutSecrets,
+        _ => hookfold_config::Mode::WithSecrets,
     };
-    let config = match load(args.config.as_deref()) {
+    let config = match hookfold_config::load::<ProcessorConfig>(args.config.as_deref(), mode) {
         Ok(config) => config,
         Err(e) => {
             eprintln!("hookfold-processor: invalid configuration: {e}");
@@ -166,7 +166,7 @@ fn main() -> ExitCode {
             summary,
         } => {
             let options = TailOptions {
-                client: hookfold_processor::consumer::client_config(&config),
+                client: hookfold_processor::clients::client_config(&config),
                 bootstrap_servers: config.kafka.bootstrap_servers.clone(),
                 topic: topic.unwrap_or_else(|| config.kafka.output_topic.clone()),
                 from_beginning,
@@ -183,7 +183,7 @@ fn main() -> ExitCode {
             severity,
             prefix,
         } => open_incidents::print(
-            hookfold_processor::consumer::client_config(&config),
+            hookfold_processor::clients::client_config(&config),
             &config.kafka.open_incidents_topic(),
             &IncidentsOptions {
                 filter: Filter {
@@ -201,7 +201,7 @@ fn main() -> ExitCode {
             init_tracing(config.log_format);
             hookfold_processor::view::run(hookfold_processor::view::ViewOptions {
                 listen,
-                client: hookfold_processor::consumer::client_config(&config),
+                client: hookfold_processor::clients::client_config(&config),
                 table_topic: config.kafka.open_incidents_topic(),
                 incident_topic: config.kafka.output_topic.clone(),
             })

@@ -13,7 +13,7 @@ use std::collections::BTreeMap;
 use std::io::Write;
 use std::time::Duration;
 
-use hookfold_kafka::TopicReader;
+use hookfold_kafka::{AtEnd, NEVER, PartitionReader, Polled, Start};
 use hookfold_proto::Message as _;
 use hookfold_proto::v1::{EntityKind, IncidentEvent, Severity};
 use rdkafka::ClientConfig;
@@ -129,9 +129,12 @@ pub fn load(
     group: &str,
     timeout: Duration,
 ) -> anyhow::Result<Table> {
-    let mut reader = TopicReader::open(client, topic, group, timeout)?;
+    let mut client = client;
+    client.set("group.id", group);
+    let mut reader =
+        PartitionReader::whole_topic(client, topic, Start::Beginning, AtEnd::Stop, timeout)?;
     let mut table = Table::default();
-    reader.read_to_end(timeout, |m| {
+    reader.read_to_end(&NEVER, |m| {
         table.apply(m.key(), m.payload());
     })?;
     Ok(table)
@@ -190,9 +193,14 @@ pub fn print(
     out: &mut impl Write,
 ) -> anyhow::Result<()> {
     let timeout = Duration::from_secs(30);
-    let mut reader = TopicReader::open(client, topic, "hookfold-incidents", timeout)?;
+    let at_end = if options.watch {
+        AtEnd::Follow
+    } else {
+        AtEnd::Stop
+    };
+    let mut reader = PartitionReader::whole_topic(client, topic, Start::Beginning, at_end, timeout)?;
     let mut table = Table::default();
-    reader.read_to_end(timeout, |m| {
+    reader.read_to_end(&NEVER, |m| {
         table.apply(m.key(), m.payload());
     })?;
     let open = listed(&table, &options.filter);
@@ -218,7 +226,7 @@ pub fn print(
         return Ok(());
     }
     loop {
-        let Some(message) = reader.poll(Duration::from_millis(500))? else {
+        let Polled::Record(message) = reader.poll(Duration::from_millis(500))? else {
             continue;
         };
         let change = table.apply(message.key(), message.payload());

@@ -17,11 +17,13 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, anyhow, bail};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use hookfold_kafka::{AtEnd, PartitionReader, Polled, Start};
 use rdkafka::{Offset, TopicPartitionList};
 
 use crate::changelog::{ChangelogSource, last_position};
 use crate::config::{Guarantee, ProcessorConfig};
-use crate::consumer::{check_copartitioned, client_config, new_engine, reader_config};
+use crate::clients::{client_config, new_engine, reader_config};
+use crate::topics::check_copartitioned;
 use crate::engine::Engine;
 use crate::metrics::Metrics;
 use crate::open_incidents;
@@ -51,6 +53,7 @@ pub fn run(
         .set("enable.auto.commit", "false")
         .set("enable.partition.eof", "true");
     let reader: BaseConsumer = reader_client
+        .clone()
         .create()
         .context("creating a Kafka consumer")?;
     let count = check_copartitioned(
@@ -119,11 +122,12 @@ pub fn run(
         timeout,
     )
     .with_context(|| format!("reading the open-incident table {table_topic}"))?;
+    let mut input = PartitionReader::new(reader_client, &k.input_topic, timeout)?;
     for partition in partitions {
         rebuild_partition(
             config,
             &mut engine,
-            &reader,
+            &mut input,
             partition,
             options.emit,
             timeout,
@@ -378,7 +382,7 @@ fn unlisted_group(
 fn rebuild_partition(
     config: &ProcessorConfig,
     engine: &mut Engine,
-    reader: &BaseConsumer,
+    reader: &mut PartitionReader,
     partition: i32,
     emit_all: bool,
     timeout: Duration,
@@ -386,9 +390,7 @@ fn rebuild_partition(
 ) -> anyhow::Result<()> {
     let topic = &config.kafka.input_topic;
     let started = Instant::now();
-    let (low, high) = reader
-        .fetch_watermarks(topic, partition, timeout)
-        .context("reading the watermarks")?;
+    let (low, high) = reader.watermarks(partition)?;
     let path = Engine::store_path(&config.state_dir, topic, partition);
     if !emit_all {
         // How far the processors had got: the incident events of records after that were
@@ -424,48 +426,23 @@ fn rebuild_partition(
     }
     PartitionStore::destroy(&path)?;
     engine.reset_changelog(partition)?;
-    engine.assign(partition)?;
+    engine.activate(partition)?;
     writeln!(
         out,
         "partition {partition}: folding offsets {low}..{high} ({} records)",
         high - low
     )?;
-    let mut tpl = TopicPartitionList::new();
-    tpl.add_partition_offset(topic, partition, Offset::Offset(low))?;
-    reader.assign(&tpl)?;
-    let mut next = low;
-    let mut last_record = Instant::now();
+    reader.add(partition, Start::Offset(low), AtEnd::Stop)?;
     let mut last_progress = Instant::now();
-    let mut last_error = None;
-    while next < high {
-        if last_record.elapsed() > timeout {
-            bail!(
-                "no record from {topic}[{partition}] for {timeout:?} at offset {next} of {high} (last error: {})",
-                last_error.as_deref().unwrap_or("none")
-            );
-        }
-        match reader.poll(Duration::from_millis(100)) {
-            Some(Ok(message)) => {
-                last_record = Instant::now();
-                next = rdkafka::Message::offset(&message) + 1;
-                if next <= high {
-                    engine.push(message.detach());
-                }
-            }
-            Some(Err(KafkaError::PartitionEOF(_))) => break,
-            // Consumer errors are reports (librdkafka reconnects and retries); only a
-            // partition that stays silent fails the rebuild.
-            Some(Err(e)) => {
-                tracing::warn!(error = %e, "reading the webhook topic");
-                last_error = Some(e.to_string());
-            }
-            None => {}
+    while reader.reading().any(|p| p == partition) {
+        if let Polled::Record(message) = reader.poll(Duration::from_millis(100))? {
+            engine.push(message.detach());
         }
         if engine.due() {
-            engine.commit(None)?;
+            engine.fold_batch(None)?;
         }
         if last_progress.elapsed() >= Duration::from_secs(5) {
-            let done = next - low;
+            let done = (high - low) - reader.remaining(partition);
             writeln!(
                 out,
                 "partition {partition}: {done} of {} records, {:.0} records/s",
@@ -475,7 +452,7 @@ fn rebuild_partition(
             last_progress = Instant::now();
         }
     }
-    engine.commit(None)?;
+    engine.fold_batch(None)?;
     if let Err(e) = commit_group_offset(config, partition, high) {
         // A group with members (`--force`) refuses a commit from outside it: they commit
         // their own offsets.

@@ -3,6 +3,7 @@
 //! crash the store is a state that some prefix of the partition produced, and that
 //! prefix's end is where reading resumes.
 
+use std::ops::Deref;
 use std::path::{Path, PathBuf};
 
 use hookfold_state::changelog::States;
@@ -188,14 +189,8 @@ impl PartitionStore {
     }
 
     /// Starts writing restored states into the store (see [`RestoreWriter`]).
-    pub fn restore_writer(&self) -> RestoreWriter<'_> {
-        RestoreWriter {
-            store: self,
-            pending: Vec::new(),
-            pending_bytes: 0,
-            chunk_bytes: INGEST_CHUNK_BYTES,
-            files: 0,
-        }
+    pub fn restore_writer(&self) -> RestoreWriter<&Self> {
+        RestoreWriter::new(self)
     }
 
     /// Writes restored states (a `None` value deletes the key) through the memtable,
@@ -327,15 +322,26 @@ impl PartitionStore {
 /// store's state). Consecutive writes are gathered, up to [`INGEST_CHUNK_BYTES`], sorted by
 /// key (the last state of a key wins) and ingested as a table file; a small remainder at
 /// the end goes through the memtable.
-pub struct RestoreWriter<'a> {
-    store: &'a PartitionStore,
+pub struct RestoreWriter<S: Deref<Target = PartitionStore>> {
+    store: S,
     pending: Vec<States>,
     pending_bytes: usize,
     chunk_bytes: usize,
     files: u32,
 }
 
-impl RestoreWriter<'_> {
+impl<S: Deref<Target = PartitionStore>> RestoreWriter<S> {
+    /// A writer into `store` (borrowed, or shared with the restore that reads for it).
+    pub fn new(store: S) -> Self {
+        Self {
+            store,
+            pending: Vec::new(),
+            pending_bytes: 0,
+            chunk_bytes: INGEST_CHUNK_BYTES,
+            files: 0,
+        }
+    }
+
     /// Writes these states (a `None` value deletes the key), after every earlier one.
     pub fn write(&mut self, states: States) -> Result<(), StoreError> {
         self.pending_bytes += states.size();
@@ -355,14 +361,16 @@ impl RestoreWriter<'_> {
 
     /// Writes what is still gathered. The states are in the store afterwards (not yet
     /// flushed: `finish_restore` does that).
-    pub fn finish(mut self) -> Result<(), StoreError> {
+    /// Returns the store.
+    pub fn finish(mut self) -> Result<S, StoreError> {
         if self.pending.iter().map(States::len).sum::<usize>() < INGEST_MIN_STATES {
             for states in std::mem::take(&mut self.pending) {
                 self.store.write_restored(&states)?;
             }
-            return Ok(());
+        } else {
+            self.write_pending()?;
         }
-        self.write_pending()
+        Ok(self.store)
     }
 
     fn write_pending(&mut self) -> Result<(), StoreError> {

@@ -1,19 +1,18 @@
 //! `hookfold-processor tail`: the incident topic as JSON lines, for a person to read.
 
-use std::collections::HashMap;
 use std::io::Write;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use anyhow::{Context, bail};
+use anyhow::Context;
 use hookfold_proto::Message as _;
 use hookfold_proto::v1::IncidentEvent;
-use rdkafka::consumer::{BaseConsumer, Consumer};
+use hookfold_kafka::{AtEnd, PartitionReader, Polled, Start};
+use rdkafka::ClientConfig;
 use rdkafka::message::{Headers, Message};
-use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 use serde_json::{Map, Value, json};
 
 pub struct TailOptions {
-    /// The client settings (`consumer::client_config`: bootstrap, properties, security).
+    /// The client settings (`clients::client_config`: bootstrap, properties, security).
     pub client: ClientConfig,
     pub bootstrap_servers: String,
     pub topic: String,
@@ -25,83 +24,40 @@ pub struct TailOptions {
 
 /// Prints records until the end of every partition (or forever with `follow`).
 pub fn tail(options: &TailOptions, out: &mut impl Write) -> anyhow::Result<u64> {
-    let consumer: BaseConsumer = options
-        .client
-        .clone()
-        .set("group.id", "hookfold-tail")
-        .set("enable.auto.commit", "false")
-        .set("enable.partition.eof", "true")
-        .create()
-        .context("creating the Kafka consumer")?;
-    let metadata = consumer
-        .fetch_metadata(Some(&options.topic), Duration::from_secs(10))
-        .with_context(|| {
-            format!(
-                "reading metadata of {} from {}",
-                options.topic, options.bootstrap_servers
-            )
-        })?;
-    let topic = metadata
-        .topics()
-        .iter()
-        .find(|t| t.name() == options.topic)
-        .filter(|t| t.error().is_none() && !t.partitions().is_empty())
-        .with_context(|| format!("topic {} does not exist", options.topic))?;
-    let mut assignment = TopicPartitionList::new();
-    let mut ends = HashMap::new();
-    for partition in topic.partitions() {
-        let id = partition.id();
-        let (low, high) = consumer.fetch_watermarks(&options.topic, id, Duration::from_secs(10))?;
-        let start = if options.from_beginning {
-            Offset::Beginning
-        } else {
-            Offset::End
-        };
-        assignment.add_partition_offset(&options.topic, id, start)?;
-        if options.from_beginning && high > low {
-            ends.insert(id, high);
-        }
-    }
-    consumer.assign(&assignment)?;
+    let (start, at_end) = match (options.from_beginning, options.follow) {
+        (true, false) => (Start::Beginning, AtEnd::Stop),
+        (true, true) => (Start::Beginning, AtEnd::Follow),
+        // Only what comes from now on: there is nothing to read to an end.
+        (false, _) => (Start::End, AtEnd::Follow),
+    };
+    let mut client = options.client.clone();
+    client.set("group.id", "hookfold-tail");
+    let mut reader =
+        PartitionReader::whole_topic(client, &options.topic, start, at_end, STALL)
+            .with_context(|| {
+                format!(
+                    "reading {} from {}",
+                    options.topic, options.bootstrap_servers
+                )
+            })?;
     let mut printed = 0;
-    let mut idle_since = Instant::now();
     loop {
-        if !options.follow && ends.is_empty() {
+        if !options.follow && reader.loaded() {
             return Ok(printed);
         }
-        match consumer.poll(Duration::from_millis(200)) {
-            Some(Ok(message)) => {
-                idle_since = Instant::now();
-                if options.summary {
-                    writeln!(out, "{}", summarize(&message))?;
-                } else {
-                    writeln!(out, "{}", render(&message))?;
-                }
-                printed += 1;
-                if ends
-                    .get(&message.partition())
-                    .is_some_and(|end| message.offset() + 1 >= *end)
-                {
-                    ends.remove(&message.partition());
-                }
+        if let Polled::Record(message) = reader.poll(Duration::from_millis(200))? {
+            if options.summary {
+                writeln!(out, "{}", summarize(&message))?;
+            } else {
+                writeln!(out, "{}", render(&message))?;
             }
-            // A topic written in transactions (exactly_once) ends in commit markers, never
-            // delivered: the end is where librdkafka says (the last stable offset).
-            Some(Err(rdkafka::error::KafkaError::PartitionEOF(partition))) => {
-                ends.remove(&partition);
-            }
-            Some(Err(e)) => bail!("reading {}: {e}", options.topic),
-            None => {
-                if !options.follow && idle_since.elapsed() > Duration::from_secs(30) {
-                    bail!(
-                        "no records for 30 s before the end of partitions {:?}",
-                        ends.keys()
-                    );
-                }
-            }
+            printed += 1;
         }
     }
 }
+
+/// How long the brokers may send nothing before the end of a partition.
+const STALL: Duration = Duration::from_secs(30);
 
 fn summarize(message: &impl Message) -> String {
     match IncidentEvent::decode(message.payload().unwrap_or_default()) {

@@ -1,18 +1,28 @@
 //! `hookfold-processor topics`: checks (and with `--create`, creates) the webhook, incident,
 //! open-incident and changelog topics: the changelog compacted and co-partitioned with the
 //! webhook topic, the open-incident table compacted.
+//!
+//! Invariant: what `--create` made is checked as the cluster describes it, once every
+//! answer shows it: a topic just created is not described by every broker at once (on a
+//! cluster, another broker may have taken the CreateTopics), so the checks of a created
+//! topic wait for its partitions and for the `cleanup.policy` they set, each up to
+//! [`CREATED_WAIT`], and then say what they saw.
 
 use std::io::Write;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, ResourceSpecifier, TopicReplication};
 use rdkafka::client::DefaultClientContext;
-use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
 use rdkafka::error::RDKafkaErrorCode;
 
 use crate::config::ProcessorConfig;
-use crate::consumer::client_config;
+use crate::clients::client_config;
+
+/// How long the checks of a topic `--create` just made wait for the cluster to describe
+/// it as created.
+pub const CREATED_WAIT: Duration = Duration::from_secs(30);
 
 #[derive(Debug, Clone)]
 pub struct TopicOptions {
@@ -85,6 +95,7 @@ pub fn run(
             _ => input_partitions.map_or(options.partitions, |n: usize| n as i32),
         };
         let found = partitions_of(topic)?;
+        let created = found.is_none() && options.create;
         let count = match found {
             Some(count) => {
                 writeln!(out, "ok       {topic}: {count} partitions")?;
@@ -130,7 +141,7 @@ pub fn run(
             Role::OpenIncidents => {
                 // Without compaction the table grows with every event and a reader
                 // deleting by time would lose incidents that are still open.
-                let policy = cleanup_policy(&runtime, &admin, topic, timeout);
+                let policy = compacted_policy(&runtime, &admin, topic, created, timeout);
                 check_compacted("open-incident table", topic, policy, k, out, &mut problems)?;
             }
             Role::Changelog => {
@@ -144,7 +155,7 @@ pub fn run(
                         k.input_topic
                     ));
                 }
-                let policy = cleanup_policy(&runtime, &admin, topic, timeout);
+                let policy = compacted_policy(&runtime, &admin, topic, created, timeout);
                 check_compacted("changelog", topic, policy, k, out, &mut problems)?;
             }
         }
@@ -197,14 +208,15 @@ fn wait_for_partitions(
     topic: &str,
     wanted: usize,
 ) -> anyhow::Result<()> {
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let deadline = Instant::now() + CREATED_WAIT;
     loop {
         if partitions_of(topic)? == Some(wanted) {
             return Ok(());
         }
-        if std::time::Instant::now() > deadline {
+        if Instant::now() > deadline {
             bail!(
-                "{topic} was created but its metadata does not show {wanted} partitions after 30 s"
+                "{topic} was created but its metadata does not show {wanted} partitions after {} s",
+                CREATED_WAIT.as_secs()
             );
         }
         std::thread::sleep(Duration::from_millis(100));
@@ -247,6 +259,49 @@ pub fn changelog_cleanup_policy(
     cleanup_policy(&runtime, &admin, &config.kafka.changelog_topic(), timeout)
 }
 
+/// The `cleanup.policy` of a topic that must be compacted, for [`check_compacted`]: as
+/// the broker reports it, or for a topic `--create` just made with `cleanup.policy=compact`,
+/// once DescribeConfigs shows that (up to [`CREATED_WAIT`]).
+fn compacted_policy(
+    runtime: &tokio::runtime::Runtime,
+    admin: &AdminClient<DefaultClientContext>,
+    topic: &str,
+    created: bool,
+    timeout: Duration,
+) -> anyhow::Result<String> {
+    if !created {
+        return cleanup_policy(runtime, admin, topic, timeout);
+    }
+    let deadline = Instant::now() + CREATED_WAIT;
+    loop {
+        // An unknown topic is asked for again until the deadline by `describe_cleanup_policy`;
+        // an answer without the policy, or with another, here. Any other error is final.
+        let remaining = deadline.saturating_duration_since(Instant::now());
+        let policy = describe_cleanup_policy(
+            runtime,
+            admin,
+            topic,
+            remaining.max(Duration::from_secs(1)),
+        )
+        .with_context(|| format!("describing {topic}, created with cleanup.policy=compact"))?;
+        if policy.as_deref() == Some("compact") {
+            return Ok("compact".to_owned());
+        }
+        if Instant::now() >= deadline {
+            let answer = match policy {
+                Some(policy) => format!("cleanup.policy={policy}"),
+                None => "no cleanup.policy".to_owned(),
+            };
+            bail!(
+                "created with cleanup.policy=compact, but DescribeConfigs still answers {answer} \
+                 after {} s",
+                CREATED_WAIT.as_secs()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
 /// `cleanup.policy` as the broker reports it (its default when the topic sets none).
 fn cleanup_policy(
     runtime: &tokio::runtime::Runtime,
@@ -254,7 +309,19 @@ fn cleanup_policy(
     topic: &str,
     timeout: Duration,
 ) -> anyhow::Result<String> {
-    let deadline = std::time::Instant::now() + timeout;
+    describe_cleanup_policy(runtime, admin, topic, timeout)?
+        .context("DescribeConfigs answered no cleanup.policy")
+}
+
+/// One DescribeConfigs of `topic`'s `cleanup.policy`: `None` when the answer has no such
+/// entry. A broker that does not know the topic yet is asked again until `timeout`.
+fn describe_cleanup_policy(
+    runtime: &tokio::runtime::Runtime,
+    admin: &AdminClient<DefaultClientContext>,
+    topic: &str,
+    timeout: Duration,
+) -> anyhow::Result<Option<String>> {
+    let deadline = Instant::now() + timeout;
     loop {
         let results = runtime
             .block_on(admin.describe_configs(
@@ -268,21 +335,56 @@ fn cleanup_policy(
             .context("DescribeConfigs: no answer")?;
         match resource {
             Ok(resource) => {
-                return resource
+                return Ok(resource
                     .get("cleanup.policy")
-                    .and_then(|entry| entry.value.clone())
-                    .context("DescribeConfigs answered no cleanup.policy");
+                    .and_then(|entry| entry.value.clone()));
             }
             // The broker that answers may not have the metadata of a topic created a moment
             // ago (another broker took the CreateTopics): ask again for a while.
-            Err(RDKafkaErrorCode::UnknownTopicOrPartition)
-                if std::time::Instant::now() < deadline =>
-            {
+            Err(RDKafkaErrorCode::UnknownTopicOrPartition) if Instant::now() < deadline => {
                 std::thread::sleep(Duration::from_millis(100))
             }
             Err(code) => bail!("DescribeConfigs: {code}"),
         }
     }
+}
+
+/// Refuses a changelog that is missing or not co-partitioned with the input (partition `p`
+/// of the changelog holds the state of input partition `p`), and a missing open-incident
+/// table.
+pub fn check_copartitioned(
+    consumer: &BaseConsumer<impl ConsumerContext>,
+    input: &str,
+    changelog: &str,
+    open_incidents: &str,
+    timeout: Duration,
+) -> anyhow::Result<usize> {
+    let count = |topic: &str| -> anyhow::Result<usize> {
+        let metadata = consumer
+            .fetch_metadata(Some(topic), timeout)
+            .with_context(|| format!("reading the metadata of topic {topic}"))?;
+        match metadata.topics().first() {
+            Some(t) if t.error().is_none() && !t.partitions().is_empty() => {
+                Ok(t.partitions().len())
+            }
+            _ => bail!(
+                "topic {topic} does not exist; create it with `hookfold-processor topics --create`"
+            ),
+        }
+    };
+    let inputs = count(input)?;
+    let states = count(changelog)?;
+    // Every batch writes the open-incident table too: a missing one would fail the
+    // first batch with an incident after the produce timeout.
+    count(open_incidents)?;
+    if inputs != states {
+        bail!(
+            "the changelog {changelog} has {states} partitions but the input {input} has {inputs}: \
+             they must be equal (partition p of the changelog holds the state of input partition p); \
+             refusing to run. See `hookfold-processor topics` and docs/OPERATIONS.md"
+        );
+    }
+    Ok(inputs)
 }
 
 #[cfg(test)]

@@ -7,7 +7,8 @@
 //! - `GET /api/incidents/{dedup_key}`: the incident if open, and its whole event history
 //!   from the incident topic, in order;
 //! - `GET /`: a page listing the open incidents (no framework, no asset from elsewhere),
-//!   rendered on the server and refreshed by a few lines of script;
+//!   rendered on the server and refreshed by a few lines of script (`view_page.html`,
+//!   compiled in);
 //! - `/metrics`, `/healthz`, `/readyz` (ready once the table is read to the end it had when
 //!   the view connected, and while the brokers answer).
 //!
@@ -24,7 +25,7 @@ use axum::extract::{Path, Query, State};
 use axum::http::{StatusCode, header};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::get;
-use hookfold_kafka::TopicReader;
+use hookfold_kafka::{AtEnd, NEVER, PartitionReader, Polled, Start};
 use hookfold_proto::Message as _;
 use hookfold_proto::json::incident_to_json;
 use hookfold_proto::v1::IncidentEvent;
@@ -149,7 +150,14 @@ fn set_problem(state: &ViewState, problem: Option<String>) {
 fn follow_table(state: &ViewState, client: ClientConfig, topic: &str) {
     let timeout = Duration::from_secs(5);
     loop {
-        let mut reader = match TopicReader::open(client.clone(), topic, "hookfold-view", timeout) {
+        let reader = PartitionReader::whole_topic(
+            client.clone(),
+            topic,
+            Start::Beginning,
+            AtEnd::Follow,
+            timeout,
+        );
+        let mut reader = match reader {
             Ok(reader) => reader,
             Err(e) => {
                 set_problem(state, Some(format!("cannot read {topic}: {e}")));
@@ -167,11 +175,14 @@ fn follow_table(state: &ViewState, client: ClientConfig, topic: &str) {
 /// One reader's life: a fresh copy of the table (re-read whole, so that keys tombstoned
 /// meanwhile go too) replaces the served one once it is read to its end; after that each
 /// record is applied to the served copy in place.
-fn follow(state: &ViewState, reader: &mut TopicReader) -> Result<(), hookfold_kafka::ReadError> {
+fn follow(
+    state: &ViewState,
+    reader: &mut PartitionReader,
+) -> Result<(), hookfold_kafka::ReadError> {
     let mut fresh = Some(Table::default());
     let mut last_check = Instant::now();
     loop {
-        while let Some(message) = reader.poll(Duration::from_millis(200))? {
+        while let Polled::Record(message) = reader.poll(Duration::from_millis(200))? {
             match fresh.as_mut() {
                 Some(table) => {
                     table.apply(message.key(), message.payload());
@@ -310,9 +321,10 @@ fn history(
     dedup_key: &str,
 ) -> Result<Vec<IncidentEvent>, hookfold_kafka::ReadError> {
     let timeout = Duration::from_secs(10);
-    let mut reader = TopicReader::open(client, topic, "hookfold-view", timeout)?;
+    let mut reader =
+        PartitionReader::whole_topic(client, topic, Start::Beginning, AtEnd::Stop, timeout)?;
     let mut events = Vec::new();
-    reader.read_to_end(timeout, |message| {
+    reader.read_to_end(&NEVER, |message| {
         if message.key() == Some(dedup_key.as_bytes())
             && let Ok(event) = IncidentEvent::decode(message.payload().unwrap_or_default())
         {
@@ -414,81 +426,10 @@ async fn page(State(state): State<ViewState>) -> Html<String> {
     )
 }
 
-/// The page: server-rendered rows, refreshed every second from `/api/incidents` by a few
-/// lines of plain script (no framework, nothing fetched from elsewhere).
-const PAGE: &str = r#"<!doctype html>
-<html lang="en">
-<head>
-<meta charset="utf-8">
-<meta name="viewport" content="width=device-width, initial-scale=1">
-<title>hookfold: open incidents</title>
-<style>
-body { font: 14px/1.4 system-ui, sans-serif; margin: 1.5rem; color: #1d1d1f; }
-h1 { font-size: 1.3rem; margin: 0 0 .3rem; }
-#status { color: #555; margin-bottom: 1rem; }
-table { border-collapse: collapse; width: 100%; }
-th, td { text-align: left; padding: .45rem .6rem; border-bottom: 1px solid #e3e3e3; vertical-align: top; }
-th { font-size: .8rem; text-transform: uppercase; color: #666; }
-.key { font: 12px ui-monospace, monospace; color: #777; }
-.severity { font-weight: 600; text-transform: uppercase; font-size: .8rem; }
-.sev-critical .severity { color: #b00020; } .sev-error .severity { color: #d9480f; }
-.sev-warning .severity { color: #a66a00; } .sev-info .severity { color: #1c6dd0; }
-.links a { margin-right: .5rem; }
-</style>
-</head>
-<body>
-<h1>Open incidents</h1>
-<div id="status">{{status}}</div>
-<table>
-<thead><tr><th>Severity</th><th>What</th><th>Since</th><th>Links</th></tr></thead>
-<tbody id="incidents">{{rows}}</tbody>
-</table>
-<script>
-"use strict";
-const body = document.getElementById("incidents");
-const status = document.getElementById("status");
-function cell(tr, cls, text) {
-  const td = document.createElement("td"); td.className = cls;
-  if (text !== undefined) td.textContent = text;
-  tr.appendChild(td); return td;
-}
-function render(incidents, ready) {
-  const rows = incidents.map(function (i) {
-    const tr = document.createElement("tr");
-    const severity = String(i.severity).replace("SEVERITY_", "").toLowerCase();
-    tr.dataset.dedupKey = i.dedupKey; tr.className = "sev-" + severity;
-    cell(tr, "severity", severity);
-    const what = cell(tr, "summary", i.summary);
-    const key = document.createElement("div"); key.className = "key"; key.textContent = i.dedupKey;
-    what.appendChild(key);
-    const since = cell(tr, "since");
-    const time = document.createElement("time"); time.dateTime = i.createdAt || "";
-    time.textContent = i.createdAt || ""; since.appendChild(time);
-    const links = cell(tr, "links");
-    (i.links || []).forEach(function (l) {
-      if (!/^https?:\/\//.test(l.url)) return;
-      const a = document.createElement("a"); a.href = l.url; a.rel = "noopener noreferrer";
-      a.textContent = l.rel; links.appendChild(a); links.appendChild(document.createTextNode(" "));
-    });
-    return tr;
-  });
-  body.replaceChildren.apply(body, rows);
-  status.textContent = incidents.length + " open" +
-    (ready ? "" : " (not up to date: the view is not ready)");
-}
-async function refresh() {
-  try {
-    const response = await fetch("/api/incidents", {cache: "no-store"});
-    if (response.ok) render(await response.json(), response.headers.get("hookfold-view-ready") === "true");
-  } catch (e) {
-    status.textContent = "the view does not answer: " + e;
-  }
-}
-setInterval(refresh, 1000);
-</script>
-</body>
-</html>
-"#;
+/// The page (`view_page.html`): server-rendered rows, refreshed every second from
+/// `/api/incidents` by a few lines of plain script (no framework, nothing fetched from
+/// elsewhere). `{{status}}` and `{{rows}}` are its only markers, filled in by [`page`].
+const PAGE: &str = include_str!("view_page.html");
 
 #[cfg(test)]
 mod tests {

@@ -12,7 +12,7 @@ use clap::{Parser, Subcommand};
 use hookfold_processor::changelog::{BATCH_MARKER_KEY, NEXT_OFFSET_HEADER};
 use hookfold_processor::codec;
 use hookfold_processor::config::ProcessorConfig;
-use hookfold_processor::consumer::{client_config, reader_config};
+use hookfold_processor::clients::{client_config, reader_config};
 use hookfold_rules::{Cause, KeyState, Rules};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
