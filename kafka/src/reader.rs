@@ -174,7 +174,9 @@ impl PartitionReader {
                 source,
             })?;
         match metadata.topics().first() {
-            Some(t) if t.error().is_none() && !t.partitions().is_empty() => Ok(t.partitions().len()),
+            Some(t) if t.error().is_none() && !t.partitions().is_empty() => {
+                Ok(t.partitions().len())
+            }
             _ => Err(ReadError::Missing(self.topic.clone())),
         }
     }

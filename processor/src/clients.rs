@@ -149,7 +149,6 @@ pub fn transactional_id(config: &ProcessorConfig) -> String {
     }
 }
 
-
 /// The group member's settings: static membership when `instance_id` is set, incremental
 /// (cooperative-sticky) assignment unless the operator chose a strategy, offsets never
 /// committed automatically, lag statistics every 5 s.

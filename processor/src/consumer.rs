@@ -43,12 +43,8 @@ pub fn run(
     let engine = new_engine(config, metrics.clone(), config.processing.guarantee)?;
     let restores = Restores::new(restore_settings(config, metrics.clone()))
         .context("starting the restore threads")?;
-    let context = ProcessorContext::new(
-        engine,
-        restores,
-        config.kafka.input_topic.clone(),
-        metrics,
-    );
+    let context =
+        ProcessorContext::new(engine, restores, config.kafka.input_topic.clone(), metrics);
     let consumer: BaseConsumer<ProcessorContext> = group_consumer(config)
         .create_with_context(context)
         .context("creating the Kafka consumer")?;

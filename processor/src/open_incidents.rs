@@ -198,7 +198,8 @@ pub fn print(
     } else {
         AtEnd::Stop
     };
-    let mut reader = PartitionReader::whole_topic(client, topic, Start::Beginning, at_end, timeout)?;
+    let mut reader =
+        PartitionReader::whole_topic(client, topic, Start::Beginning, at_end, timeout)?;
     let mut table = Table::default();
     reader.read_to_end(&NEVER, |m| {
         table.apply(m.key(), m.payload());

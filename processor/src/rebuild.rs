@@ -15,19 +15,19 @@ use std::io::Write;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, anyhow, bail};
+use hookfold_kafka::{AtEnd, PartitionReader, Polled, Start};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use hookfold_kafka::{AtEnd, PartitionReader, Polled, Start};
 use rdkafka::{Offset, TopicPartitionList};
 
 use crate::changelog::{ChangelogSource, last_position};
-use crate::config::{Guarantee, ProcessorConfig};
 use crate::clients::{client_config, new_engine, reader_config};
-use crate::topics::check_copartitioned;
+use crate::config::{Guarantee, ProcessorConfig};
 use crate::engine::Engine;
 use crate::metrics::Metrics;
 use crate::open_incidents;
 use crate::store::PartitionStore;
+use crate::topics::check_copartitioned;
 
 #[derive(Debug, Clone)]
 pub struct RebuildOptions {

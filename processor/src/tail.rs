@@ -4,9 +4,9 @@ use std::io::Write;
 use std::time::Duration;
 
 use anyhow::Context;
+use hookfold_kafka::{AtEnd, PartitionReader, Polled, Start};
 use hookfold_proto::Message as _;
 use hookfold_proto::v1::IncidentEvent;
-use hookfold_kafka::{AtEnd, PartitionReader, Polled, Start};
 use rdkafka::ClientConfig;
 use rdkafka::message::{Headers, Message};
 use serde_json::{Map, Value, json};
@@ -32,14 +32,13 @@ pub fn tail(options: &TailOptions, out: &mut impl Write) -> anyhow::Result<u64> 
     };
     let mut client = options.client.clone();
     client.set("group.id", "hookfold-tail");
-    let mut reader =
-        PartitionReader::whole_topic(client, &options.topic, start, at_end, STALL)
-            .with_context(|| {
-                format!(
-                    "reading {} from {}",
-                    options.topic, options.bootstrap_servers
-                )
-            })?;
+    let mut reader = PartitionReader::whole_topic(client, &options.topic, start, at_end, STALL)
+        .with_context(|| {
+            format!(
+                "reading {} from {}",
+                options.topic, options.bootstrap_servers
+            )
+        })?;
     let mut printed = 0;
     loop {
         if !options.follow && reader.loaded() {

@@ -17,8 +17,8 @@ use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
 use rdkafka::error::RDKafkaErrorCode;
 
-use crate::config::ProcessorConfig;
 use crate::clients::client_config;
+use crate::config::ProcessorConfig;
 
 /// How long the checks of a topic `--create` just made wait for the cluster to describe
 /// it as created.

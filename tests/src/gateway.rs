@@ -1,13 +1,15 @@
-//! A running `hookfold-gateway` under test.
+//! A running `hookfold-gateway` under test, always on a free port of its own (never the
+//! default 127.0.0.1:8080, which a running demo stack holds).
 
 use std::net::SocketAddr;
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{Result, bail};
 
 use crate::free_port;
 use crate::process::{Process, workspace_binary};
+use crate::wait::wait_until;
 
 /// A running `hookfold-gateway`.
 pub struct Gateway {
@@ -18,8 +20,9 @@ pub struct Gateway {
 }
 
 impl Gateway {
-    /// Starts the gateway with `config` (TOML; `listen` and the Kafka servers are filled in
-    /// unless set) and waits until `/healthz` answers.
+    /// Starts the gateway with `config` (TOML; `listen`, a free port, and the Kafka servers,
+    /// `bootstrap`, come from the environment, over the file) and waits until `/healthz`
+    /// answers.
     pub async fn start(config: &str, bootstrap: &str, env: &[(&str, &str)]) -> Result<Self> {
         let dir = tempfile::tempdir()?;
         let port = free_port();
@@ -46,24 +49,22 @@ impl Gateway {
         let client = reqwest::Client::builder()
             .danger_accept_invalid_certs(true)
             .build()?;
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            if let Some(status) = process.exited() {
-                bail!("gateway exited ({status}):\n{}", process.output());
-            }
-            if let Ok(response) = client.get(format!("{url}/healthz")).send().await
-                && response.status().is_success()
-            {
-                break;
-            }
-            if Instant::now() > deadline {
-                bail!(
-                    "gateway did not answer /healthz within 30 s:\n{}",
-                    process.output()
-                );
-            }
-            tokio::time::sleep(Duration::from_millis(25)).await;
-        }
+        let healthz = format!("{url}/healthz");
+        let healthy = wait_until(
+            "the gateway to answer /healthz",
+            Duration::from_secs(30),
+            async || {
+                process.fail_if_exited()?;
+                Ok(client
+                    .get(&healthz)
+                    .send()
+                    .await
+                    .is_ok_and(|r| r.status().is_success())
+                    .then_some(()))
+            },
+        )
+        .await;
+        healthy.map_err(|e| process.explain(e))?;
         Ok(Self {
             process,
             addr,
@@ -84,6 +85,14 @@ impl Gateway {
             "[kafka]\ntopic = \"{topic}\"\n[[sources]]\nid = \"{source_id}\"\nkind = \"buildkite\"\nsecrets = [\"{secret}\"]\n"
         );
         Self::start(&config, bootstrap, &[]).await
+    }
+
+    /// `/readyz`'s status code (0 when the gateway does not answer).
+    pub async fn readyz(&self) -> u16 {
+        reqwest::get(format!("{}/readyz", self.url))
+            .await
+            .map(|r| r.status().as_u16())
+            .unwrap_or(0)
     }
 
     pub fn webhook_url(&self, source_id: &str) -> String {

@@ -13,14 +13,15 @@
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result, anyhow, bail};
 use rdkafka::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 
 use crate::free_port;
 use crate::process::{Process, Signal, send_signal, tail_of};
+use crate::wait::{try_wait_for, wait_for};
 
 /// The Apache Kafka version pinned in `scripts/kafka/pom.xml`.
 pub fn pinned_version() -> &'static str {
@@ -480,13 +481,13 @@ impl KafkaCluster {
             .set("bootstrap.servers", self.bootstrap())
             .set("log_level", "3")
             .create()?;
-        let deadline = Instant::now() + timeout;
-        loop {
+        let what = format!("Kafka at {} to list brokers {wanted:?}", self.bootstrap());
+        let listed = try_wait_for(&what, timeout, || {
             if let Ok(metadata) = consumer.fetch_metadata(None, Duration::from_secs(2)) {
                 let brokers: Vec<i32> = metadata.brokers().iter().map(|b| b.id()).collect();
                 if wanted.iter().all(|id| brokers.contains(id)) {
                     match consumer.client().fetch_cluster_id(Duration::from_secs(2)) {
-                        Some(id) if id == self.cluster_id => return Ok(()),
+                        Some(id) if id == self.cluster_id => return Ok(Some(())),
                         Some(other) => bail!(
                             "another Kafka answers on {} (cluster id {other}, ours is {}): stop \
                              it or use another port",
@@ -500,25 +501,22 @@ impl KafkaCluster {
             for node in &mut self.nodes {
                 if let Some(how) = node.has_exited() {
                     bail!(
-                        "Kafka node {} exited while starting ({how}); {}:\n{}",
+                        "Kafka node {} exited while starting ({how}); {}",
                         node.id,
-                        node.log_path().display(),
-                        node.log_tail()
+                        node.log_path().display()
                     );
                 }
             }
-            if Instant::now() > deadline {
-                let mut logs = String::new();
-                for node in &self.nodes {
-                    let _ = write!(logs, "\n--- node {} ---\n{}", node.id, node.log_tail());
-                }
-                bail!(
-                    "Kafka at {} did not list brokers {wanted:?} within {timeout:?}:{logs}",
-                    self.bootstrap()
-                );
+            Ok(None)
+        });
+        // Whatever went wrong, the nodes' logs say more.
+        listed.map_err(|e| {
+            let mut logs = String::new();
+            for node in &self.nodes {
+                let _ = write!(logs, "\n--- node {} ---\n{}", node.id, node.log_tail());
             }
-            std::thread::sleep(Duration::from_millis(100));
-        }
+            anyhow!("{e:#}:{logs}")
+        })
     }
 
     /// Every node's log tail, for a failing test.
@@ -560,13 +558,11 @@ pub fn stop_detached(dir: &Path, timeout: Duration) -> Result<bool> {
         let proc_dir = Path::new("/proc").join(pid.to_string());
         if proc_dir.exists() && is_kafka(&proc_dir) {
             send_signal(pid, Signal::Term)?;
-            let deadline = Instant::now() + timeout;
-            while proc_dir.exists() && !is_zombie(&proc_dir) {
-                if Instant::now() > deadline {
-                    send_signal(pid, Signal::Kill)?;
-                    break;
-                }
-                std::thread::sleep(Duration::from_millis(100));
+            let gone = wait_for("Kafka to exit after SIGTERM", timeout, || {
+                (!proc_dir.exists() || is_zombie(&proc_dir)).then_some(())
+            });
+            if gone.is_err() {
+                send_signal(pid, Signal::Kill)?;
             }
             stopped = true;
         }

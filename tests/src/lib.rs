@@ -3,33 +3,45 @@
 //! the real hookfold binaries as child processes, real HTTP, and an independent consumer
 //! to read what landed on a topic.
 //!
-//! One module a job: [`kafka`] launches KRaft nodes, [`certs`] makes a test CA for secured
-//! listeners, [`broker`] picks the broker a test talks to, [`process`] runs children, [`topics`] creates and reads topics, [`gateway`]
-//! and [`processor`] run the binaries, [`records`] and [`webhooks`] make input, and
-//! [`comparisons`] check a run against a reference run.
+//! One module a job:
+//! - the broker: [`kafka`] launches KRaft nodes, [`certs`] and [`oidc`] make a test CA and
+//!   identity provider for secured listeners, [`broker`] picks the broker a test talks to,
+//!   [`topics`] creates and reads topics and names a processor deployment's;
+//! - the binaries: [`process`] runs children, [`gateway`], [`processor`] and [`view`] run
+//!   the binaries on free ports, [`group`] follows processors sharing a consumer group;
+//! - input: [`records`] and [`webhooks`] make it, [`load`] sends a load of it to a
+//!   gateway, [`fuzz_seeds`] writes the fuzzers' seeds;
+//! - outcome: [`runs`] collects a processor's run and makes the reference run,
+//!   [`comparisons`] check a run against a reference run, [`logs`] reads what a process
+//!   logged;
+//! - [`wait`]: the one wait loop.
 //!
-//! Every wait here polls a condition with a deadline; nothing sleeps for a fixed time
-//! and hopes.
+//! Every wait here polls a condition with a deadline ([`wait`]); nothing sleeps for a fixed
+//! time and hopes. No child binds a fixed port, so a test does not depend on what else
+//! runs on the machine.
 
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
-
-use anyhow::{Result, bail};
+use std::time::{SystemTime, UNIX_EPOCH};
 
 pub mod broker;
 pub mod certs;
 pub mod comparisons;
 pub mod fuzz_seeds;
 pub mod gateway;
+pub mod group;
 pub mod kafka;
+pub mod load;
+pub mod logs;
 pub mod oidc;
 pub mod process;
 pub mod processor;
 pub mod records;
+pub mod runs;
 pub mod topics;
 pub mod view;
+pub mod wait;
 pub mod webhooks;
 
 pub use broker::Broker;
@@ -37,25 +49,9 @@ pub use comparisons::{assert_same_incidents, outputs_by_id};
 pub use gateway::Gateway;
 pub use process::{Process, Signal, workspace_binary};
 pub use processor::{Processor, ProcessorSetup};
+pub use runs::{Run, reference_run, stop_and_collect};
 pub use topics::{Topics, create_topic, headers_of, read_all, read_all_uncommitted, watermarks};
-
-/// Polls `check` every 25 ms until it returns `Some`, or fails after `timeout`.
-pub fn wait_for<T>(
-    what: &str,
-    timeout: Duration,
-    mut check: impl FnMut() -> Option<T>,
-) -> Result<T> {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(value) = check() {
-            return Ok(value);
-        }
-        if Instant::now() > deadline {
-            bail!("timed out after {timeout:?} waiting for {what}");
-        }
-        std::thread::sleep(Duration::from_millis(25));
-    }
-}
+pub use wait::{wait_for, wait_until};
 
 /// A port nobody listens on right now.
 pub fn free_port() -> u16 {

@@ -14,9 +14,9 @@ use std::sync::Mutex;
 use std::sync::mpsc;
 use std::time::Duration;
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result, anyhow, bail};
 
-use crate::wait_for;
+use crate::wait::wait_for;
 
 /// A signal the harness sends to a child (through `kill(1)`: no unsafe code, and what an
 /// operator would type).
@@ -151,6 +151,20 @@ impl Process {
     /// Whether it runs now.
     pub fn is_running(&mut self) -> bool {
         self.child.is_some() && self.exited().is_none()
+    }
+
+    /// Fails if it has exited: for a wait on something only a running process can do,
+    /// which then ends at once (its log is added by [`Process::explain`]).
+    pub fn fail_if_exited(&mut self) -> Result<()> {
+        match self.exited() {
+            Some(status) => bail!("{} exited ({status})", self.name),
+            None => Ok(()),
+        }
+    }
+
+    /// `error` with the last lines the process logged: what a failed wait on it shows.
+    pub fn explain(&self, error: anyhow::Error) -> anyhow::Error {
+        anyhow!("{error:#}; {} logged:\n{}", self.name, self.output_tail())
     }
 
     /// Sends a signal without waiting for anything (SIGSTOP, SIGCONT, or a SIGTERM whose

@@ -1,16 +1,21 @@
-//! A running `hookfold-processor` under test, and the builder for its configuration.
+//! A running `hookfold-processor` under test, and the builder for its configuration
+//! ([`crate::topics::Topics::processor`] makes one for a deployment's topics).
+//!
+//! Invariant: no processor the harness starts or runs a command of binds a fixed port;
+//! each gets a free one, so a test does not depend on what else runs on the machine (the
+//! demo stack holds the default 127.0.0.1:9464).
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use anyhow::{Result, bail};
+use anyhow::{Context, Result, bail};
 
-use crate::broker::Broker;
 use crate::free_port;
 use crate::process::{Process, workspace_binary};
 use crate::topics::Topics;
+use crate::wait::wait_until;
 
 /// A processor deployment to start: its topics, directory, and what differs from the
 /// defaults a user runs with (batching, client properties, rules). Everything not set
@@ -31,19 +36,15 @@ pub struct ProcessorSetup {
     tick_interval: Option<String>,
 }
 
-impl Topics {
-    /// A processor for these topics on `broker`, keeping config, log and (by default) its
-    /// state under `dir`.
-    pub fn processor(&self, broker: &Broker, dir: &Path) -> ProcessorSetup {
-        ProcessorSetup {
-            bootstrap: broker.bootstrap.clone(),
+impl ProcessorSetup {
+    /// A processor for the topics `t` on the Kafka at `bootstrap`, keeping config, log and
+    /// (by default) its state under `dir`.
+    pub(crate) fn new(t: &Topics, bootstrap: &str, dir: &Path) -> Self {
+        Self {
+            bootstrap: bootstrap.to_owned(),
             dir: dir.to_owned(),
             state_dir: dir.join("state"),
-            topics: (
-                self.webhooks.clone(),
-                self.incidents.clone(),
-                self.group.clone(),
-            ),
+            topics: (t.webhooks.clone(), t.incidents.clone(), t.group.clone()),
             batch: None,
             properties: Vec::new(),
             extra: String::new(),
@@ -51,9 +52,7 @@ impl Topics {
             tick_interval: Some("0s".to_owned()),
         }
     }
-}
 
-impl ProcessorSetup {
     /// `[batch]` limits other than the defaults.
     pub fn batch(mut self, max_records: usize, max_wait: &str) -> Self {
         self.batch = Some((max_records, max_wait.to_owned()));
@@ -144,8 +143,20 @@ impl ProcessorSetup {
     /// [`Processor::restart`] starts it).
     pub fn configure(self) -> Result<Processor> {
         std::fs::create_dir_all(&self.dir)?;
-        let config = self.config();
-        let mut processor = Processor::configure(&config, &self.bootstrap, &self.dir)?;
+        let config_path = self.dir.join("processor.toml");
+        std::fs::write(&config_path, self.config())?;
+        let mut processor = Processor {
+            process: Process::none(),
+            metrics_url: String::new(),
+            config_path,
+            env: vec![(
+                "HOOKFOLD_KAFKA__BOOTSTRAP_SERVERS".to_owned(),
+                self.bootstrap.clone(),
+            )],
+            bootstrap: self.bootstrap,
+            incidents_topic: self.topics.1,
+            dir: self.dir,
+        };
         for (key, value) in &self.env {
             processor.set_env(key, value);
         }
@@ -158,92 +169,62 @@ pub struct Processor {
     pub process: Process,
     pub metrics_url: String,
     pub config_path: PathBuf,
+    /// Where the harness reads what it wrote (a secured broker's plaintext listener, which
+    /// the processor itself may not use), and the topic its incident events go to: a
+    /// run's outcome ([`crate::runs::stop_and_collect`]).
+    pub bootstrap: String,
+    pub incidents_topic: String,
     env: Vec<(String, String)>,
     /// Where its config file and log are.
     pub dir: PathBuf,
 }
 
 impl Processor {
-    /// Starts the processor with `config` (TOML) and waits until `/healthz` answers.
-    /// `dir` keeps the config file and the log (and usually the state_dir).
-    pub async fn start(
-        config: &str,
-        bootstrap: &str,
-        dir: &Path,
-        env: &[(&str, &str)],
-    ) -> Result<Self> {
-        let config_path = dir.join("processor.toml");
-        std::fs::write(&config_path, config)?;
-        let mut env: Vec<(String, String)> = env
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect();
-        env.push(("HOOKFOLD_KAFKA__BOOTSTRAP_SERVERS".into(), bootstrap.into()));
-        let mut processor = Self {
-            process: Process::none(),
-            metrics_url: String::new(),
-            config_path,
-            env,
-            dir: dir.to_owned(),
-        };
-        processor.restart().await?;
-        Ok(processor)
-    }
-
-    /// Writes the configuration without starting anything (for commands like `topics`;
-    /// `restart` starts it).
-    pub fn configure(config: &str, bootstrap: &str, dir: &Path) -> Result<Self> {
-        let config_path = dir.join("processor.toml");
-        std::fs::write(&config_path, config)?;
-        Ok(Self {
-            process: Process::none(),
-            metrics_url: String::new(),
-            config_path,
-            env: vec![("HOOKFOLD_KAFKA__BOOTSTRAP_SERVERS".into(), bootstrap.into())],
-            dir: dir.to_owned(),
-        })
-    }
-
     /// Sets an environment variable for the next (re)start.
     pub fn set_env(&mut self, key: &str, value: &str) {
         self.env.retain(|(k, _)| k != key);
         self.env.push((key.to_string(), value.to_string()));
     }
 
-    /// Starts it (again) with the same configuration, on a new metrics port.
+    /// Starts it (again) with the same configuration, on a new metrics port, and waits
+    /// until `/metrics` answers.
     pub async fn restart(&mut self) -> Result<()> {
         self.process.kill();
-        let port = free_port();
-        self.metrics_url = format!("http://127.0.0.1:{port}/metrics");
-        let mut command = Command::new(workspace_binary("hookfold-processor"));
-        command
-            .arg("--config")
-            .arg(&self.config_path)
-            .env("HOOKFOLD_METRICS_LISTEN", format!("127.0.0.1:{port}"))
-            .env("RUST_LOG", "info,librdkafka=warn");
-        for (key, value) in &self.env {
-            command.env(key, value);
-        }
+        let listen = format!("127.0.0.1:{}", free_port());
+        self.metrics_url = format!("http://{listen}/metrics");
+        let command = self.command_with(
+            &[],
+            &[
+                ("HOOKFOLD_METRICS_LISTEN", &listen),
+                ("RUST_LOG", "info,librdkafka=warn"),
+            ],
+        );
         self.process = Process::spawn("hookfold-processor", command, &self.dir)?;
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            if let Some(status) = self.process.exited() {
-                bail!("processor exited ({status}):\n{}", self.process.output());
-            }
-            if reqwest::get(&self.metrics_url)
-                .await
-                .is_ok_and(|r| r.status().is_success())
-            {
-                return Ok(());
-            }
-            if Instant::now() > deadline {
-                bail!(
-                    "processor did not serve /metrics within 30 s:\n{}",
-                    self.process.output()
-                );
-            }
-            tokio::time::sleep(Duration::from_millis(25)).await;
+        let served = wait_until(
+            "the processor to serve /metrics",
+            Duration::from_secs(30),
+            async || {
+                self.process.fail_if_exited()?;
+                Ok(reqwest::get(&self.metrics_url)
+                    .await
+                    .is_ok_and(|r| r.status().is_success())
+                    .then_some(()))
+            },
+        )
+        .await;
+        served.map_err(|e| self.process.explain(e))
+    }
+
+    /// SIGTERM, and a clean exit (status 0) within a minute.
+    pub fn stop(&mut self) -> Result<()> {
+        let status = self.process.terminate(Duration::from_secs(60))?;
+        if !status.success() {
+            bail!(
+                "the processor did not stop cleanly ({status}):\n{}",
+                self.process.output_tail()
+            );
         }
+        Ok(())
     }
 
     /// The sum over all series of a metric (0 when absent).
@@ -293,48 +274,31 @@ impl Processor {
     /// assigned and restored (so what is posted now is consumed at once).
     pub async fn wait_ready(&mut self, timeout: Duration) -> Result<()> {
         let url = self.metrics_url.replace("/metrics", "/readyz");
-        let deadline = Instant::now() + timeout;
-        loop {
-            if let Some(status) = self.process.exited() {
-                bail!("processor exited ({status}):\n{}", self.process.output());
-            }
-            if reqwest::get(&url)
+        let ready = wait_until("the processor to be ready", timeout, async || {
+            self.process.fail_if_exited()?;
+            Ok(reqwest::get(&url)
                 .await
                 .is_ok_and(|r| r.status().is_success())
-            {
-                return Ok(());
-            }
-            if Instant::now() > deadline {
-                bail!(
-                    "processor not ready within {timeout:?}:\n{}",
-                    self.process.output()
-                );
-            }
-            tokio::time::sleep(Duration::from_millis(25)).await;
-        }
+                .then_some(()))
+        })
+        .await;
+        ready.map_err(|e| self.process.explain(e))
     }
 
     /// Waits until the offsets committed with the state add up to `at_least` (on a fresh
     /// topic, the number of records folded), failing early if the process dies.
     pub async fn wait_committed(&mut self, at_least: i64, timeout: Duration) -> Result<i64> {
-        let deadline = Instant::now() + timeout;
-        loop {
-            if let Some(status) = self.process.exited() {
-                bail!("processor exited ({status}):\n{}", self.process.output());
-            }
-            if let Ok(sum) = self.metric_sum("hookfold_processor_next_offset").await
-                && sum >= at_least
-            {
-                return Ok(sum);
-            }
-            if Instant::now() > deadline {
-                bail!(
-                    "processor did not commit {at_least} records within {timeout:?}:\n{}",
-                    self.process.output_tail()
-                );
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        let what = format!("the processor to commit {at_least} records");
+        let committed = wait_until(&what, timeout, async || {
+            self.process.fail_if_exited()?;
+            Ok(self
+                .metric_sum("hookfold_processor_next_offset")
+                .await
+                .ok()
+                .filter(|sum| *sum >= at_least))
+        })
+        .await;
+        committed.map_err(|e| self.process.explain(e))
     }
 
     /// Runs another `hookfold-processor` command (`topics`, `rebuild`, `state`, ...) with
@@ -348,14 +312,46 @@ impl Processor {
     }
 
     /// `hookfold-processor --config <its config> <args>` with its environment, not started
-    /// (for a subcommand that keeps running, such as `incidents --watch`).
+    /// (for a subcommand that keeps running, such as `incidents --watch`). On a free
+    /// metrics port: `run` serves one, and the default may be taken.
     pub fn subcommand(&self, args: &[&str]) -> Command {
+        let listen = format!("127.0.0.1:{}", free_port());
+        self.command_with(args, &[("HOOKFOLD_METRICS_LISTEN", &listen)])
+    }
+
+    /// The command with `defaults` in its environment, then the processor's own
+    /// environment (which a test may use to override a default).
+    fn command_with(&self, args: &[&str], defaults: &[(&str, &str)]) -> Command {
         let mut command = Command::new(workspace_binary("hookfold-processor"));
         command.arg("--config").arg(&self.config_path).args(args);
+        command.envs(defaults.iter().copied());
         for (key, value) in &self.env {
             command.env(key, value);
         }
         command
+    }
+
+    /// The dedup keys `hookfold-processor incidents --json <filters>` lists, in its order.
+    pub fn listed_incidents(&self, filters: &[&str]) -> Result<Vec<String>> {
+        let args: Vec<&str> = ["incidents", "--json"]
+            .into_iter()
+            .chain(filters.iter().copied())
+            .collect();
+        let output = self.command(&args, &[])?;
+        if !output.status.success() {
+            bail!("{args:?} failed: {output:?}");
+        }
+        String::from_utf8(output.stdout)?
+            .lines()
+            .map(|line| {
+                let event: serde_json::Value = serde_json::from_str(line)
+                    .with_context(|| format!("a line of {args:?}: {line}"))?;
+                event["dedupKey"]
+                    .as_str()
+                    .map(str::to_owned)
+                    .with_context(|| format!("no dedupKey in {line}"))
+            })
+            .collect()
     }
 
     /// `hookfold-processor state`: the stored state as sorted JSON lines (stop it first).

@@ -1,20 +1,22 @@
 //! Topics of a test: creating them, reading them back with an independent consumer, and
-//! the set of topics and group one processor deployment uses.
+//! the set of topics and group one processor deployment uses (with the processors to run
+//! on it).
 
 use std::collections::HashMap;
-use std::time::{Duration, Instant};
+use std::path::Path;
+use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use rdkafka::ClientConfig;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::error::KafkaError;
 use rdkafka::message::{Headers, Message, OwnedMessage};
-use rdkafka::{Offset, TopicPartitionList};
 
 use crate::broker::Broker;
-use crate::{unique_name, wait_for};
+use crate::processor::ProcessorSetup;
+use crate::unique_name;
+use crate::wait::wait_for;
 
 /// Creates a topic with the broker's default replication factor and `configs`, and waits
 /// until its metadata shows every partition. Room for the gateway's largest body (1 MiB by
@@ -78,62 +80,24 @@ pub fn read_all_uncommitted(bootstrap: &str, topic: &str) -> Result<Vec<OwnedMes
 }
 
 fn read_all_as(bootstrap: &str, topic: &str, isolation: &str) -> Result<Vec<OwnedMessage>> {
-    let consumer: BaseConsumer = ClientConfig::new()
+    // The processor's own reader of a whole topic (it ends each partition where librdkafka
+    // says it ends: for read_committed, the last stable offset).
+    let mut client = ClientConfig::new();
+    client
         .set("bootstrap.servers", bootstrap)
-        .set("group.id", unique_name("hookfold-test-reader"))
-        .set("enable.auto.commit", "false")
-        .set("isolation.level", isolation)
-        // A transactional topic's last offsets may be commit markers, never delivered: a
-        // partition is read through when librdkafka says its end is reached.
-        .set("enable.partition.eof", "true")
-        .create()?;
-    let metadata = consumer.fetch_metadata(Some(topic), Duration::from_secs(5))?;
-    let partitions = metadata
-        .topics()
-        .iter()
-        .find(|t| t.name() == topic)
-        .context("topic not in metadata")?
-        .partitions()
-        .len() as i32;
-    let mut assignment = TopicPartitionList::new();
-    let mut remaining = HashMap::new();
-    for partition in 0..partitions {
-        let (low, high) = consumer.fetch_watermarks(topic, partition, Duration::from_secs(5))?;
-        if high > low {
-            assignment.add_partition_offset(topic, partition, Offset::Beginning)?;
-            remaining.insert(partition, high);
-        }
-    }
-    if remaining.is_empty() {
-        return Ok(Vec::new());
-    }
-    consumer.assign(&assignment)?;
+        .set("isolation.level", isolation);
+    client.set("group.id", unique_name("hookfold-test-reader"));
+    let mut reader = hookfold_kafka::PartitionReader::whole_topic(
+        client,
+        topic,
+        hookfold_kafka::Start::Beginning,
+        hookfold_kafka::AtEnd::Stop,
+        Duration::from_secs(60),
+    )?;
     let mut messages = Vec::new();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while !remaining.is_empty() {
-        if Instant::now() > deadline {
-            bail!("reading {topic}: partitions {remaining:?} did not reach their high watermark");
-        }
-        match consumer.poll(Duration::from_millis(200)) {
-            Some(Ok(message)) => {
-                let partition = message.partition();
-                if remaining
-                    .get(&partition)
-                    .is_some_and(|high| message.offset() + 1 >= *high)
-                {
-                    remaining.remove(&partition);
-                }
-                messages.push(message.detach());
-            }
-            Some(Err(KafkaError::PartitionEOF(partition))) => {
-                // With read_committed, the end is the last stable offset: an open
-                // transaction's records (and those after them) are not read.
-                remaining.remove(&partition);
-            }
-            Some(Err(e)) => bail!("reading {topic}: {e}"),
-            None => {}
-        }
-    }
+    reader.read_to_end(&hookfold_kafka::NEVER, |message| {
+        messages.push(message.detach())
+    })?;
     Ok(messages)
 }
 
@@ -231,5 +195,16 @@ impl Topics {
     /// The open-incident table (the processor's default name for it).
     pub fn open_incidents(&self) -> String {
         format!("{}.open", self.incidents)
+    }
+
+    /// A processor for these topics on `broker`, keeping config, log and (by default) its
+    /// state under `dir`.
+    pub fn processor(&self, broker: &Broker, dir: &Path) -> ProcessorSetup {
+        self.processor_on(&broker.bootstrap, dir)
+    }
+
+    /// [`Topics::processor`] on any Kafka (e.g. librdkafka's mock cluster).
+    pub fn processor_on(&self, bootstrap: &str, dir: &Path) -> ProcessorSetup {
+        ProcessorSetup::new(self, bootstrap, dir)
     }
 }

@@ -6,6 +6,7 @@ use std::time::Duration;
 use anyhow::Result;
 
 use crate::processor::Processor;
+use crate::wait::wait_until;
 use crate::{Process, free_port};
 
 pub struct View {
@@ -37,17 +38,12 @@ impl View {
 
     /// Waits until `/readyz` answers `status`.
     pub async fn wait_readyz(&self, status: u16, timeout: Duration) -> Result<()> {
-        let deadline = std::time::Instant::now() + timeout;
-        while self.readyz().await != status {
-            if std::time::Instant::now() > deadline {
-                anyhow::bail!(
-                    "the view's /readyz did not answer {status} within {timeout:?}:\n{}",
-                    self.process.output_tail()
-                );
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        Ok(())
+        let what = format!("the view's /readyz to answer {status}");
+        wait_until(&what, timeout, async || {
+            Ok((self.readyz().await == status).then_some(()))
+        })
+        .await
+        .map_err(|e| self.process.explain(e))
     }
 
     pub async fn get_json(&self, path: &str) -> Result<(u16, serde_json::Value)> {

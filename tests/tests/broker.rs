@@ -17,21 +17,22 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::Path;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use hookfold_proto::Message as _;
 use hookfold_proto::v1::IncidentEvent;
 use hookfold_tests::broker::PartitionLayout;
+use hookfold_tests::load::{Answer, Load, Target, latency, statuses};
+use hookfold_tests::logs::{LogMark, LogsOnPanic};
 use hookfold_tests::records::{mixed_story, produce};
-use hookfold_tests::webhooks::{agent_event, build_finished, buildkite_signed};
-use hookfold_tests::{Broker, Gateway, Processor, Topics, assert_same_incidents, headers_of};
+use hookfold_tests::{
+    Broker, Gateway, Processor, Run, Topics, assert_same_incidents, headers_of, reference_run,
+    stop_and_collect, wait_until,
+};
 use rdkafka::Message;
 use rdkafka::admin::{AdminOptions, ResourceSpecifier};
 use rdkafka::message::OwnedMessage;
-use tokio::sync::watch;
 
 const SOURCE: &str = "acme-buildkite";
 const BK_SECRET: &str = "29b1ff5779c76bd48ba6705eb99ff970";
@@ -48,179 +49,13 @@ fn gateway_config(topic: &str) -> String {
     )
 }
 
-/// Request `n` of a load: mostly builds of 40 pipelines on two branches (failing, passing,
-/// canceled; out of order under concurrency, so some are stale), and agents lost and back.
-/// Every body is distinct, so every request has its own event id.
-fn request(n: usize) -> (&'static str, Vec<u8>) {
-    if n % 10 < 7 {
-        let pipeline = format!("pipeline-{}", n % 40);
-        let branch = if (n / 40).is_multiple_of(3) {
-            "feature/x"
-        } else {
-            "main"
-        };
-        let state = ["failed", "passed", "failed", "canceled", "passed"][(n / 7) % 5];
-        (
-            "build.finished",
-            build_finished(&pipeline, branch, n as u64, state),
-        )
-    } else {
-        let event = ["agent.lost", "agent.connected", "agent.disconnected"][(n / 10) % 3];
-        let name = format!("agent-{}", n % 30);
-        (event, agent_event(event, &name, &format!("id-{n}")))
+/// The load's requests go to the gateway's one source.
+fn target(url: &str) -> Target<'_> {
+    Target {
+        url,
+        source: SOURCE,
+        secret: BK_SECRET,
     }
-}
-
-/// One answer of the gateway to one request of a load.
-#[derive(Clone, Debug)]
-struct Answer {
-    sent: Instant,
-    received: Instant,
-    /// 0 when the request got no HTTP answer at all.
-    status: u16,
-    retry_after: bool,
-    /// The `error` code of a refusal, or the transport error.
-    error: String,
-    /// The event id of a 202.
-    id: String,
-    /// The event id the request's record has, if it is on the topic (the gateway's id
-    /// for a Buildkite body: a digest of source, event name and body).
-    expected: String,
-}
-
-/// Signed Buildkite requests sent over `connections` keep-alive connections, as fast as
-/// the gateway answers, up to a limit the test can raise (so that a failure is injected
-/// while requests are still to come, whatever the machine's speed).
-struct Load {
-    answers: Arc<Mutex<Vec<Answer>>>,
-    limit: watch::Sender<usize>,
-    workers: Vec<tokio::task::JoinHandle<()>>,
-    total: usize,
-}
-
-impl Load {
-    fn start(url: &str, total: usize, connections: usize, limit: usize) -> Self {
-        let answers = Arc::new(Mutex::new(Vec::with_capacity(total)));
-        let next = Arc::new(AtomicUsize::new(0));
-        let (limit_sender, limit_receiver) = watch::channel(limit);
-        let workers = (0..connections)
-            .map(|_| {
-                let url = url.to_owned();
-                let answers = answers.clone();
-                let next = next.clone();
-                let mut limit = limit_receiver.clone();
-                // One client with one pooled connection per worker. A request that hangs
-                // fails the test instead of hanging it.
-                let client = reqwest::Client::builder()
-                    .pool_max_idle_per_host(1)
-                    .http1_only()
-                    .timeout(Duration::from_secs(60))
-                    .build()
-                    .expect("HTTP client");
-                tokio::spawn(async move {
-                    loop {
-                        let n = next.fetch_add(1, Ordering::Relaxed);
-                        if n >= total || limit.wait_for(|limit| n < *limit).await.is_err() {
-                            return;
-                        }
-                        let (event, body) = request(n);
-                        let expected =
-                            hookfold_gateway::routing::event_id(SOURCE, event, &body, None);
-                        let sent = Instant::now();
-                        let answer =
-                            match buildkite_signed(client.post(&url), BK_SECRET, event, &body)
-                                .send()
-                                .await
-                            {
-                                Ok(response) => {
-                                    let status = response.status().as_u16();
-                                    let retry_after =
-                                        response.headers().contains_key("retry-after");
-                                    let json: serde_json::Value =
-                                        response.json().await.unwrap_or_default();
-                                    Answer {
-                                        sent,
-                                        received: Instant::now(),
-                                        status,
-                                        retry_after,
-                                        error: json["error"].as_str().unwrap_or_default().into(),
-                                        id: json["id"].as_str().unwrap_or_default().into(),
-                                        expected,
-                                    }
-                                }
-                                Err(e) => Answer {
-                                    sent,
-                                    received: Instant::now(),
-                                    status: 0,
-                                    retry_after: false,
-                                    error: e.to_string(),
-                                    id: String::new(),
-                                    expected,
-                                },
-                            };
-                        answers
-                            .lock()
-                            .unwrap_or_else(|e| e.into_inner())
-                            .push(answer);
-                    }
-                })
-            })
-            .collect();
-        Self {
-            answers,
-            limit: limit_sender,
-            workers,
-            total,
-        }
-    }
-
-    /// Lets the load go on up to request `limit`.
-    fn release(&self, limit: usize) {
-        self.limit.send_replace(limit.min(self.total));
-    }
-
-    fn count(&self, matching: impl Fn(&Answer) -> bool) -> usize {
-        let answers = self.answers.lock().unwrap_or_else(|e| e.into_inner());
-        answers.iter().filter(|a| matching(a)).count()
-    }
-
-    fn answered(&self) -> usize {
-        self.count(|_| true)
-    }
-
-    /// Waits until `done` holds for the answers so far.
-    async fn wait(&self, what: &str, timeout: Duration, done: impl Fn(&Self) -> bool) {
-        let deadline = Instant::now() + timeout;
-        while !done(self) {
-            assert!(
-                Instant::now() < deadline,
-                "timed out after {timeout:?} waiting for {what} ({} answers so far)",
-                self.answered()
-            );
-            tokio::time::sleep(Duration::from_millis(25)).await;
-        }
-    }
-
-    /// Sends the rest and returns every answer.
-    async fn finish(self) -> Vec<Answer> {
-        self.release(self.total);
-        for worker in self.workers {
-            worker.await.expect("load worker");
-        }
-        let mut answers =
-            std::mem::take(&mut *self.answers.lock().unwrap_or_else(|e| e.into_inner()));
-        answers.sort_by_key(|a| a.received);
-        answers
-    }
-}
-
-/// Counts of an answer list by status.
-fn statuses(answers: &[Answer]) -> BTreeMap<u16, usize> {
-    let mut counts = BTreeMap::new();
-    for answer in answers {
-        *counts.entry(answer.status).or_default() += 1;
-    }
-    counts
 }
 
 /// Every answer is a 202 with an id, or a 503 `broker_unavailable` with `Retry-After`.
@@ -299,27 +134,13 @@ fn assert_every_202_on_the_topic(
     (records, refused_but_stored, repeated.len())
 }
 
-/// The gateway's `/readyz` status (0 when it does not answer).
-async fn readyz(gateway: &Gateway) -> u16 {
-    reqwest::get(format!("{}/readyz", gateway.url))
-        .await
-        .map(|r| r.status().as_u16())
-        .unwrap_or(0)
-}
-
-/// Polls a blocking check (a metadata request) every 200 ms until it returns `Some`.
-async fn until<T>(what: &str, timeout: Duration, mut check: impl FnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(value) = tokio::task::block_in_place(&mut check) {
-            return value;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "timed out after {timeout:?} waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+/// Waits until the gateway's `/readyz` answers `status`.
+async fn wait_readyz(gateway: &Gateway, status: u16, what: &str) {
+    wait_until(what, Duration::from_secs(60), async || {
+        Ok((gateway.readyz().await == status).then_some(()))
+    })
+    .await
+    .unwrap();
 }
 
 /// The node leading the most partitions of a layout.
@@ -365,51 +186,6 @@ fn notable(log: &str, max: usize) -> String {
     )
 }
 
-/// A log from byte `from` on (what was logged since a failure was injected).
-fn since(log: &str, from: usize) -> &str {
-    log.get(from..).unwrap_or(log)
-}
-
-/// How long a log file is now.
-fn log_len(path: &Path) -> usize {
-    std::fs::metadata(path).map_or(0, |m| m.len() as usize)
-}
-
-/// The median and largest time to answer of the answers with `status`, in seconds.
-fn latency(answers: &[Answer], status: u16) -> (f64, f64) {
-    let mut times: Vec<f64> = answers
-        .iter()
-        .filter(|a| a.status == status)
-        .map(|a| (a.received - a.sent).as_secs_f64())
-        .collect();
-    times.sort_by(f64::total_cmp);
-    match times.last() {
-        Some(max) => (times[times.len() / 2], *max),
-        None => (0.0, 0.0),
-    }
-}
-
-/// Prints the tails of the logs of a test's processes if the test panics (dropped before
-/// the directories holding them).
-struct LogsOnPanic(Vec<(String, std::path::PathBuf)>);
-
-impl Drop for LogsOnPanic {
-    fn drop(&mut self) {
-        if !std::thread::panicking() {
-            return;
-        }
-        for (name, path) in &self.0 {
-            let text = std::fs::read_to_string(path).unwrap_or_default();
-            let lines: Vec<&str> = text.lines().collect();
-            eprintln!("--- {name} ({}) ---", path.display());
-            for line in &lines[lines.len().saturating_sub(40)..] {
-                // Kafka's fetch-request lines run to kilobytes.
-                eprintln!("{}", line.chars().take(400).collect::<String>());
-            }
-        }
-    }
-}
-
 fn logs_on_panic(broker: &mut Broker, gateway: &Gateway, processor: &Processor) -> LogsOnPanic {
     let mut logs = vec![
         ("gateway".to_owned(), gateway.process.log.clone()),
@@ -422,42 +198,27 @@ fn logs_on_panic(broker: &mut Broker, gateway: &Gateway, processor: &Processor) 
     LogsOnPanic(logs)
 }
 
-/// A processor's run: its incident records and final state, after a clean stop.
-struct Run {
-    incidents: Vec<OwnedMessage>,
-    state: Vec<String>,
-}
-
-async fn stop_and_collect(broker: &Broker, topics: &Topics, processor: &mut Processor) -> Run {
-    let status =
-        tokio::task::block_in_place(|| processor.process.terminate(Duration::from_secs(60)))
-            .expect("processor stops on SIGTERM");
-    assert!(
-        status.success(),
-        "clean stop: {status}\n{}",
-        processor.process.output_tail()
-    );
-    Run {
-        incidents: broker
-            .read_all(&topics.incidents)
-            .expect("reading incidents"),
-        state: processor.state_dump().expect("state dump"),
-    }
-}
-
-/// A processor that never saw a failure, over the same webhook topic (fully written by
-/// now), on the deployment `topics` (created beforehand).
-async fn reference_run(broker: &Broker, topics: &Topics, records: i64, dir: &Path) -> Run {
-    let mut processor = topics
-        .processor(broker, dir)
-        .start()
-        .await
-        .expect("reference processor");
-    processor
-        .wait_committed(records, Duration::from_secs(180))
-        .await
-        .expect("reference run folds every record");
-    stop_and_collect(broker, topics, &mut processor).await
+/// Stops `processor` (which has folded the `records` on the webhook topic) and checks its
+/// run against a processor that never saw a failure, run now on the deployment `reference`
+/// over the same webhook topic ([`assert_same_run`]). Returns the clean run and the number
+/// of repeated events.
+async fn assert_same_as_a_clean_run(
+    broker: &Broker,
+    reference: &Topics,
+    processor: &mut Processor,
+    records: i64,
+) -> (Run, usize) {
+    let run = stop_and_collect(processor).expect("the processor's run");
+    let dir = tempfile::tempdir().unwrap();
+    let clean = reference_run(
+        reference.processor(broker, dir.path()),
+        records,
+        Duration::from_secs(180),
+    )
+    .await
+    .expect("a processor that never saw a failure folds every record");
+    let repeats = assert_same_run(&clean, &run);
+    (clean, repeats)
 }
 
 /// The run ends with the reference's incident events (a repeat only as an identical
@@ -514,15 +275,17 @@ async fn broker_killed_and_restarted_under_load_loses_no_accepted_request() {
     let _logs = logs_on_panic(&mut broker, &gateway, &processor);
 
     let load_started = Instant::now();
-    let load = Load::start(&gateway.webhook_url(SOURCE), TOTAL, CONNECTIONS, TOTAL);
+    let url = gateway.webhook_url(SOURCE);
+    let load = Load::start(&target(&url), TOTAL, CONNECTIONS, TOTAL);
     load.wait("1,000 answers", Duration::from_secs(90), |l| {
         l.answered() >= 1_000
     })
-    .await;
+    .await
+    .unwrap();
     let marks = (
-        processor.process.output().len(),
-        gateway.process.output().len(),
-        log_len(&broker.node(1).unwrap().log_path()),
+        LogMark::of(&processor.process),
+        LogMark::of(&gateway.process),
+        LogMark::now(&broker.node(1).unwrap().log_path()),
     );
     let kill_started = Instant::now();
     broker.node(1).unwrap().kill();
@@ -530,32 +293,19 @@ async fn broker_killed_and_restarted_under_load_loses_no_accepted_request() {
 
     // Down: /readyz says so, and requests sent now are refused (each after the 5 s ack
     // timeout). Two rounds of refusals on every connection before the broker comes back.
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while readyz(&gateway).await != 503 {
-        assert!(
-            Instant::now() < deadline,
-            "/readyz stayed ready without a broker"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    wait_readyz(&gateway, 503, "/readyz to say 503 without a broker").await;
     load.wait(
         "503s for requests sent after the kill",
         Duration::from_secs(90),
         |l| l.count(|a| a.sent >= killed && a.status == 503) >= 2 * CONNECTIONS,
     )
-    .await;
+    .await
+    .unwrap();
     let restart_started = Instant::now();
     tokio::task::block_in_place(|| broker.restart_node(1))
         .unwrap_or_else(|e| panic!("restarting the broker: {e:#}\n{}", broker.logs()));
     let restarted = Instant::now();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while readyz(&gateway).await != 200 {
-        assert!(
-            Instant::now() < deadline,
-            "/readyz not ready after the restart"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    wait_readyz(&gateway, 200, "/readyz to say ready after the restart").await;
     let answers = load.finish().await;
     let load_done = Instant::now();
 
@@ -626,11 +376,9 @@ async fn broker_killed_and_restarted_under_load_loses_no_accepted_request() {
         .await
         .unwrap();
     let caught_up = Instant::now();
-    let processor_log = processor.process.output();
-    let run = stop_and_collect(&broker, &t, &mut processor).await;
-    let reference_dir = tempfile::tempdir().unwrap();
-    let clean = reference_run(&broker, &reference, total_records, reference_dir.path()).await;
-    let repeats = assert_same_run(&clean, &run);
+    let processor_log = marks.0.since();
+    let (clean, repeats) =
+        assert_same_as_a_clean_run(&broker, &reference, &mut processor, total_records).await;
 
     let (median_503, max_503) = latency(&answers, 503);
     eprintln!(
@@ -658,13 +406,9 @@ async fn broker_killed_and_restarted_under_load_loses_no_accepted_request() {
         (load_done - started).as_secs_f64(),
         started.elapsed().as_secs_f64(),
     );
-    eprintln!("processor: {}", notable(since(&processor_log, marks.0), 20));
-    eprintln!(
-        "gateway: {}",
-        notable(since(&gateway.process.output(), marks.1), 20)
-    );
-    let kafka_log = std::fs::read_to_string(broker.node(1).unwrap().log_path()).unwrap_or_default();
-    eprintln!("kafka: {}", notable(since(&kafka_log, marks.2), 30));
+    eprintln!("processor: {}", notable(&processor_log, 20));
+    eprintln!("gateway: {}", notable(&marks.1.since(), 20));
+    eprintln!("kafka: {}", notable(&marks.2.since(), 30));
 }
 
 /// Waits until every partition of `topics` has a leader that is not `dead` and all of
@@ -676,7 +420,7 @@ async fn wait_layout(
     in_sync: usize,
     what: &str,
 ) {
-    until(what, Duration::from_secs(120), || {
+    let settled = || {
         for topic in topics {
             let layout = broker.partitions(topic).ok()?;
             let settled = layout
@@ -687,8 +431,13 @@ async fn wait_layout(
             }
         }
         Some(())
+    };
+    // Metadata requests block: in place, so that the load goes on meanwhile.
+    wait_until(what, Duration::from_secs(120), async || {
+        Ok(tokio::task::block_in_place(settled))
     })
-    .await;
+    .await
+    .unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -743,18 +492,20 @@ async fn leader_failover_on_three_brokers_loses_no_accepted_request() {
 
     // Released in steps, so each kill happens with requests still to come.
     let load_started = Instant::now();
-    let load = Load::start(&gateway.webhook_url(SOURCE), TOTAL, CONNECTIONS, 8_000);
+    let url = gateway.webhook_url(SOURCE);
+    let load = Load::start(&target(&url), TOTAL, CONNECTIONS, 8_000);
     load.wait("4,000 answers", Duration::from_secs(120), |l| {
         l.answered() >= 4_000
     })
-    .await;
+    .await
+    .unwrap();
     let webhook_layout = broker.partitions(&t.webhooks).unwrap();
     let first = busiest_leader(&webhook_layout);
     let marks = (
-        processor.process.output().len(),
-        gateway.process.output().len(),
+        LogMark::of(&processor.process),
+        LogMark::of(&gateway.process),
         (1..=3)
-            .map(|id| log_len(&broker.node(id).unwrap().log_path()))
+            .map(|id| LogMark::now(&broker.node(id).unwrap().log_path()))
             .collect::<Vec<_>>(),
     );
     let led_by_first: Vec<i32> = webhook_layout
@@ -779,7 +530,8 @@ async fn leader_failover_on_three_brokers_loses_no_accepted_request() {
         Duration::from_secs(120),
         |l| l.count(|a| a.sent >= failed_over && a.status == 202) >= 500,
     )
-    .await;
+    .await
+    .unwrap();
     load.release(12_000);
     tokio::task::block_in_place(|| broker.restart_node(first as u32))
         .unwrap_or_else(|e| panic!("restarting node {first}: {e:#}\n{}", broker.logs()));
@@ -803,7 +555,8 @@ async fn leader_failover_on_three_brokers_loses_no_accepted_request() {
     load.wait("1,000 more answers", Duration::from_secs(120), |l| {
         l.count(|a| a.sent >= resynced) >= 1_000
     })
-    .await;
+    .await
+    .unwrap();
     let incident_layout = broker.partitions(&t.incidents).unwrap();
     let second = busiest_leader(&incident_layout);
     let incidents_before = broker.record_count(&t.incidents).unwrap();
@@ -864,11 +617,9 @@ async fn leader_failover_on_three_brokers_loses_no_accepted_request() {
     let (records, refused_but_stored, on_topic_twice) =
         assert_every_202_on_the_topic(&broker, &t.webhooks, &answers);
     assert_eq!(total_records, records.len() as i64);
-    let processor_log = processor.process.output();
-    let run = stop_and_collect(&broker, &t, &mut processor).await;
-    let reference_dir = tempfile::tempdir().unwrap();
-    let clean = reference_run(&broker, &reference, total_records, reference_dir.path()).await;
-    let repeats = assert_same_run(&clean, &run);
+    let processor_log = marks.0.since();
+    let (clean, repeats) =
+        assert_same_as_a_clean_run(&broker, &reference, &mut processor, total_records).await;
 
     let refused_first = answers
         .iter()
@@ -908,16 +659,11 @@ async fn leader_failover_on_three_brokers_loses_no_accepted_request() {
         (load_done - started).as_secs_f64(),
         started.elapsed().as_secs_f64(),
     );
-    eprintln!("processor: {}", notable(since(&processor_log, marks.0), 20));
-    eprintln!(
-        "gateway: {}",
-        notable(since(&gateway.process.output(), marks.1), 20)
-    );
+    eprintln!("processor: {}", notable(&processor_log, 20));
+    eprintln!("gateway: {}", notable(&marks.1.since(), 20));
     for node in [first, second] {
-        let log = std::fs::read_to_string(broker.node(node as u32).unwrap().log_path())
-            .unwrap_or_default();
-        let from = marks.2[node as usize - 1];
-        eprintln!("kafka node {node}: {}", notable(since(&log, from), 20));
+        let log = marks.2[node as usize - 1].since();
+        eprintln!("kafka node {node}: {}", notable(&log, 20));
     }
 }
 

@@ -4,27 +4,25 @@
 //! the clean run's incident events, each once, and the final state is the clean run's.
 
 use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use hookfold_tests::comparisons::{
     assert_exactly_once, assert_same_state, assert_table_matches, outputs_by_id,
 };
+use hookfold_tests::group::{committed_by, wait_owned};
 use hookfold_tests::records::{mixed_story, produce};
-use hookfold_tests::{Broker, Processor, Signal, Topics, read_all_uncommitted};
-use rdkafka::message::OwnedMessage;
+use hookfold_tests::{
+    Broker, Processor, Run, Signal, Topics, read_all_uncommitted, reference_run, stop_and_collect,
+    wait_until,
+};
 
 /// A clean run under `exactly_once` over `total` records of `t`'s input: the reference.
-async fn clean_run(broker: &Broker, t: &Topics, total: i64) -> (Vec<OwnedMessage>, Vec<String>) {
+async fn clean_run(broker: &Broker, t: &Topics, total: i64) -> Run {
     let dir = tempfile::tempdir().unwrap();
-    let mut processor = t
-        .processor(broker, dir.path())
-        .exactly_once()
-        .start()
+    let setup = t.processor(broker, dir.path()).exactly_once();
+    reference_run(setup, total, Duration::from_secs(300))
         .await
-        .unwrap();
-    finish(&mut processor, total).await;
-    let state = processor.state_dump().unwrap();
-    (broker.read_all(&t.incidents).unwrap(), state)
+        .unwrap()
 }
 
 /// Waits until the processor has committed `total` records, then stops it cleanly.
@@ -33,11 +31,7 @@ async fn finish(processor: &mut Processor, total: i64) {
         .wait_committed(total, Duration::from_secs(300))
         .await
         .unwrap();
-    let status = processor
-        .process
-        .terminate(Duration::from_secs(60))
-        .unwrap();
-    assert!(status.success(), "clean stop: {status}");
+    processor.stop().unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -51,7 +45,10 @@ async fn sigkill_at_three_points_under_exactly_once_repeats_nothing() {
     produce(&broker.bootstrap, &clean.webhooks, &story)
         .await
         .unwrap();
-    let (clean_out, clean_state) = clean_run(&broker, &clean, EVENTS as i64).await;
+    let Run {
+        incidents: clean_out,
+        state: clean_state,
+    } = clean_run(&broker, &clean, EVENTS as i64).await;
 
     // No instance_id (each start a transactional id of its own), as processors run by
     // default: what a killed one left open is aborted by the broker after its timeout.
@@ -87,9 +84,14 @@ async fn sigkill_at_three_points_under_exactly_once_repeats_nothing() {
     }
     processor.set_env("HOOKFOLD_TEST_CRASH_AT", "");
     processor.restart().await.unwrap();
-    finish(&mut processor, EVENTS as i64).await;
-    let crash_state = processor.state_dump().unwrap();
-    let crash_out = broker.read_all(&crashed.incidents).unwrap();
+    processor
+        .wait_committed(EVENTS as i64, Duration::from_secs(300))
+        .await
+        .unwrap();
+    let Run {
+        incidents: crash_out,
+        state: crash_state,
+    } = stop_and_collect(&mut processor).unwrap();
 
     assert!(clean_out.len() > 500, "the story makes incidents");
     assert_exactly_once(&clean_out, &crash_out).unwrap();
@@ -145,13 +147,13 @@ async fn a_paused_processor_resumed_after_its_partitions_moved_makes_nothing_vis
         .await
         .unwrap();
     let mut other = setup("other").start().await.unwrap();
-    wait_owned(
+    wait_owning(
         &mut other,
         |n| n >= 1,
         "the second processor to get a partition",
     )
     .await;
-    wait_owned(&mut zombie, |n| n >= 1, "the first to keep one").await;
+    wait_owning(&mut zombie, |n| n >= 1, "the first to keep one").await;
 
     // Paused while records are arriving and being folded: it may hold some fetched and not
     // yet committed, or be inside a transaction.
@@ -160,18 +162,17 @@ async fn a_paused_processor_resumed_after_its_partitions_moved_makes_nothing_vis
         let part = story[quarter..2 * quarter].to_vec();
         tokio::spawn(async move { produce(&bootstrap, &topic, &part).await })
     };
-    let deadline = Instant::now() + Duration::from_secs(120);
-    while committed_sum(&[&zombie, &other]).await <= quarter as i64 + 100 {
-        assert!(
-            Instant::now() < deadline,
-            "the second part is not being folded"
-        );
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    wait_until(
+        "the second part to be folded",
+        Duration::from_secs(120),
+        async || Ok((committed_sum(&[&zombie, &other]).await > quarter as i64 + 100).then_some(())),
+    )
+    .await
+    .unwrap();
     zombie.process.signal(Signal::Stop).unwrap();
     feeder.await.unwrap().unwrap();
     // The group drops the paused member and gives the other every partition.
-    wait_owned(&mut other, |n| n == 3, "the other to own all partitions").await;
+    wait_owning(&mut other, |n| n == 3, "the other to own all partitions").await;
     other
         .wait_committed(2 * quarter as i64, Duration::from_secs(120))
         .await
@@ -183,30 +184,32 @@ async fn a_paused_processor_resumed_after_its_partitions_moved_makes_nothing_vis
     produce(&broker.bootstrap, &t.webhooks, &story[2 * quarter..])
         .await
         .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(240);
-    loop {
-        let both = committed_sum(&[&zombie, &other]).await;
-        if both >= EVENTS as i64 {
-            break;
-        }
-        if let Some(status) = other.process.exited() {
-            panic!(
-                "the other processor exited ({status}):\n{}",
-                other.process.output()
-            );
-        }
-        assert!(
-            Instant::now() < deadline,
-            "not every event committed ({both} of {EVENTS}):\n{}\n----\n{}",
+    // The zombie may exit (fenced): only the other one must live.
+    let mut both = 0;
+    wait_until(
+        "every event committed",
+        Duration::from_secs(240),
+        async || {
+            both = committed_sum(&[&zombie, &other]).await;
+            if both >= EVENTS as i64 {
+                return Ok(Some(()));
+            }
+            other.process.fail_if_exited()?;
+            Ok(None)
+        },
+    )
+    .await
+    .unwrap_or_else(|e| {
+        panic!(
+            "{e:#} ({both} of {EVENTS}):\n{}\n----\n{}",
             zombie.process.output_tail(),
             other.process.output_tail()
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+        )
+    });
     let zombie_exited = zombie.process.exited();
     if zombie_exited.is_none() {
         // It noticed, and is a member of the group again.
-        wait_owned(
+        wait_owning(
             &mut zombie,
             |n| n >= 1,
             "the resumed processor to own a partition again",
@@ -216,16 +219,12 @@ async fn a_paused_processor_resumed_after_its_partitions_moved_makes_nothing_vis
     let zombie_log = strip_ansi(&zombie.process.output());
     for processor in [&mut zombie, &mut other] {
         if processor.process.is_running() {
-            let status = processor
-                .process
-                .terminate(Duration::from_secs(60))
-                .unwrap();
-            assert!(status.success(), "clean stop: {status}");
+            processor.stop().unwrap();
         }
     }
     // The reference: a clean run over the same input, once it is complete.
     let clean = Topics::on_input(&broker, &t.webhooks, 3).await.unwrap();
-    let (clean_out, _) = clean_run(&broker, &clean, EVENTS as i64).await;
+    let clean_out = clean_run(&broker, &clean, EVENTS as i64).await.incidents;
     let out = broker.read_all(&t.incidents).unwrap();
     assert_exactly_once(&clean_out, &out).unwrap();
     let noticed: Vec<&str> = zombie_log
@@ -258,40 +257,16 @@ async fn a_paused_processor_resumed_after_its_partitions_moved_makes_nothing_vis
 /// The sum of the offsets committed over the partitions each processor owns now (a
 /// stopped or exited one counts nothing).
 async fn committed_sum(processors: &[&Processor]) -> i64 {
-    let mut owned = std::collections::BTreeMap::new();
-    for processor in processors {
-        if let Ok(offsets) = processor.owned_offsets().await {
-            for (partition, offset) in offsets {
-                let at: &mut i64 = owned.entry(partition).or_default();
-                *at = (*at).max(offset);
-            }
-        }
-    }
-    owned.values().sum()
+    committed_by(processors).await.values().sum()
 }
 
 /// Waits until the processor owns (restored) a number of partitions `check` accepts.
-async fn wait_owned(processor: &mut Processor, check: impl Fn(usize) -> bool, what: &str) {
-    let deadline = Instant::now() + Duration::from_secs(180);
-    loop {
-        if let Some(status) = processor.process.exited() {
-            panic!(
-                "processor exited ({status}):\n{}",
-                processor.process.output()
-            );
-        }
-        if let Ok(owned) = processor.owned_offsets().await
-            && check(owned.len())
-        {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "timed out waiting for {what}:\n{}",
-            processor.process.output_tail()
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+async fn wait_owning(processor: &mut Processor, check: impl Fn(usize) -> bool, what: &str) {
+    wait_owned(what, &mut [processor], Duration::from_secs(180), |owned| {
+        check(owned.len())
+    })
+    .await
+    .unwrap();
 }
 
 /// A store one batch behind the group's committed offset (what a crash between a
@@ -338,7 +313,10 @@ async fn a_store_one_batch_behind_and_a_deleted_store_end_equal_to_the_clean_run
     finish(&mut processor, EVENTS as i64).await;
     // The reference: a clean run over the same input, once it is complete.
     let clean = Topics::on_input(&broker, &t.webhooks, 1).await.unwrap();
-    let (clean_out, clean_state) = clean_run(&broker, &clean, EVENTS as i64).await;
+    let Run {
+        incidents: clean_out,
+        state: clean_state,
+    } = clean_run(&broker, &clean, EVENTS as i64).await;
     assert_same_state(
         &processor.state_dump().unwrap(),
         &clean_state,

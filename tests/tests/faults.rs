@@ -29,15 +29,16 @@
 //! The binaries come from the target directory (or `TEST_BIN_DIR`): build them from this
 //! tree (`cargo build --workspace --bins`) right before running.
 
-use std::collections::{HashMap, HashSet};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use anyhow::{Result, bail};
+use hookfold_tests::logs::{LogMark, has_line, lines_with};
+use hookfold_tests::process::tail_of;
 use hookfold_tests::records::{WebhookRecord, mixed_story, produce};
-use hookfold_tests::{Processor, headers_of, read_all, unique_name, watermarks};
-use rdkafka::Message;
-use rdkafka::message::OwnedMessage;
+use hookfold_tests::{
+    ProcessorSetup, Run, Signal, Topics, assert_same_incidents, reference_run, stop_and_collect,
+    unique_name, wait_until, watermarks,
+};
 use rdkafka::mocking::{MockCluster, MockCoordinator};
 use rdkafka::producer::DefaultProducerContext;
 use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
@@ -50,50 +51,26 @@ const OUTAGE: Duration = Duration::from_secs(3);
 
 type Cluster = MockCluster<'static, DefaultProducerContext>;
 
-/// One processor deployment: its group (hence changelog) and output topic.
-struct Deployment {
-    input: String,
-    output: String,
-    group: String,
+/// One processor deployment on `input`: fresh incident, open-incident and changelog topics
+/// on the mock cluster, and a fresh group.
+fn deployment(cluster: &Cluster, input: &str) -> Topics {
+    let t = Topics::named(input, PARTITIONS);
+    for topic in [&t.incidents, &t.open_incidents(), &t.changelog()] {
+        create_topic(cluster, topic);
+    }
+    t
 }
 
-impl Deployment {
-    fn new(cluster: &Cluster, input: &str) -> Self {
-        let deployment = Self {
-            input: input.to_owned(),
-            output: unique_name("hookfold.incidents"),
-            group: unique_name("hookfold-processor"),
-        };
-        create_topic(cluster, &deployment.output);
-        create_topic(cluster, &format!("{}.open", deployment.output));
-        create_topic(cluster, &format!("{}.state", deployment.group));
-        deployment
-    }
-
-    fn config(&self, state_dir: &Path, properties: &str) -> String {
-        format!(
-            r#"
-state_dir = "{}"
-[kafka]
-input_topic = "{}"
-output_topic = "{}"
-group_id = "{}"
-[kafka.properties]
-# The mock coordinator holds a rejoining member for the session timeout less a second
-# (a real one completes the rebalance once every member has rejoined).
-"session.timeout.ms" = "6000"
-"heartbeat.interval.ms" = "500"
-{properties}
-[batch]
-max_records = 25
-max_wait = "20ms"
-"#,
-            state_dir.display(),
-            self.input,
-            self.output,
-            self.group,
-        )
-    }
+/// A processor of deployment `t` on the mock cluster, keeping its files under `dir`:
+/// ticks at the processor's default interval, small batches.
+fn setup(cluster: &Cluster, t: &Topics, dir: &Path) -> ProcessorSetup {
+    t.processor_on(&cluster.bootstrap_servers(), dir)
+        .with_ticks()
+        // The mock coordinator holds a rejoining member for the session timeout less a
+        // second (a real one completes the rebalance once every member has rejoined).
+        .property("session.timeout.ms", "6000")
+        .property("heartbeat.interval.ms", "500")
+        .batch(25, "20ms")
 }
 
 /// A topic with every partition's leader known: partition p on broker p + 1.
@@ -106,49 +83,20 @@ fn create_topic(cluster: &Cluster, name: &str) {
     }
 }
 
-/// Runs a processor over `input` to `total` records with no fault, for reference:
-/// returns its outputs and final state.
-async fn reference_run(
-    cluster: &Cluster,
-    input: &str,
-    total: i64,
-) -> (Vec<OwnedMessage>, Vec<String>) {
-    let deployment = Deployment::new(cluster, input);
+/// A processor over `input` to `total` records with no fault, for reference.
+async fn fault_free_run(cluster: &Cluster, input: &str, total: i64) -> Run {
+    let t = deployment(cluster, input);
     let dir = tempfile::tempdir().unwrap();
-    let mut processor = Processor::start(
-        &deployment.config(&dir.path().join("state"), ""),
-        &cluster.bootstrap_servers(),
-        dir.path(),
-        &[],
-    )
-    .await
-    .unwrap();
-    processor
-        .wait_committed(total, STAGE_TIMEOUT)
+    let run = reference_run(setup(cluster, &t, dir.path()), total, STAGE_TIMEOUT)
         .await
         .unwrap();
-    stop_and_collect(cluster, &deployment, &mut processor)
+    assert_kept_everything(cluster, &t.incidents);
+    run
 }
 
-fn stop_and_collect(
-    cluster: &Cluster,
-    deployment: &Deployment,
-    processor: &mut Processor,
-) -> (Vec<OwnedMessage>, Vec<String>) {
-    let status = processor
-        .process
-        .terminate(Duration::from_secs(60))
-        .unwrap();
-    assert!(status.success(), "clean stop: {status}");
-    (
-        read_outputs(cluster, &deployment.output),
-        processor.state_dump().unwrap(),
-    )
-}
-
-/// Every record of an output topic; the mock cluster drops a partition's oldest records
-/// beyond 5 MB, which would look like a loss, so that is checked first.
-fn read_outputs(cluster: &Cluster, topic: &str) -> Vec<OwnedMessage> {
+/// The mock cluster drops a partition's oldest records beyond 5 MB, which would look like
+/// a loss: every partition of `topic` still starts at offset 0.
+fn assert_kept_everything(cluster: &Cluster, topic: &str) {
     let bootstrap = cluster.bootstrap_servers();
     for (partition, (low, _)) in watermarks(&bootstrap, topic).unwrap().iter().enumerate() {
         assert_eq!(
@@ -156,111 +104,18 @@ fn read_outputs(cluster: &Cluster, topic: &str) -> Vec<OwnedMessage> {
             "the mock cluster dropped records of {topic} [{partition}]: make the story smaller"
         );
     }
-    read_all(&bootstrap, topic).unwrap()
 }
 
-/// Event id -> the distinct payloads seen with it.
-fn payloads(records: &[OwnedMessage]) -> HashMap<String, HashSet<Vec<u8>>> {
-    let mut map: HashMap<String, HashSet<Vec<u8>>> = HashMap::new();
-    for record in records {
-        let id = headers_of(record)["ce_id"].clone();
-        map.entry(id)
-            .or_default()
-            .insert(record.payload().unwrap_or_default().to_vec());
-    }
-    map
-}
-
-/// The outputs of `run` are those of `reference`: the same event ids, each with the same
-/// payload (a repeat only as an identical record).
-fn assert_same_outputs(reference: &[OwnedMessage], run: &[OwnedMessage], what: &str) {
-    let expected = payloads(reference);
-    let actual = payloads(run);
+/// The incident events of `run` are those of `reference`: the same event ids, each with
+/// the same payload (a repeat only as an identical record).
+fn assert_same_outputs(reference: &Run, run: &Run, what: &str) {
     assert!(
-        expected.len() > 100,
+        reference.incidents.len() > 100,
         "the story makes incidents ({})",
-        expected.len()
+        reference.incidents.len()
     );
-    assert_eq!(
-        expected.len(),
-        reference.len(),
-        "the reference run emits each event once"
-    );
-    let expected_ids: HashSet<&String> = expected.keys().collect();
-    let actual_ids: HashSet<&String> = actual.keys().collect();
-    let missing: Vec<_> = expected_ids.difference(&actual_ids).collect();
-    let extra: Vec<_> = actual_ids.difference(&expected_ids).collect();
-    assert!(
-        missing.is_empty(),
-        "{what}: {} incident event(s) lost, e.g. {:?}",
-        missing.len(),
-        &missing[..missing.len().min(5)]
-    );
-    assert!(
-        extra.is_empty(),
-        "{what}: {} event(s) the reference run does not emit, e.g. {:?}",
-        extra.len(),
-        &extra[..extra.len().min(5)]
-    );
-    for (id, bodies) in &actual {
-        assert_eq!(
-            bodies, &expected[id],
-            "{what}: event {id} differs from the reference run's (or repeats with other content)"
-        );
-    }
-}
-
-/// Follows a processor's log from a point on, failing early if the process dies.
-struct LogWatch {
-    from: usize,
-}
-
-impl LogWatch {
-    /// From the end of what the processor has logged so far.
-    fn now(processor: &Processor) -> Self {
-        Self {
-            from: processor.process.output().len(),
-        }
-    }
-
-    /// The processor's log since `self`.
-    fn since(&self, processor: &Processor) -> String {
-        let output = processor.process.output();
-        output.get(self.from..).unwrap_or_default().to_owned()
-    }
-
-    /// Waits until `check` holds for the log since `self`.
-    async fn wait(
-        &self,
-        processor: &mut Processor,
-        what: &str,
-        check: impl Fn(&str) -> bool,
-    ) -> Result<()> {
-        let deadline = Instant::now() + STAGE_TIMEOUT;
-        loop {
-            if let Some(status) = processor.process.exited() {
-                bail!(
-                    "processor exited ({status}) while waiting for {what}:\n{}",
-                    tail(&self.since(processor), 60)
-                );
-            }
-            if check(&self.since(processor)) {
-                return Ok(());
-            }
-            if Instant::now() > deadline {
-                bail!(
-                    "timed out waiting for {what}; the processor logged:\n{}",
-                    tail(&self.since(processor), 60)
-                );
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-}
-
-fn tail(text: &str, lines: usize) -> String {
-    let all: Vec<&str> = text.lines().collect();
-    all[all.len().saturating_sub(lines)..].join("\n")
+    assert_same_incidents(&reference.incidents, &run.incidents)
+        .unwrap_or_else(|e| panic!("{what}: {e:#}"));
 }
 
 /// librdkafka's text for a broker error code, as it logs it ("Broker: Not coordinator").
@@ -274,16 +129,6 @@ fn error_text(error: RDKafkaRespErr) -> String {
         .to_owned()
 }
 
-/// Whether a line of `log` contains every one of `needles`.
-fn has_line(log: &str, needles: &[&str]) -> bool {
-    log.lines().any(|l| needles.iter().all(|n| l.contains(n)))
-}
-
-/// Lines of `log` mentioning `needle`.
-fn lines_with<'a>(log: &'a str, needle: &str) -> Vec<&'a str> {
-    log.lines().filter(|l| l.contains(needle)).collect()
-}
-
 /// Prints a few log lines per needle: what the processor went through, for a person
 /// reading the test output.
 fn show(log: &str, needles: &[&str]) {
@@ -292,17 +137,6 @@ fn show(log: &str, needles: &[&str]) {
             eprintln!("    {}", line.chars().take(240).collect::<String>());
         }
     }
-}
-
-/// Sends a signal (`STOP`, `CONT`) to the processor.
-fn signal(processor: &Processor, name: &str) {
-    let pid = processor.process.pid().expect("the processor runs");
-    let status = std::process::Command::new("kill")
-        .arg(format!("-{name}"))
-        .arg(pid.to_string())
-        .status()
-        .unwrap();
-    assert!(status.success(), "kill -{name} {pid}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -316,25 +150,21 @@ async fn transient_broker_faults_lose_nothing_and_change_nothing() {
     let story = mixed_story(CHUNK * CHUNKS, 0xfa17);
     let chunks: Vec<&[WebhookRecord]> = story.chunks(CHUNK).collect();
 
-    let faulty = Deployment::new(&cluster, &input);
+    let faulty = deployment(&cluster, &input);
     // Partition 0 of everything, and the group's coordinator, live on broker 1.
     cluster
         .coordinator(MockCoordinator::Group(faulty.group.clone()), 1)
         .unwrap();
     produce(&bootstrap, &input, chunks[0]).await.unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let mut processor = Processor::start(
-        &faulty.config(
-            &dir.path().join("state"),
-            // librdkafka's debug lines are how the test sees a fault reach the processor.
-            r#""debug" = "msg,cgrp,broker,topic""#,
-        ),
-        &bootstrap,
-        dir.path(),
-        &[("RUST_LOG", "info,librdkafka=debug"), ("NO_COLOR", "1")],
-    )
-    .await
-    .unwrap();
+    let mut processor = setup(&cluster, &faulty, dir.path())
+        // librdkafka's debug lines are how the test sees a fault reach the processor.
+        .property("debug", "msg,cgrp,broker,topic")
+        .env("RUST_LOG", "info,librdkafka=debug")
+        .env("NO_COLOR", "1")
+        .start()
+        .await
+        .unwrap();
     let started = Instant::now();
     let mut done = CHUNK as i64;
     processor.wait_committed(done, STAGE_TIMEOUT).await.unwrap();
@@ -344,9 +174,9 @@ async fn transient_broker_faults_lose_nothing_and_change_nothing() {
     //    while the chunk is written, so that it has work when the errors are armed (a
     //    request error hits the next request of its kind from any client).
     stage("produce and fetch errors");
-    signal(&processor, "STOP");
+    processor.process.signal(Signal::Stop).unwrap();
     produce(&bootstrap, &input, chunks[1]).await.unwrap();
-    let watch = LogWatch::now(&processor);
+    let watch = LogMark::of(&processor.process);
     let produce_errors = [
         RDKafkaRespErr::RD_KAFKA_RESP_ERR_NOT_LEADER_FOR_PARTITION,
         RDKafkaRespErr::RD_KAFKA_RESP_ERR_REQUEST_TIMED_OUT,
@@ -361,13 +191,14 @@ async fn transient_broker_faults_lose_nothing_and_change_nothing() {
         RDKafkaRespErr::RD_KAFKA_RESP_ERR_UNKNOWN_TOPIC_OR_PART,
     ];
     cluster.request_errors(RDKafkaApiKey::Fetch, &fetch_errors);
-    signal(&processor, "CONT");
+    processor.process.signal(Signal::Cont).unwrap();
     for error in fetch_errors {
         let text = error_text(error);
         watch
             .wait(
-                &mut processor,
+                &mut processor.process,
                 &format!("a fetch request failing with {text}"),
+                STAGE_TIMEOUT,
                 |log| has_line(log, &["FETCH", &format!("error \"{text}\"")]),
             )
             .await
@@ -377,8 +208,9 @@ async fn transient_broker_faults_lose_nothing_and_change_nothing() {
         let text = error_text(error);
         watch
             .wait(
-                &mut processor,
+                &mut processor.process,
                 &format!("a produce request failing with {text}"),
+                STAGE_TIMEOUT,
                 |log| has_line(log, &["encountered error", &text]),
             )
             .await
@@ -386,15 +218,12 @@ async fn transient_broker_faults_lose_nothing_and_change_nothing() {
     }
     done += CHUNK as i64;
     processor.wait_committed(done, STAGE_TIMEOUT).await.unwrap();
-    show(
-        &watch.since(&processor),
-        &["encountered error", "Fetch from broker"],
-    );
+    show(&watch.since(), &["encountered error", "Fetch from broker"]);
 
     // 2. Group offset commits fail (the processor commits them every few seconds).
     stage("offset commit errors");
     produce(&bootstrap, &input, chunks[2]).await.unwrap();
-    let watch = LogWatch::now(&processor);
+    let watch = LogMark::of(&processor.process);
     let commit_errors = [
         RDKafkaRespErr::RD_KAFKA_RESP_ERR_COORDINATOR_NOT_AVAILABLE,
         RDKafkaRespErr::RD_KAFKA_RESP_ERR_REQUEST_TIMED_OUT,
@@ -405,8 +234,9 @@ async fn transient_broker_faults_lose_nothing_and_change_nothing() {
         let text = error_text(error);
         watch
             .wait(
-                &mut processor,
+                &mut processor.process,
                 &format!("an offset commit failing with {text}"),
+                STAGE_TIMEOUT,
                 |log| has_line(log, &["OffsetCommit", &text]),
             )
             .await
@@ -414,13 +244,13 @@ async fn transient_broker_faults_lose_nothing_and_change_nothing() {
     }
     done += CHUNK as i64;
     processor.wait_committed(done, STAGE_TIMEOUT).await.unwrap();
-    show(&watch.since(&processor), &["OffsetCommitRequest failed"]);
+    show(&watch.since(), &["OffsetCommitRequest failed"]);
 
     // 3. Every partition's leader moves (input, output and changelog).
     stage("leader moves");
     produce(&bootstrap, &input, chunks[3]).await.unwrap();
-    let watch = LogWatch::now(&processor);
-    for topic in [&input, &faulty.output, &format!("{}.state", faulty.group)] {
+    let watch = LogMark::of(&processor.process);
+    for topic in [&input, &faulty.incidents, &faulty.changelog()] {
         for partition in 0..PARTITIONS {
             cluster
                 .partition_leader(topic, partition, Some((partition + 1) % BROKERS + 1))
@@ -430,8 +260,9 @@ async fn transient_broker_faults_lose_nothing_and_change_nothing() {
     for (client, what) in [("fetch", "reading from"), ("produce", "writing to")] {
         watch
             .wait(
-                &mut processor,
+                &mut processor.process,
                 &format!("the processor {what} a former leader"),
+                STAGE_TIMEOUT,
                 |log| {
                     has_line(
                         log,
@@ -444,16 +275,13 @@ async fn transient_broker_faults_lose_nothing_and_change_nothing() {
     }
     done += CHUNK as i64;
     processor.wait_committed(done, STAGE_TIMEOUT).await.unwrap();
-    show(
-        &watch.since(&processor),
-        &["broker unavailable", "migrating from"],
-    );
+    show(&watch.since(), &["broker unavailable", "migrating from"]);
 
     // 4. A broker goes down (leader of partition 2 of every topic, and the group
     //    coordinator) and comes back.
     stage("broker down");
     produce(&bootstrap, &input, chunks[4]).await.unwrap();
-    let watch = LogWatch::now(&processor);
+    let watch = LogMark::of(&processor.process);
     let down = 1;
     cluster.broker_down(down).unwrap();
     let down_since = Instant::now();
@@ -469,28 +297,35 @@ async fn transient_broker_faults_lose_nothing_and_change_nothing() {
             .expect("the mock cluster's first broker")
     );
     watch
-        .wait(&mut processor, "a lost connection to broker 1", |log| {
-            log.lines().any(|line| {
-                (line.contains(&broker_one) || line.contains("GroupCoordinator"))
-                    && ["Disconnected", "Connection refused", "Connection reset"]
-                        .iter()
-                        .any(|failure| line.contains(failure))
-            })
-        })
+        .wait(
+            &mut processor.process,
+            "a lost connection to broker 1",
+            STAGE_TIMEOUT,
+            |log| {
+                log.lines().any(|line| {
+                    (line.contains(&broker_one) || line.contains("GroupCoordinator"))
+                        && ["Disconnected", "Connection refused", "Connection reset"]
+                            .iter()
+                            .any(|failure| line.contains(failure))
+                })
+            },
+        )
         .await
         .unwrap();
     // The outage has a length of its own (librdkafka stops reconnecting once the other
     // brokers' metadata no longer lists broker 1, so there is nothing more to wait for);
     // the processor must live through it.
-    while down_since.elapsed() < OUTAGE {
-        if let Some(status) = processor.process.exited() {
-            panic!(
-                "processor exited ({status}) while broker 1 was down:\n{}",
-                tail(&watch.since(&processor), 60)
-            );
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_until("the outage to last its length", 2 * OUTAGE, async || {
+        processor.process.fail_if_exited()?;
+        Ok((down_since.elapsed() >= OUTAGE).then_some(()))
+    })
+    .await
+    .unwrap_or_else(|e| {
+        panic!(
+            "while broker 1 was down: {e:#}:\n{}",
+            tail_of(&watch.since(), 60)
+        )
+    });
     let at_outage = processor
         .metric_sum("hookfold_processor_next_offset")
         .await
@@ -500,14 +335,14 @@ async fn transient_broker_faults_lose_nothing_and_change_nothing() {
     done += CHUNK as i64;
     processor.wait_committed(done, STAGE_TIMEOUT).await.unwrap();
     show(
-        &watch.since(&processor),
+        &watch.since(),
         &["Disconnected", "Connection refused", "consumer error"],
     );
 
     // 5. The coordinator forces a rebalance, on slow round trips.
     stage("forced rebalance, slow brokers");
     produce(&bootstrap, &input, chunks[5]).await.unwrap();
-    let watch = LogWatch::now(&processor);
+    let watch = LogMark::of(&processor.process);
     cluster
         .broker_round_trip_time(-1, Duration::from_millis(50))
         .unwrap();
@@ -517,8 +352,9 @@ async fn transient_broker_faults_lose_nothing_and_change_nothing() {
     );
     watch
         .wait(
-            &mut processor,
+            &mut processor.process,
             "the group to rebalance (rejoin and sync) after the heartbeat error",
+            STAGE_TIMEOUT,
             |log| {
                 // Eager assignment revokes and reassigns every partition; cooperative
                 // assignment keeps a lone member's partitions, so the proof is the rejoin.
@@ -538,7 +374,7 @@ async fn transient_broker_faults_lose_nothing_and_change_nothing() {
     processor.wait_committed(done, STAGE_TIMEOUT).await.unwrap();
     cluster.broker_round_trip_time(-1, Duration::ZERO).unwrap();
     show(
-        &watch.since(&processor),
+        &watch.since(),
         &[
             "heartbeat error",
             "JoinGroup response",
@@ -552,7 +388,8 @@ async fn transient_broker_faults_lose_nothing_and_change_nothing() {
         processor.process.exited().is_none(),
         "the processor stays up"
     );
-    let (faulty_out, faulty_state) = stop_and_collect(&cluster, &faulty, &mut processor);
+    let faulty_run = stop_and_collect(&mut processor).unwrap();
+    assert_kept_everything(&cluster, &faulty.incidents);
     for api in [
         RDKafkaApiKey::Produce,
         RDKafkaApiKey::Fetch,
@@ -562,18 +399,18 @@ async fn transient_broker_faults_lose_nothing_and_change_nothing() {
         cluster.clear_request_errors(api);
     }
 
-    let (reference_out, reference_state) = reference_run(&cluster, &input, done).await;
+    let reference = fault_free_run(&cluster, &input, done).await;
     stage("reference run done");
-    assert_same_outputs(&reference_out, &faulty_out, "under faults");
+    assert_same_outputs(&reference, &faulty_run, "under faults");
     assert_eq!(
-        faulty_state, reference_state,
+        faulty_run.state, reference.state,
         "final state differs from the fault-free run's"
     );
     eprintln!(
         "reference: {} outputs; under faults: {} outputs ({} repeats)",
-        reference_out.len(),
-        faulty_out.len(),
-        faulty_out.len() - reference_out.len()
+        reference.incidents.len(),
+        faulty_run.incidents.len(),
+        faulty_run.incidents.len() - reference.incidents.len()
     );
 }
 
@@ -585,26 +422,15 @@ async fn a_produce_error_that_cannot_be_retried_stops_the_processor_without_comm
     let input = unique_name("hookfold.webhooks");
     create_topic(&cluster, &input);
     let story = mixed_story(2 * CHUNK, 0xdead);
-    let deployment = Deployment::new(&cluster, &input);
+    let t = deployment(&cluster, &input);
     let dir = tempfile::tempdir().unwrap();
     produce(&bootstrap, &input, &story[..CHUNK]).await.unwrap();
-    let mut processor = Processor::start(
-        &deployment.config(&dir.path().join("state"), ""),
-        &bootstrap,
-        dir.path(),
-        &[],
-    )
-    .await
-    .unwrap();
+    let mut processor = setup(&cluster, &t, dir.path()).start().await.unwrap();
     processor
         .wait_committed(CHUNK as i64, STAGE_TIMEOUT)
         .await
         .unwrap();
-    let status = processor
-        .process
-        .terminate(Duration::from_secs(60))
-        .unwrap();
-    assert!(status.success(), "clean stop: {status}");
+    processor.stop().unwrap();
     let committed_before = processor.state_dump().unwrap();
 
     // More input, and the next produce request is refused for good: librdkafka fails the
@@ -614,7 +440,7 @@ async fn a_produce_error_that_cannot_be_retried_stops_the_processor_without_comm
         RDKafkaApiKey::Produce,
         &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_TOPIC_AUTHORIZATION_FAILED],
     );
-    let watch = LogWatch::now(&processor);
+    let watch = LogMark::of(&processor.process);
     if let Err(e) = processor.restart().await {
         // It may fail its first batch before /metrics answers.
         assert!(processor.process.exited().is_some(), "{e:#}");
@@ -625,17 +451,17 @@ async fn a_produce_error_that_cannot_be_retried_stops_the_processor_without_comm
         || processor.process.exited(),
     )
     .unwrap();
-    let log = watch.since(&processor);
+    let log = watch.since();
     assert!(
         !status.success(),
         "exit status {status}:\n{}",
-        tail(&log, 40)
+        tail_of(&log, 40)
     );
     let last = log.lines().last().unwrap_or_default();
     assert!(
         last.starts_with("hookfold-processor:") && last.contains("Topic authorization failed"),
         "the last line names the problem: {last}\n{}",
-        tail(&log, 40)
+        tail_of(&log, 40)
     );
     eprintln!("stopped with: {last}");
     assert_eq!(
@@ -651,12 +477,12 @@ async fn a_produce_error_that_cannot_be_retried_stops_the_processor_without_comm
         .wait_committed(story.len() as i64, STAGE_TIMEOUT)
         .await
         .unwrap();
-    let (out, state) = stop_and_collect(&cluster, &deployment, &mut processor);
-    let (reference_out, reference_state) =
-        reference_run(&cluster, &input, story.len() as i64).await;
-    assert_same_outputs(&reference_out, &out, "after the refused batch");
+    let run = stop_and_collect(&mut processor).unwrap();
+    assert_kept_everything(&cluster, &t.incidents);
+    let reference = fault_free_run(&cluster, &input, story.len() as i64).await;
+    assert_same_outputs(&reference, &run, "after the refused batch");
     assert_eq!(
-        state, reference_state,
+        run.state, reference.state,
         "final state differs from the fault-free run's"
     );
 }

@@ -7,7 +7,9 @@ use std::net::TcpStream;
 use std::time::Duration;
 
 use hookfold_tests::webhooks::{agent_event, bitbucket_signed, build_finished, buildkite_signed};
-use hookfold_tests::{Broker, Gateway, fixture, headers_of, unique_name, unix_now, wait_for};
+use hookfold_tests::{
+    Broker, Gateway, Signal, fixture, headers_of, unique_name, unix_now, wait_for, wait_until,
+};
 use rdkafka::Message;
 use reqwest::StatusCode;
 use sha2::{Digest, Sha256};
@@ -523,20 +525,10 @@ async fn readyz_fails_while_the_topic_does_not_exist() {
     let body: serde_json::Value = ready.json().await.unwrap();
     assert!(body["message"].as_str().unwrap().contains(&topic), "{body}");
     broker.create_topic(&topic, 1).await.unwrap();
-    wait_for("readyz to turn 200", Duration::from_secs(20), || {
-        let status = std::thread::scope(|s| {
-            s.spawn(|| {
-                tokio::runtime::Runtime::new().unwrap().block_on(async {
-                    reqwest::get(format!("{}/readyz", gateway.url))
-                        .await
-                        .map(|r| r.status())
-                })
-            })
-            .join()
-            .unwrap()
-        });
-        (status.ok()? == StatusCode::OK).then_some(())
+    wait_until("readyz to turn 200", Duration::from_secs(20), async || {
+        Ok((gateway.readyz().await == StatusCode::OK.as_u16()).then_some(()))
     })
+    .await
     .unwrap();
 }
 
@@ -693,34 +685,20 @@ async fn sigterm_drains_in_flight_requests_then_exits_cleanly() {
     // The request is in flight once the server has read its headers; the gateway counts it.
     let client = reqwest::Client::new();
     let metrics_url = format!("{}/metrics", gateway.url);
-    let mut in_flight = false;
-    for _ in 0..400 {
-        let text = client
-            .get(&metrics_url)
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
-        if text
-            .lines()
-            .any(|l| l == "hookfold_gateway_in_flight_requests 1")
-        {
-            in_flight = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-    assert!(in_flight, "the half-sent request never showed as in flight");
-    let pid = gateway.process.pid().unwrap();
-    assert!(
-        std::process::Command::new("kill")
-            .args(["-TERM", &pid.to_string()])
-            .status()
-            .unwrap()
-            .success()
-    );
+    wait_until(
+        "the half-sent request to show as in flight",
+        Duration::from_secs(10),
+        async || {
+            let text = client.get(&metrics_url).send().await?.text().await?;
+            let in_flight = text
+                .lines()
+                .any(|l| l == "hookfold_gateway_in_flight_requests 1");
+            Ok(in_flight.then_some(()))
+        },
+    )
+    .await
+    .unwrap();
+    gateway.process.signal(Signal::Term).unwrap();
     // New connections are refused once the listener is closed...
     wait_for("the listener to close", Duration::from_secs(10), || {
         TcpStream::connect(addr).is_err().then_some(())

@@ -1,5 +1,6 @@
 //! The processor's operator commands against a real broker: `topics` (provisioning and
-//! the co-partitioning check) and `rebuild` (state recomputed from the webhook topic).
+//! the co-partitioning check, also on a three-node cluster of the test's own) and `rebuild`
+//! (state recomputed from the webhook topic).
 
 use std::time::Duration;
 
@@ -8,7 +9,8 @@ use hookfold_proto::v1::IncidentEvent;
 use hookfold_tests::comparisons::{assert_table_matches, open_by_fold};
 use hookfold_tests::records::{mixed_story, produce};
 use hookfold_tests::{
-    Broker, Topics, assert_same_incidents, create_topic, unique_name, watermarks,
+    Broker, Run, Topics, assert_same_incidents, create_topic, reference_run, unique_name,
+    watermarks,
 };
 use rdkafka::Message as _;
 use rdkafka::admin::{AdminOptions, AlterConfig, ResourceSpecifier};
@@ -170,6 +172,69 @@ async fn topics_refuses_a_changelog_that_is_not_compacted() {
     );
 }
 
+/// `topics --create` on a three-node cluster with three replicas, where a topic just
+/// created is not described by every broker at once (another broker may have taken the
+/// CreateTopics): what it created passes its own checks right away, every time (issue 24:
+/// 1 run in 4 failed with "cleanup.policy could not be read"). Against the Kafka named by
+/// `KAFKA_BOOTSTRAP_SERVERS` instead when one is given, with as many replicas as it has
+/// brokers, up to three.
+#[test]
+fn topics_create_on_three_brokers_passes_its_own_checks_at_once() {
+    let broker = match hookfold_tests::broker::external_bootstrap() {
+        Some(_) => Broker::start(),
+        None => Broker::own_cluster(3),
+    }
+    .expect("a Kafka cluster");
+    let consumer: BaseConsumer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", &broker.bootstrap)
+        .create()
+        .unwrap();
+    let brokers = consumer
+        .fetch_metadata(None, Duration::from_secs(10))
+        .unwrap()
+        .brokers()
+        .len();
+    let replicas = brokers.min(3);
+    if !broker.is_owned() {
+        eprintln!("KAFKA_BOOTSTRAP_SERVERS: {brokers} broker(s), so {replicas} replica(s)");
+    }
+    for round in 1..=4 {
+        let dir = tempfile::tempdir().unwrap();
+        let t = Topics::named(&unique_name("hookfold.webhooks"), 3);
+        let processor = t.processor(&broker, dir.path()).configure().unwrap();
+        let create = processor
+            .command(
+                &[
+                    "topics",
+                    "--create",
+                    "--partitions",
+                    "3",
+                    "--replication-factor",
+                    &replicas.to_string(),
+                ],
+                &[],
+            )
+            .unwrap();
+        let output = text(&create);
+        assert!(create.status.success(), "round {round}: {output}");
+        let compacted = [t.open_incidents(), t.changelog()];
+        let created = [&t.webhooks, &t.incidents].into_iter().chain(&compacted);
+        for topic in created {
+            let line = format!("created  {topic}: 3 partitions");
+            assert!(output.contains(&line), "round {round}: {output}");
+            let layout = broker.partitions(topic).unwrap();
+            assert!(
+                layout.iter().all(|p| p.replicas.len() == replicas),
+                "round {round}: {topic} has not {replicas} replicas: {layout:?}"
+            );
+        }
+        for topic in &compacted {
+            let line = format!("ok       {topic}: cleanup.policy=compact");
+            assert!(output.contains(&line), "round {round}: {output}");
+        }
+    }
+}
+
 /// `rebuild` refuses while a processor is in the group (two writers of the changelog would
 /// interleave), naming the group and its member count, and writes nothing; `--force` skips
 /// the check: an operator with its own state_dir rebuilds while the processor runs, and
@@ -245,13 +310,7 @@ async fn rebuild_refuses_while_a_processor_is_in_the_group_and_force_overrides()
         incidents_before,
         "{output}"
     );
-    assert!(
-        processor
-            .process
-            .terminate(Duration::from_secs(60))
-            .unwrap()
-            .success()
-    );
+    processor.stop().unwrap();
     let rebuilt = operator.state_dump().unwrap();
     assert!(!rebuilt.is_empty());
     assert_eq!(
@@ -293,13 +352,7 @@ async fn rebuild_recomputes_state_under_new_rules_and_the_changelog_carries_it()
         "{}",
         text(&refused)
     );
-    assert!(
-        processor
-            .process
-            .terminate(Duration::from_secs(60))
-            .unwrap()
-            .success()
-    );
+    processor.stop().unwrap();
     let old_state = processor.state_dump().unwrap();
     let outputs_before = broker.read_all(&t.incidents).unwrap();
     // Where the processors stopped, per partition; then more webhooks arrive.
@@ -319,19 +372,12 @@ async fn rebuild_recomputes_state_under_new_rules_and_the_changelog_carries_it()
     for (key, value) in new_rules {
         reference_setup = reference_setup.env(key, value);
     }
-    let mut reference_processor = reference_setup.start().await.unwrap();
-    reference_processor
-        .wait_committed(EVENTS as i64, Duration::from_secs(300))
+    let Run {
+        incidents: reference_out,
+        state: new_state,
+    } = reference_run(reference_setup, EVENTS as i64, Duration::from_secs(300))
         .await
         .unwrap();
-    assert!(
-        reference_processor
-            .process
-            .terminate(Duration::from_secs(60))
-            .unwrap()
-            .success()
-    );
-    let new_state = reference_processor.state_dump().unwrap();
     assert_ne!(old_state, new_state, "the rules change changes the state");
 
     // The group is empty once its member left; the rebuild may then run.
@@ -345,7 +391,6 @@ async fn rebuild_recomputes_state_under_new_rules_and_the_changelog_carries_it()
     assert_eq!(processor.state_dump().unwrap(), new_state, "rebuilt state");
     // Without --emit, exactly the new rules' events for the records that arrived after the
     // processors stopped: nobody had seen those.
-    let reference_out = broker.read_all(&reference.incidents).unwrap();
     let unseen: Vec<_> = reference_out
         .iter()
         .filter(|record| {
@@ -393,13 +438,7 @@ async fn rebuild_recomputes_state_under_new_rules_and_the_changelog_carries_it()
         .wait_committed(EVENTS as i64, Duration::from_secs(300))
         .await
         .unwrap();
-    assert!(
-        processor
-            .process
-            .terminate(Duration::from_secs(60))
-            .unwrap()
-            .success()
-    );
+    processor.stop().unwrap();
     assert_eq!(
         processor.state_dump().unwrap(),
         new_state,

@@ -2,14 +2,17 @@
 //! through the gateway, incidents out, read and decoded by an independent consumer; and
 //! crash safety under SIGKILL.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use hookfold_proto::Message as _;
 use hookfold_proto::v1::{IncidentEvent, ResolutionReason, Transition};
 use hookfold_tests::records::{mixed_story, produce};
 use hookfold_tests::webhooks::{agent_event, bitbucket_signed, build_finished, buildkite_signed};
-use hookfold_tests::{Broker, Gateway, Topics, fixture, headers_of};
+use hookfold_tests::{
+    Broker, Gateway, Topics, assert_same_incidents, fixture, headers_of, reference_run,
+    stop_and_collect,
+};
 use rdkafka::Message;
 use rdkafka::message::OwnedMessage;
 
@@ -197,15 +200,8 @@ async fn signed_webhooks_through_the_gateway_become_incidents() {
     assert_eq!(events.len(), 6, "{by_key:#?}");
 
     // `tail` shows the same stream to a person.
-    let output = std::process::Command::new(hookfold_tests::workspace_binary("hookfold-processor"))
-        .args([
-            "--config",
-            processor.config_path.to_str().unwrap(),
-            "tail",
-            "--from-beginning",
-        ])
-        .env("HOOKFOLD_KAFKA__BOOTSTRAP_SERVERS", &broker.bootstrap)
-        .output()
+    let output = processor
+        .command(&["tail", "--from-beginning"], &[])
         .unwrap();
     assert!(
         output.status.success(),
@@ -230,37 +226,6 @@ async fn signed_webhooks_through_the_gateway_become_incidents() {
         .unwrap();
 }
 
-/// Runs the processor over `input_topic` to the end, killing it with SIGKILL whenever the
-/// committed offsets pass one of `kill_at`; returns the outputs and the final state.
-async fn run_processor(
-    broker: &Broker,
-    t: &Topics,
-    total: i64,
-    kill_at: &[i64],
-) -> (Vec<OwnedMessage>, Vec<String>) {
-    let dir = tempfile::tempdir().unwrap();
-    let mut processor = t.processor(broker, dir.path()).start().await.unwrap();
-    for &point in kill_at {
-        processor
-            .wait_committed(point, Duration::from_secs(120))
-            .await
-            .unwrap();
-        processor.process.kill();
-        processor.restart().await.unwrap();
-    }
-    processor
-        .wait_committed(total, Duration::from_secs(180))
-        .await
-        .unwrap();
-    let status = processor
-        .process
-        .terminate(Duration::from_secs(30))
-        .unwrap();
-    assert!(status.success(), "clean stop: {status}");
-    let state = processor.state_dump().unwrap();
-    (broker.read_all(&t.incidents).unwrap(), state)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_at_three_points_loses_nothing_and_repeats_only_identical_events() {
     const EVENTS: usize = 10_000;
@@ -272,59 +237,52 @@ async fn sigkill_at_three_points_loses_nothing_and_repeats_only_identical_events
         .unwrap();
     let crashed = Topics::on_input(&broker, &clean.webhooks, 3).await.unwrap();
 
-    let (clean_out, clean_state) = run_processor(&broker, &clean, EVENTS as i64, &[]).await;
-    let (crash_out, crash_state) =
-        run_processor(&broker, &crashed, EVENTS as i64, &[2_000, 5_000, 8_000]).await;
-
-    let payloads = |records: &[OwnedMessage]| -> HashMap<String, HashSet<Vec<u8>>> {
-        let mut map: HashMap<String, HashSet<Vec<u8>>> = HashMap::new();
-        for record in records {
-            let id = headers_of(record)["ce_id"].clone();
-            map.entry(id)
-                .or_default()
-                .insert(record.payload().unwrap_or_default().to_vec());
-        }
-        map
-    };
-    let clean_ids = payloads(&clean_out);
-    let crash_ids = payloads(&crash_out);
-    assert!(
-        clean_ids.len() > 500,
-        "the story makes incidents ({})",
-        clean_ids.len()
-    );
-    assert_eq!(
-        clean_ids.len(),
-        clean_out.len(),
-        "a clean run emits each event once"
-    );
-    let clean_set: HashSet<&String> = clean_ids.keys().collect();
-    let crash_set: HashSet<&String> = crash_ids.keys().collect();
-    assert_eq!(
-        clean_set.difference(&crash_set).count(),
-        0,
-        "lost events after SIGKILL"
-    );
-    assert_eq!(
-        crash_set.difference(&clean_set).count(),
-        0,
-        "events a clean run does not emit"
-    );
-    for (id, bodies) in &crash_ids {
-        assert_eq!(
-            bodies, &clean_ids[id],
-            "event {id} repeated with different content"
-        );
+    let clean_dir = tempfile::tempdir().unwrap();
+    let clean_run = reference_run(
+        clean.processor(&broker, clean_dir.path()),
+        EVENTS as i64,
+        Duration::from_secs(180),
+    )
+    .await
+    .unwrap();
+    // The same input again, with a SIGKILL whenever the committed offsets pass a point.
+    let crash_dir = tempfile::tempdir().unwrap();
+    let mut processor = crashed
+        .processor(&broker, crash_dir.path())
+        .start()
+        .await
+        .unwrap();
+    for point in [2_000, 5_000, 8_000] {
+        processor
+            .wait_committed(point, Duration::from_secs(120))
+            .await
+            .unwrap();
+        processor.process.kill();
+        processor.restart().await.unwrap();
     }
+    processor
+        .wait_committed(EVENTS as i64, Duration::from_secs(180))
+        .await
+        .unwrap();
+    let crash_run = stop_and_collect(&mut processor).unwrap();
+    let (clean_out, crash_out) = (&clean_run.incidents, &crash_run.incidents);
+
+    assert!(
+        clean_out.len() > 500,
+        "the story makes incidents ({})",
+        clean_out.len()
+    );
+    // Nothing lost, nothing a clean run does not emit, a repeat only byte for byte.
+    let repeats = assert_same_incidents(clean_out, crash_out)
+        .unwrap_or_else(|e| panic!("after SIGKILL: {e:#}"));
     assert_eq!(
-        crash_state, clean_state,
+        crash_run.state, clean_run.state,
         "final state differs from a clean run's"
     );
     eprintln!(
-        "clean run: {} outputs; crashed run: {} outputs ({} repeats)",
+        "clean run: {} outputs; crashed run: {} outputs ({repeats} repeats)",
         clean_out.len(),
         crash_out.len(),
-        crash_out.len() - clean_out.len()
     );
 }
 
@@ -361,16 +319,7 @@ async fn incidents_lists_what_is_open_and_watch_follows_it() {
         .await
         .unwrap();
 
-    let listed = processor.command(&["incidents", "--json"], &[]).unwrap();
-    assert!(listed.status.success(), "{listed:?}");
-    let keys: Vec<String> = String::from_utf8(listed.stdout)
-        .unwrap()
-        .lines()
-        .map(|line| {
-            let event: serde_json::Value = serde_json::from_str(line).unwrap();
-            event["dedupKey"].as_str().unwrap().to_owned()
-        })
-        .collect();
+    let keys = processor.listed_incidents(&[]).unwrap();
     let agent = "buildkite/acme-bk/agent/ci-7";
     let build = "buildkite/acme-bk/pipeline/api/branch/main";
     assert_eq!(keys.len(), 2, "{keys:?}");

@@ -5,94 +5,16 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use hookfold_proto::v1::EntityKind;
 use hookfold_tests::comparisons::{assert_exactly_once, assert_table_matches, open_by_fold};
+use hookfold_tests::group::wait_owned;
 use hookfold_tests::records::{WebhookRecord, mixed_story, produce};
-use hookfold_tests::{Broker, Processor, ProcessorSetup, Topics, assert_same_incidents};
-use rdkafka::message::OwnedMessage;
-
-/// A single processor over the whole input: what every other arrangement must equal.
-async fn reference_run(
-    broker: &Broker,
-    webhooks: &str,
-    partitions: i32,
-    total: i64,
-) -> (Vec<OwnedMessage>, Vec<String>) {
-    let t = Topics::on_input(broker, webhooks, partitions)
-        .await
-        .unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let mut processor = t
-        .processor(broker, dir.path())
-        .without_grace()
-        .start()
-        .await
-        .unwrap();
-    processor
-        .wait_committed(total, Duration::from_secs(600))
-        .await
-        .unwrap();
-    let status = processor
-        .process
-        .terminate(Duration::from_secs(60))
-        .unwrap();
-    assert!(
-        status.success(),
-        "reference processor stopped cleanly: {status}"
-    );
-    let state = processor.state_dump().unwrap();
-    (broker.read_all(&t.incidents).unwrap(), state)
-}
-
-/// Input offsets committed by the given processors, over the partitions each owns (and is
-/// not restoring) right now.
-async fn committed(processors: &[&Processor]) -> BTreeMap<i32, i64> {
-    let mut owned = BTreeMap::new();
-    for processor in processors {
-        if let Ok(offsets) = processor.owned_offsets().await {
-            for (partition, offset) in offsets {
-                let at: &mut i64 = owned.entry(partition).or_default();
-                *at = (*at).max(offset);
-            }
-        }
-    }
-    owned
-}
-
-/// Waits until `check` holds for the processors' owned offsets, failing early if one dies.
-async fn wait_until(
-    what: &str,
-    processors: &mut [&mut Processor],
-    timeout: Duration,
-    check: impl Fn(&BTreeMap<i32, i64>) -> bool,
-) -> BTreeMap<i32, i64> {
-    let deadline = Instant::now() + timeout;
-    loop {
-        for processor in processors.iter_mut() {
-            if let Some(status) = processor.process.exited() {
-                panic!(
-                    "a processor exited ({status}):\n{}",
-                    processor.process.output()
-                );
-            }
-        }
-        let refs: Vec<&Processor> = processors.iter().map(|p| &**p).collect();
-        let owned = committed(&refs).await;
-        if check(&owned) {
-            return owned;
-        }
-        if Instant::now() > deadline {
-            let logs: Vec<String> = processors.iter().map(|p| p.process.output()).collect();
-            panic!(
-                "timed out after {timeout:?} waiting for {what}; owned offsets {owned:?}\n{}",
-                logs.join("\n----\n")
-            );
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
+use hookfold_tests::{
+    Broker, Processor, ProcessorSetup, Topics, assert_same_incidents, reference_run,
+    stop_and_collect, wait_until,
+};
 
 fn sum(owned: &BTreeMap<i32, i64>) -> i64 {
     owned.values().sum()
@@ -123,11 +45,7 @@ async fn a_deleted_state_dir_is_restored_from_the_changelog() {
         .wait_committed(FIRST as i64, Duration::from_secs(300))
         .await
         .unwrap();
-    let status = processor
-        .process
-        .terminate(Duration::from_secs(60))
-        .unwrap();
-    assert!(status.success(), "clean stop: {status}");
+    processor.stop().unwrap();
     std::fs::remove_dir_all(dir.path().join("state")).unwrap();
 
     produce(&broker.bootstrap, &t.webhooks, &story[FIRST..])
@@ -146,28 +64,30 @@ async fn a_deleted_state_dir_is_restored_from_the_changelog() {
         restored > 0,
         "the empty state_dir was restored from the changelog"
     );
-    let status = processor
-        .process
-        .terminate(Duration::from_secs(60))
-        .unwrap();
-    assert!(status.success(), "clean stop: {status}");
-    let state = processor.state_dump().unwrap();
-    let outputs = broker.read_all(&t.incidents).unwrap();
+    let run = stop_and_collect(&mut processor).unwrap();
 
-    let (reference_out, reference_state) =
-        reference_run(&broker, &t.webhooks, 3, TOTAL as i64).await;
-    let repeats = assert_same_incidents(&reference_out, &outputs).unwrap();
+    // A single processor over the whole input: what the restored one must equal.
+    let single = Topics::on_input(&broker, &t.webhooks, 3).await.unwrap();
+    let single_dir = tempfile::tempdir().unwrap();
+    let reference = reference_run(
+        single.processor(&broker, single_dir.path()).without_grace(),
+        TOTAL as i64,
+        Duration::from_secs(600),
+    )
+    .await
+    .unwrap();
+    let repeats = assert_same_incidents(&reference.incidents, &run.incidents).unwrap();
     // A clean stop commits everything, and the restore resumes exactly there: folding the
     // first half again (no restore) would repeat every one of its incident events.
     assert_eq!(repeats, 0, "events repeated after a restore");
     assert_eq!(
-        state, reference_state,
+        run.state, reference.state,
         "restored state differs from a single run's"
     );
     assert!(
-        reference_state.len() > 20,
+        reference.state.len() > 20,
         "the story has state ({})",
-        reference_state.len()
+        reference.state.len()
     );
 }
 
@@ -221,42 +141,41 @@ async fn one_to_three_to_one(exactly_once: bool) {
     };
     let mut p1 = spawn(0).await;
     let quarter = (total / 5) as i64;
-    wait_until(
+    wait_owned(
         "one processor to fold the first fifth",
         &mut [&mut p1],
         Duration::from_secs(600),
         |o| o.len() == PARTITIONS as usize && sum(o) >= quarter,
     )
-    .await;
+    .await
+    .unwrap();
 
     // 1 -> 3, and SIGKILL one newcomer as soon as it has been handed partitions.
     let mut p2 = spawn(1).await;
     let mut p3 = spawn(2).await;
-    let deadline = Instant::now() + Duration::from_secs(180);
-    loop {
-        let assigned = p2
-            .partition_metric("hookfold_processor_partition_assigned")
-            .await
-            .unwrap_or_default();
-        if assigned.values().any(|&a| a == 1) {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "p2 never got a partition:\n{}",
-            p2.process.output()
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    wait_until(
+        "p2 to get a partition",
+        Duration::from_secs(180),
+        async || {
+            let assigned = p2
+                .partition_metric("hookfold_processor_partition_assigned")
+                .await
+                .unwrap_or_default();
+            Ok(assigned.values().any(|&a| a == 1).then_some(()))
+        },
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e}:\n{}", p2.process.output()));
     p2.process.kill();
     p2.restart().await.unwrap();
-    let spread = wait_until(
+    let spread = wait_owned(
         "three processors to share the partitions and fold three fifths",
         &mut [&mut p1, &mut p2, &mut p3],
         Duration::from_secs(600),
         |o| o.len() == PARTITIONS as usize && sum(o) >= 3 * quarter,
     )
-    .await;
+    .await
+    .unwrap();
     for (name, p) in [("p1", &p1), ("p2", &p2), ("p3", &p3)] {
         let owned = p.owned_offsets().await.unwrap();
         eprintln!("{name} owns {:?}", owned.keys().collect::<Vec<_>>());
@@ -265,46 +184,38 @@ async fn one_to_three_to_one(exactly_once: bool) {
 
     // 3 -> 1: the two leave cleanly; p1 takes everything back, restoring what they did.
     for p in [&mut p2, &mut p3] {
-        let status = p.process.terminate(Duration::from_secs(60)).unwrap();
-        assert!(status.success(), "clean stop: {status}");
+        p.stop().unwrap();
     }
     feeder.await.unwrap();
-    wait_until(
+    wait_owned(
         "p1 to own every partition and fold every event",
         &mut [&mut p1],
         Duration::from_secs(600),
         |o| o.len() == PARTITIONS as usize && sum(o) >= total as i64,
     )
-    .await;
+    .await
+    .unwrap();
     let restored = p1
         .metric_sum("hookfold_processor_restore_records_total")
         .await
         .unwrap();
     assert!(restored > 0, "p1 restored the partitions it got back");
-    let status = p1.process.terminate(Duration::from_secs(60)).unwrap();
-    assert!(status.success(), "clean stop: {status}");
-    let state = p1.state_dump().unwrap();
-    let outputs = broker.read_all(&t.incidents).unwrap();
+    let run = stop_and_collect(&mut p1).unwrap();
+    let (state, outputs) = (run.state, run.incidents);
 
+    // A single processor over the whole input: what the 1 -> 3 -> 1 run must equal.
     let single = Topics::on_input(&broker, &t.webhooks, PARTITIONS)
         .await
         .unwrap();
     let single_dir = root.path().join("single");
-    let mut single_processor = guaranteed(single.processor(&broker, &single_dir).without_grace())
-        .start()
-        .await
-        .unwrap();
-    single_processor
-        .wait_committed(total as i64, Duration::from_secs(900))
-        .await
-        .unwrap();
-    let status = single_processor
-        .process
-        .terminate(Duration::from_secs(60))
-        .unwrap();
-    assert!(status.success(), "clean stop: {status}");
-    let reference_state = single_processor.state_dump().unwrap();
-    let reference_out = broker.read_all(&single.incidents).unwrap();
+    let reference = reference_run(
+        guaranteed(single.processor(&broker, &single_dir).without_grace()),
+        total as i64,
+        Duration::from_secs(900),
+    )
+    .await
+    .unwrap();
+    let (reference_state, reference_out) = (reference.state, reference.incidents);
 
     let repeats = assert_same_incidents(&reference_out, &outputs).unwrap();
     if exactly_once {
@@ -326,22 +237,10 @@ async fn one_to_three_to_one(exactly_once: bool) {
     .unwrap();
     let expected = open_by_fold(&outputs).unwrap();
     for (args, kind) in [
-        (&["incidents", "--json"][..], None),
-        (
-            &["incidents", "--json", "--kind", "agent"][..],
-            Some(EntityKind::Agent),
-        ),
+        (&[][..], None),
+        (&["--kind", "agent"][..], Some(EntityKind::Agent)),
     ] {
-        let listed = p1.command(args, &[]).unwrap();
-        assert!(listed.status.success(), "{listed:?}");
-        let keys: BTreeSet<String> = String::from_utf8(listed.stdout)
-            .unwrap()
-            .lines()
-            .map(|line| {
-                let event: serde_json::Value = serde_json::from_str(line).unwrap();
-                event["dedupKey"].as_str().unwrap().to_owned()
-            })
-            .collect();
+        let keys: BTreeSet<String> = p1.listed_incidents(args).unwrap().into_iter().collect();
         let wanted: BTreeSet<String> = expected
             .values()
             .filter(|e| kind.is_none_or(|k| e.entity.as_ref().is_some_and(|x| x.kind == k as i32)))

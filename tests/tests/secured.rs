@@ -16,7 +16,7 @@ use hookfold_proto::Message as _;
 use hookfold_proto::v1::IncidentEvent;
 use hookfold_tests::broker::SecuredBroker;
 use hookfold_tests::webhooks::{agent_event, build_finished, buildkite_signed};
-use hookfold_tests::{Broker, Gateway, Processor, Topics};
+use hookfold_tests::{Broker, Gateway, Processor, Topics, wait_until};
 use rdkafka::Message;
 use rdkafka::message::OwnedMessage;
 
@@ -341,21 +341,6 @@ async fn mutual_tls_without_sasl_gives_the_same_incidents_as_plaintext() {
     assert_same_story(&reference, &records);
 }
 
-/// Waits until `check` holds, at most `timeout`; the elapsed time.
-async fn within(timeout: Duration, what: &str, mut check: impl AsyncFnMut() -> bool) -> Duration {
-    let started = Instant::now();
-    loop {
-        if check().await {
-            return started.elapsed();
-        }
-        assert!(
-            started.elapsed() < timeout,
-            "not within {timeout:?}: {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn wrong_credentials_fail_clearly_and_leak_nothing() {
     let secured = Broker::own_secured(&[GATEWAY_USER, PROCESSOR_USER]).unwrap();
@@ -407,18 +392,20 @@ async fn wrong_credentials_fail_clearly_and_leak_nothing() {
         .await
         .unwrap();
         let readyz = format!("{}/readyz", gateway.url);
-        within(
-            Duration::from_secs(30),
+        wait_until(
             &format!("{what}: /readyz 503"),
+            Duration::from_secs(30),
             async || {
-                client
+                let refused = client
                     .get(&readyz)
                     .send()
                     .await
-                    .is_ok_and(|r| r.status() == 503)
+                    .is_ok_and(|r| r.status() == 503);
+                Ok(refused.then_some(()))
             },
         )
-        .await;
+        .await
+        .unwrap();
         let body = build_finished("web", "main", 1, "failed");
         let response = buildkite_signed(
             client.post(gateway.webhook_url("acme-bk")),

@@ -1,6 +1,6 @@
 //! For the restore benchmark (`just bench-restore`):
-//! - `fill`: writes a changelog partition as the processor would have left it after folding
-//!   N distinct keys (half new pipelines with a failed build, half lost agents; the states
+//! - `fill`: writes changelog partitions as the processor would have left them after folding
+//!   N distinct keys each (half new pipelines with a failed build, half lost agents; the states
 //!   are computed by the processor's own parsing, rules and codec), ending with a batch
 //!   marker at input offset 0 (the input topic is empty);
 //! - `read`: the baseline, a plain consumer reading the partition from start to end.
@@ -10,9 +10,9 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
 use hookfold_processor::changelog::{BATCH_MARKER_KEY, NEXT_OFFSET_HEADER};
+use hookfold_processor::clients::{client_config, reader_config};
 use hookfold_processor::codec;
 use hookfold_processor::config::ProcessorConfig;
-use hookfold_processor::clients::{client_config, reader_config};
 use hookfold_rules::{Cause, KeyState, Rules};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
@@ -36,8 +36,12 @@ struct Args {
 #[derive(Subcommand)]
 enum Command {
     Fill {
+        /// States per partition.
         #[arg(long, default_value_t = 1_000_000)]
         keys: usize,
+        /// Partitions 0..N are filled, each with its own keys.
+        #[arg(long, default_value_t = 1)]
+        partitions: i32,
     },
     Read,
 }
@@ -47,7 +51,7 @@ fn main() -> anyhow::Result<()> {
     let config = ProcessorConfig::load(Some(&args.config))?;
     let topic = args.topic.unwrap_or_else(|| config.kafka.changelog_topic());
     match args.command {
-        Command::Fill { keys } => fill(&config, &topic, keys),
+        Command::Fill { keys, partitions } => fill(&config, &topic, keys, partitions),
         Command::Read => read(&config, &topic),
     }
 }
@@ -59,7 +63,7 @@ fn headers(next_offset: &str) -> OwnedHeaders {
     })
 }
 
-fn fill(config: &ProcessorConfig, topic: &str, keys: usize) -> anyhow::Result<()> {
+fn fill(config: &ProcessorConfig, topic: &str, keys: usize, partitions: i32) -> anyhow::Result<()> {
     let producer: ThreadedProducer<_> = client_config(config)
         .set("acks", "all")
         .set("linger.ms", "50")
@@ -70,12 +74,12 @@ fn fill(config: &ProcessorConfig, topic: &str, keys: usize) -> anyhow::Result<()
     let rules = Rules::default();
     let started = Instant::now();
     let mut bytes = 0usize;
-    for n in 0..keys {
-        let record = hookfold_tests::records::distinct_key(n);
+    for (partition, n) in (0..partitions).flat_map(|p| (0..keys).map(move |n| (p, n))) {
+        let record = hookfold_tests::records::distinct_key(partition as usize * keys + n);
         let event = hookfold_events::parse(&record.headers, &record.body)?;
         let cause = Cause {
             topic: "bench".into(),
-            partition: 0,
+            partition,
             offset: n as i64,
             ce_id: record.headers.id.clone(),
         };
@@ -83,7 +87,7 @@ fn fill(config: &ProcessorConfig, topic: &str, keys: usize) -> anyhow::Result<()
         let value = codec::encode(&state);
         bytes += value.len() + record.key.len();
         let mut base = BaseRecord::to(topic)
-            .partition(0)
+            .partition(partition)
             .key(record.key.as_bytes())
             .payload(value.as_slice())
             .headers(headers("0"));
@@ -98,24 +102,26 @@ fn fill(config: &ProcessorConfig, topic: &str, keys: usize) -> anyhow::Result<()
             }
         }
         if n > 0 && n % 100_000 == 0 {
-            eprintln!("changelog-fill: {n} of {keys} states queued");
+            eprintln!("changelog-fill: {n} of {keys} states of partition {partition} queued");
+        }
+        if n + 1 == keys {
+            producer
+                .send(
+                    BaseRecord::to(topic)
+                        .partition(partition)
+                        .key(BATCH_MARKER_KEY)
+                        .payload("0")
+                        .headers(headers("0")),
+                )
+                .map_err(|(e, _)| e)?;
         }
     }
-    producer
-        .send(
-            BaseRecord::to(topic)
-                .partition(0)
-                .key(BATCH_MARKER_KEY)
-                .payload("0")
-                .headers(headers("0")),
-        )
-        .map_err(|(e, _)| e)?;
     producer
         .flush(Duration::from_secs(600))
         .context("flushing")?;
     println!(
         "RESULT {} {} {:.3}",
-        keys + 1,
+        (keys + 1) * partitions as usize,
         bytes,
         started.elapsed().as_secs_f64()
     );

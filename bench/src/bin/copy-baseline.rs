@@ -7,8 +7,8 @@
 use std::time::{Duration, Instant};
 
 use clap::Parser;
-use hookfold_processor::config::ProcessorConfig;
 use hookfold_processor::clients::client_config;
+use hookfold_processor::config::ProcessorConfig;
 use hookfold_processor::delivery::TrackedProducer;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
 use rdkafka::message::Message;

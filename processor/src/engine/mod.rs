@@ -42,8 +42,8 @@ use crate::store::{PartitionStore, StoreError};
 use crate::task::{PartitionTask, TaskState};
 use fold::{Folder, PartitionBatch};
 use outputs::Outputs;
-pub use transaction::BatchProducer;
 use transaction::Aborted;
+pub use transaction::BatchProducer;
 
 #[derive(Debug, thiserror::Error)]
 pub enum EngineError {
@@ -322,8 +322,10 @@ impl Engine {
             .begin()
             .and_then(|()| self.fold_and_produce(pending))
             .and_then(|batches| {
-                let ends: Vec<(i32, i64)> =
-                    batches.iter().map(|b| (b.partition, b.next_offset)).collect();
+                let ends: Vec<(i32, i64)> = batches
+                    .iter()
+                    .map(|b| (b.partition, b.next_offset))
+                    .collect();
                 let markers = self.producer.finish(&ends, group)?;
                 Ok((batches, markers))
             });

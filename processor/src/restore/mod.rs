@@ -67,7 +67,9 @@ enum Command {
     /// From the writer: a partition's writes are all in its store.
     Written(writer::Done),
     /// From the writer: it has let go of a cancelled partition's store.
-    Dropped { partition: i32 },
+    Dropped {
+        partition: i32,
+    },
     /// From the committed-offset reader.
     Committed(committed::Answer),
     /// Cancel everything, close the stores and end.
@@ -133,7 +135,10 @@ impl Restores {
         path: std::path::PathBuf,
     ) -> anyhow::Result<()> {
         let generation = {
-            let mut next = self.next_generation.lock().unwrap_or_else(|e| e.into_inner());
+            let mut next = self
+                .next_generation
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
             *next += 1;
             *next
         };

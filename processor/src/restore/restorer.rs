@@ -351,7 +351,10 @@ impl Restorer {
             .with_label_values(&[&partition.to_string()])
             .set(remaining);
         r.store.begin_restore()?;
-        let jobs = self.jobs.as_ref().context("the restore writer has stopped")?;
+        let jobs = self
+            .jobs
+            .as_ref()
+            .context("the restore writer has stopped")?;
         jobs.send(Job::Begin {
             partition,
             store: r.store.clone(),

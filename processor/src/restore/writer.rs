@@ -38,7 +38,9 @@ pub enum Job {
         position: Option<(i64, i64)>,
     },
     /// Forget the partition (its restore was cancelled) and close its store here.
-    Drop { partition: i32 },
+    Drop {
+        partition: i32,
+    },
 }
 
 /// A partition's writes are all in its store.

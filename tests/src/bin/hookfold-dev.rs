@@ -3,9 +3,10 @@
 
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result, anyhow, bail};
 use clap::{Parser, Subcommand};
 use hookfold_tests::webhooks::{agent_event, bitbucket_signed, build_finished, buildkite_signed};
+use hookfold_tests::{wait_for, wait_until};
 use rdkafka::ClientConfig;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
@@ -319,22 +320,20 @@ fn wait_broker(bootstrap: &str, timeout: Duration) -> Result<()> {
     let consumer: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", bootstrap)
         .create()?;
-    let deadline = Instant::now() + timeout;
-    loop {
+    let mut last_error = None;
+    let what = format!("broker {bootstrap} to answer");
+    let brokers = wait_for(&what, timeout, || {
         match consumer.fetch_metadata(None, Duration::from_secs(1)) {
-            Ok(metadata) => {
-                eprintln!(
-                    "broker {bootstrap} answers ({} broker(s))",
-                    metadata.brokers().len()
-                );
-                return Ok(());
+            Ok(metadata) => Some(metadata.brokers().len()),
+            Err(e) => {
+                last_error = Some(e);
+                None
             }
-            Err(e) if Instant::now() > deadline => {
-                bail!("broker {bootstrap} did not answer within {timeout:?}: {e}")
-            }
-            Err(_) => std::thread::sleep(Duration::from_millis(200)),
         }
-    }
+    })
+    .map_err(|e| anyhow!("{e}: {last_error:?}"))?;
+    eprintln!("broker {bootstrap} answers ({brokers} broker(s))");
+    Ok(())
 }
 
 async fn wait_processed(
@@ -348,29 +347,38 @@ async fn wait_processed(
         .iter()
         .map(|(_, high)| high)
         .sum();
-    let deadline = Instant::now() + timeout;
-    loop {
+    let mut done = 0.0;
+    let mut last_error = None;
+    let what = format!("the processor to fold all {end} records of {topic}");
+    let folded = wait_until(&what, timeout, async || {
         // Not answering yet (still starting) counts as nothing folded, until the deadline.
         let text = match reqwest::get(metrics).await {
-            Ok(response) => response.text().await.unwrap_or_default(),
-            Err(e) if Instant::now() > deadline => {
-                bail!("reading {metrics} (is the processor running?): {e}")
+            Ok(response) => {
+                last_error = None;
+                response.text().await.unwrap_or_default()
             }
-            Err(_) => String::new(),
+            Err(e) => {
+                last_error = Some(e);
+                String::new()
+            }
         };
-        let done: f64 = text
+        done = text
             .lines()
             .filter(|l| l.starts_with("hookfold_processor_next_offset{"))
             .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
             .sum();
-        if done as i64 >= end {
+        Ok((done as i64 >= end).then_some(()))
+    })
+    .await;
+    match (folded, last_error) {
+        (Ok(()), _) => {
             eprintln!("processor has folded all {end} records of {topic}");
-            return Ok(());
+            Ok(())
         }
-        if Instant::now() > deadline {
-            bail!("processor folded {done} of {end} records of {topic} within {timeout:?}");
+        (Err(_), Some(e)) => {
+            bail!("reading {metrics} (is the processor running?): {e}")
         }
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        (Err(e), _) => bail!("{e}: folded {done} of {end}"),
     }
 }
 
@@ -387,9 +395,10 @@ fn wait_group(bootstrap: &str, group: &str, topic: &str, timeout: Duration) -> R
     for partition in 0..highs.len() as i32 {
         tpl.add_partition(topic, partition);
     }
-    let deadline = Instant::now() + timeout;
-    loop {
-        let done: i64 = match consumer.committed_offsets(tpl.clone(), Duration::from_secs(10)) {
+    let mut done = 0;
+    let what = format!("group {group} to commit all {end} records of {topic}");
+    wait_for(&what, timeout, || {
+        done = match consumer.committed_offsets(tpl.clone(), Duration::from_secs(10)) {
             Ok(committed) => committed
                 .elements()
                 .iter()
@@ -398,15 +407,11 @@ fn wait_group(bootstrap: &str, group: &str, topic: &str, timeout: Duration) -> R
                 .sum(),
             Err(_) => 0,
         };
-        if done >= end {
-            eprintln!("group {group} has committed all {end} records of {topic}");
-            return Ok(());
-        }
-        if Instant::now() > deadline {
-            bail!("group {group} committed {done} of {end} records of {topic} within {timeout:?}");
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
+        (done >= end).then_some(())
+    })
+    .map_err(|e| anyhow!("{e}: committed {done} of {end}"))?;
+    eprintln!("group {group} has committed all {end} records of {topic}");
+    Ok(())
 }
 
 async fn create_topics(bootstrap: &str, specs: &[String]) -> Result<()> {
