@@ -86,7 +86,7 @@ fuzz-seeds: build
     {{bin}}/hookfold-dev fuzz-seeds --out fuzz/corpus
 
 # Every benchmark
-bench: bench-gateway bench-processor bench-restore bench-ticks bench-eos
+bench: bench-gateway bench-processor bench-restore bench-restore-concurrent bench-ticks bench-eos
 
 # hookfold under effectively_once and exactly_once beside Kafka Streams under at_least_once
 # and exactly_once_v2 on one broker: throughput, p99 latency at 1,000 events/s, RSS
@@ -113,3 +113,9 @@ bench-processor: tools
 bench-restore: tools
     cargo build --release --workspace --bins
     scripts/bench-restore.sh
+
+# Several partitions restored at once (6 x 200,000 states) against one alone, in one run;
+# BENCH_BEFORE_PROCESSOR=<an earlier hookfold-processor> measures that build beside it
+bench-restore-concurrent: tools
+    cargo build --release --workspace --bins
+    scripts/bench-restore-concurrent.sh

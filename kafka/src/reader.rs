@@ -92,7 +92,8 @@ pub enum Start {
 /// One poll's outcome.
 pub enum Polled<'a> {
     Record(BorrowedMessage<'a>),
-    /// The partition reached its end (with [`AtEnd::Stop`], it is no longer read).
+    /// The partition reached its end (with [`AtEnd::Stop`], it is no longer read): reported
+    /// once per partition added, after its last record.
     Ended(i32),
     /// Nothing within the wait.
     Nothing,
@@ -114,6 +115,8 @@ pub struct PartitionReader {
     stall: Duration,
     last_record: Instant,
     last_error: Option<String>,
+    /// Partitions whose last record was delivered: their end is reported by the next poll.
+    ended: Vec<i32>,
     /// Polls since the clock was last read: a restore polls a million times, and reading
     /// the clock for each cost more than the replay, so it is read only when the queue is
     /// empty and every few thousand records.
@@ -141,6 +144,7 @@ impl PartitionReader {
             stall,
             last_record: Instant::now(),
             last_error: None,
+            ended: Vec::new(),
             since_clock: 0,
         })
     }
@@ -259,12 +263,15 @@ impl PartitionReader {
             // A partition just added has not had its chance to stall yet.
             self.last_record = Instant::now();
         }
+        // A partition added again before its last end was reported: that end is stale.
+        self.ended.retain(|p| !added.iter().any(|(a, _)| a == p));
         self.spans.extend(added);
         Ok(counts)
     }
 
     /// Stops reading `partition` (nothing more of it is delivered).
     pub fn remove(&mut self, partition: i32) -> Result<(), ReadError> {
+        self.ended.retain(|&p| p != partition);
         if self.spans.remove(&partition).is_none() {
             return Ok(());
         }
@@ -297,6 +304,16 @@ impl PartitionReader {
     /// The next record, or a partition reaching its end, waiting at most `wait`; fails when
     /// nothing has come for the stall timeout while a partition is short of its end.
     pub fn poll(&mut self, wait: Duration) -> Result<Polled<'_>, ReadError> {
+        if let Some(partition) = self.ended.pop() {
+            if self
+                .spans
+                .get(&partition)
+                .is_some_and(|s| s.at_end == AtEnd::Stop)
+            {
+                self.spans.remove(&partition);
+            }
+            return Ok(Polled::Ended(partition));
+        }
         self.since_clock += 1;
         let mut now = None;
         if self.since_clock >= 4096 {
@@ -319,6 +336,9 @@ impl PartitionReader {
                 let Some(span) = self.spans.get_mut(&partition) else {
                     return Ok(Polled::Nothing); // fetched before it was removed
                 };
+                if span.at_end == AtEnd::Stop && span.end.is_none() {
+                    return Ok(Polled::Nothing); // read through; its end is being reported
+                }
                 if span.at_end == AtEnd::Stop && span.end.is_some_and(|end| offset >= end) {
                     return end_reached(&self.consumer, &self.topic, &mut self.spans, partition);
                 }
@@ -330,9 +350,10 @@ impl PartitionReader {
                 if last {
                     span.end = None;
                     if span.at_end == AtEnd::Stop {
-                        self.spans.remove(&partition);
+                        // Fetching stops now; the partition goes once its end is reported.
                         unassign(&self.consumer, &self.topic, partition)?;
                     }
+                    self.ended.push(partition);
                 }
                 Ok(Polled::Record(message))
             }

@@ -129,7 +129,7 @@ impl PartitionTask {
             partition = self.partition,
             next_offset = next,
             path = %store.path().display(),
-            "partition active"
+            "partition assigned"
         );
         self.store = Some(store);
         self.clock = None;
@@ -244,7 +244,84 @@ impl PartitionTask {
         tracing::info!(
             partition = self.partition,
             had_store = self.store.is_some(),
-            "partition revoked, task closed"
+            "partition revoked, store closed"
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn store(dir: &tempfile::TempDir, next_offset: Option<i64>) -> PartitionStore {
+        let store = PartitionStore::open(&dir.path().join("store")).unwrap();
+        if let Some(next) = next_offset {
+            store.commit_changes([], next, None).unwrap();
+        }
+        store
+    }
+
+    fn assigned_gauge(metrics: &Metrics, partition: i32) -> i64 {
+        metrics
+            .assigned
+            .with_label_values(&[&partition.to_string()])
+            .get()
+    }
+
+    #[test]
+    fn a_task_takes_records_only_while_active_and_its_gauge_follows_its_life() {
+        let dir = tempfile::tempdir().unwrap();
+        let metrics = Metrics::new();
+        let mut task = PartitionTask::assigned(4, &metrics);
+        assert_eq!(task.state(), TaskState::Restoring);
+        assert!(!task.takes_records() && task.store().is_none());
+        assert_eq!(assigned_gauge(&metrics, 4), 1);
+
+        assert_eq!(task.restored(store(&dir, Some(17))).unwrap(), Some(17));
+        assert_eq!(task.state(), TaskState::Active);
+        assert!(task.takes_records() && task.store().is_some());
+
+        task.keep_clock(PartitionClock::default());
+        task.aborted();
+        assert_eq!(task.state(), TaskState::Rewinding);
+        assert!(
+            !task.takes_records(),
+            "records read before the rewind are dropped"
+        );
+        assert!(
+            task.take_clock().is_none(),
+            "the aborted fold's clock is forgotten"
+        );
+        assert_eq!(
+            task.rewound().unwrap(),
+            Some(17),
+            "sought back to the store's offset"
+        );
+        assert!(task.takes_records());
+
+        task.close();
+        assert_eq!(assigned_gauge(&metrics, 4), 0);
+    }
+
+    #[test]
+    fn the_first_event_is_reported_once_and_emit_from_counts_from_its_offset() {
+        let dir = tempfile::tempdir().unwrap();
+        let metrics = Metrics::new();
+        let mut task = PartitionTask::assigned(0, &metrics);
+        task.restored(store(&dir, None)).unwrap();
+        let first = || metrics.first_event_seconds.with_label_values(&["0"]).get();
+        task.committed(5);
+        let reported = first();
+        assert!(reported > 0.0);
+        task.committed(9);
+        assert_eq!(
+            first(),
+            reported,
+            "only the first batch after the assignment"
+        );
+
+        assert!(!task.emits_anyway(3));
+        task.emit_from(7);
+        assert!(!task.emits_anyway(6) && task.emits_anyway(7));
     }
 }

@@ -51,7 +51,7 @@ pub use process::{Process, Signal, workspace_binary};
 pub use processor::{Processor, ProcessorSetup};
 pub use runs::{Run, reference_run, stop_and_collect};
 pub use topics::{Topics, create_topic, headers_of, read_all, read_all_uncommitted, watermarks};
-pub use wait::{wait_for, wait_until};
+pub use wait::{try_wait_for, wait_for, wait_until};
 
 /// A port nobody listens on right now.
 pub fn free_port() -> u16 {

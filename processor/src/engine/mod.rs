@@ -150,7 +150,8 @@ impl Engine {
     }
 
     /// Without incident events, still produce those of `partition`'s records from `offset`
-    /// on: they were never folded before, so nobody has seen their incidents.
+    /// on: they were never folded before, so nobody has seen their incidents. The partition
+    /// must be assigned (its task holds this).
     pub fn emit_from(&mut self, partition: i32, offset: i64) {
         if let Some(task) = self.tasks.get_mut(&partition) {
             task.emit_from(offset);

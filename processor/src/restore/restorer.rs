@@ -24,14 +24,16 @@ use std::sync::Arc;
 use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender, SyncSender};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, anyhow};
-use hookfold_kafka::{AtEnd, PartitionReader, Polled, ReadError, Start};
-use rdkafka::message::Message;
+use anyhow::anyhow;
+use hookfold_kafka::PartitionReader;
+
+mod reading;
+mod reconcile;
 
 use super::committed::{self, Request};
 use super::writer::{self, Done, Job};
 use super::{Command, Outcome, RestoreSettings};
-use crate::changelog::{self, Replay};
+use crate::changelog::Replay;
 use crate::metrics::Metrics;
 use crate::store::PartitionStore;
 
@@ -127,11 +129,15 @@ pub fn run(
         requests = Some(send);
     }
     drop(events);
+    let (reader, writer) = match writer {
+        Ok(writer) => (reader, Some(writer)),
+        Err(e) => (
+            Err(format!("starting the restore writer thread: {e}")),
+            None,
+        ),
+    };
     let mut restorer = Restorer {
-        reader: match writer {
-            Ok(_) => reader,
-            Err(e) => Err(format!("starting the restore writer thread: {e}")),
-        },
+        reader,
         jobs: Some(jobs),
         requests,
         outcomes,
@@ -149,10 +155,14 @@ pub fn run(
     }
     restorer.jobs = None;
     restorer.requests = None;
+    // Every store closed before the restores are gone: the writer lets go of the cancelled
+    // ones as it ends (its last answers go into `inbox`, which no one reads now).
+    if let Some(writer) = writer {
+        let _ = writer.join();
+    }
     if let Some(offsets) = offsets {
         let _ = offsets.join();
     }
-    // The writer's last jobs (drops) are answered into `inbox`, which no one reads now.
     drop(restorer);
 }
 
@@ -315,272 +325,6 @@ impl Restorer {
         Ok(())
     }
 
-    /// Starts (or starts again) reading the partition's changelog after its store's last
-    /// marker.
-    fn read(&mut self, partition: i32) {
-        if let Err(e) = self.try_read(partition) {
-            self.fail(partition, e);
-        }
-    }
-
-    fn try_read(&mut self, partition: i32) -> anyhow::Result<()> {
-        let Some(r) = self.restoring.get_mut(&partition) else {
-            return Ok(());
-        };
-        let reader = self.reader.as_mut().map_err(|e| anyhow!("{e}"))?;
-        let local = r.store.next_offset()?;
-        let start = match r.store.changelog_offset()? {
-            Some(marker) if local.is_some() => Start::Offset(marker + 1),
-            _ => Start::Beginning,
-        };
-        let remaining = reader.add(partition, start, AtEnd::Stop)?;
-        if remaining == 0 {
-            r.phase = Phase::Writing;
-            self.reconcile(partition);
-            return Ok(());
-        }
-        tracing::info!(
-            topic = reader.topic(),
-            partition,
-            remaining,
-            local_next_offset = local,
-            "restoring partition state from the changelog"
-        );
-        self.metrics
-            .restore_remaining
-            .with_label_values(&[&partition.to_string()])
-            .set(remaining);
-        r.store.begin_restore()?;
-        let jobs = self
-            .jobs
-            .as_ref()
-            .context("the restore writer has stopped")?;
-        jobs.send(Job::Begin {
-            partition,
-            store: r.store.clone(),
-        })
-        .map_err(|_| anyhow!("the restore writer has stopped"))?;
-        r.phase = Phase::Reading {
-            replay: Replay::new(local),
-        };
-        Ok(())
-    }
-
-    /// Reads up to [`BURST`] records of the partitions being read.
-    fn read_burst(&mut self) {
-        let Ok(reader) = self.reader.as_mut() else {
-            return;
-        };
-        let mut failed: Vec<(i32, anyhow::Error)> = Vec::new();
-        let mut ended = Vec::new();
-        let jobs = self.jobs.as_ref();
-        for i in 0..BURST {
-            let wait = if i == 0 { POLL_WAIT } else { Duration::ZERO };
-            let message = match reader.poll(wait) {
-                Ok(Polled::Record(message)) => message,
-                Ok(Polled::Ended(partition)) => {
-                    ended.push(partition);
-                    continue;
-                }
-                Ok(Polled::Nothing) => break,
-                Err(e) => {
-                    // A stall names the partitions short of their end; anything else
-                    // (an assignment refused) fails every partition being read.
-                    let partitions: Vec<i32> = match &e {
-                        ReadError::Stalled { partitions, .. } => {
-                            partitions.iter().map(|(p, _)| *p).collect()
-                        }
-                        _ => reader.reading().collect(),
-                    };
-                    let why = e.to_string();
-                    for partition in partitions {
-                        failed.push((partition, anyhow!("{why}")));
-                    }
-                    break;
-                }
-            };
-            let partition = message.partition();
-            let Some(r) = self.restoring.get_mut(&partition) else {
-                continue;
-            };
-            let Phase::Reading { replay } = &mut r.phase else {
-                continue;
-            };
-            r.records += 1;
-            let record = match changelog::read(&message) {
-                Ok(record) => record,
-                Err(e) => {
-                    failed.push((partition, anyhow!(e)));
-                    continue;
-                }
-            };
-            if let Some(write) = replay.push(message.offset(), record) {
-                let handed = Instant::now();
-                let sent = jobs.map(|jobs| jobs.send(Job::Write { partition, write }));
-                r.waiting_for_writer += handed.elapsed();
-                if !matches!(sent, Some(Ok(()))) {
-                    failed.push((partition, anyhow!("the restore writer has stopped")));
-                }
-            }
-        }
-        let now = Instant::now();
-        for (partition, r) in &mut self.restoring {
-            if now.duration_since(r.last_progress) >= PROGRESS_EVERY
-                && matches!(r.phase, Phase::Reading { .. })
-            {
-                r.last_progress = now;
-                let remaining = reader.remaining(*partition);
-                progress(&self.metrics, *partition, r, remaining);
-            }
-        }
-        for partition in ended {
-            self.replayed(partition);
-        }
-        for (partition, error) in failed {
-            self.fail(partition, error);
-        }
-    }
-
-    /// The partition's changelog is read to its end: the writer writes the rest.
-    fn replayed(&mut self, partition: i32) {
-        let Some(r) = self.restoring.get_mut(&partition) else {
-            return;
-        };
-        let Phase::Reading { replay } = &mut r.phase else {
-            return;
-        };
-        replay.finish();
-        r.applied += replay.applied;
-        r.skipped += replay.skipped;
-        let position = replay.position();
-        r.phase = Phase::Writing;
-        let sent = self.jobs.as_ref().map(|jobs| {
-            jobs.send(Job::Finish {
-                partition,
-                position,
-            })
-        });
-        if !matches!(sent, Some(Ok(()))) {
-            self.fail(partition, anyhow!("the restore writer has stopped"));
-        }
-    }
-
-    /// After the store is brought up to the changelog: `exactly_once` compares it with the
-    /// group's committed offset. Equal is the rule.
-    ///
-    /// Behind: the committed batch is in the changelog, past the last stable offset, behind a
-    /// transaction a crashed producer left open (its `transactional.id` used by nobody now):
-    /// the changelog is read again until the broker has aborted that transaction and the
-    /// store is up to the committed offset, for at most `settle`. If it is still behind then,
-    /// the changelog lacks committed batches (its records deleted): the store is kept and the
-    /// records after it are folded again, their incident events produced again with their ids.
-    ///
-    /// Ahead: cannot come from a transaction: the store is cleared and restored from the
-    /// whole changelog, which holds committed batches only; if it is still ahead then, the
-    /// changelog itself is (batches of `effectively_once`, whose group offsets lag, or offsets
-    /// reset by hand), and the store is kept. Both conflicts are logged and counted.
-    fn reconcile(&mut self, partition: i32) {
-        let Some(r) = self.restoring.get_mut(&partition) else {
-            return;
-        };
-        let Some(Some(committed)) = r.committed else {
-            return self.finish(partition);
-        };
-        let local = match r.store.next_offset() {
-            Ok(local) => local.unwrap_or(0),
-            Err(e) => return self.fail(partition, e.into()),
-        };
-        if local == committed {
-            if r.settle_deadline.is_some() {
-                tracing::info!(
-                    partition,
-                    committed,
-                    "the store reached the committed offset once the open transaction ended"
-                );
-            }
-            return self.finish(partition);
-        }
-        if local > committed {
-            if r.cleared {
-                self.metrics
-                    .resume_conflicts
-                    .with_label_values(&["ahead"])
-                    .inc();
-                tracing::warn!(
-                    partition,
-                    next_offset = local,
-                    committed,
-                    "the changelog is ahead of the group's committed offset too (batches \
-                     committed under effectively_once, or group offsets reset by hand): \
-                     resuming from the state"
-                );
-                return self.finish(partition);
-            }
-            tracing::warn!(
-                partition,
-                store_next_offset = local,
-                committed,
-                "the store is ahead of the group's committed offset; restoring it from the \
-                 whole changelog"
-            );
-            r.cleared = true;
-            if let Err(e) = r.store.clear() {
-                return self.fail(partition, e.into());
-            }
-            return self.read(partition);
-        }
-        if r.cleared {
-            return self.finish(partition);
-        }
-        let now = Instant::now();
-        let deadline = match r.settle_deadline {
-            Some(deadline) => deadline,
-            None => {
-                tracing::info!(
-                    partition,
-                    store_next_offset = local,
-                    committed,
-                    "the store is behind the committed offset and the changelog's readable end: \
-                     waiting for the broker to end an open transaction (a crashed processor's)"
-                );
-                *r.settle_deadline.insert(now + self.settle)
-            }
-        };
-        if now >= deadline {
-            self.metrics
-                .resume_conflicts
-                .with_label_values(&["behind"])
-                .inc();
-            tracing::error!(
-                partition,
-                store_next_offset = local,
-                committed,
-                waited_ms = self.settle.as_millis() as u64,
-                "the changelog does not reach the group's committed offset (its records were \
-                 deleted?): resuming from the state, so the records in between are folded again \
-                 and their incident events produced again, with the same ids"
-            );
-            return self.finish(partition);
-        }
-        r.phase = Phase::Waiting {
-            until: now + BEHIND_RETRY,
-        };
-    }
-
-    /// Reads again the partitions whose wait behind the committed offset is over.
-    fn retry_due(&mut self) {
-        let now = Instant::now();
-        let due: Vec<i32> = self
-            .restoring
-            .iter()
-            .filter(|(_, r)| matches!(r.phase, Phase::Waiting { until } if until <= now))
-            .map(|(p, _)| *p)
-            .collect();
-        for partition in due {
-            self.read(partition);
-        }
-    }
-
     /// The restore is done: the store goes back to the engine.
     fn finish(&mut self, partition: i32) {
         let Some(r) = self.restoring.remove(&partition) else {
@@ -670,26 +414,4 @@ impl Restorer {
             result,
         });
     }
-}
-
-fn progress(metrics: &Metrics, partition: i32, r: &mut Restoring, remaining: i64) {
-    let label = partition.to_string();
-    metrics
-        .restore_records
-        .with_label_values(&[&label])
-        .inc_by(r.records - r.counted);
-    r.counted = r.records;
-    metrics
-        .restore_remaining
-        .with_label_values(&[&label])
-        .set(remaining);
-    let elapsed = r.started.elapsed();
-    tracing::info!(
-        partition,
-        records = r.records,
-        remaining,
-        records_per_second = (r.records as f64 / elapsed.as_secs_f64().max(1e-3)) as u64,
-        elapsed_ms = elapsed.as_millis() as u64,
-        "restoring from the changelog"
-    );
 }

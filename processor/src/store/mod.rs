@@ -3,10 +3,14 @@
 //! crash the store is a state that some prefix of the partition produced, and that
 //! prefix's end is where reading resumes.
 
-use std::ops::Deref;
 use std::path::{Path, PathBuf};
 
 use hookfold_state::changelog::States;
+
+mod key_order;
+mod restore_writer;
+
+pub use restore_writer::RestoreWriter;
 use rocksdb::{DB, IngestExternalFileOptions, Options, SstFileWriter, WriteBatch, WriteOptions};
 
 const STATE_PREFIX: &[u8] = b"s/";
@@ -317,172 +321,6 @@ impl PartitionStore {
     }
 }
 
-/// Writes a restore's states into a [`PartitionStore`], in the order they come, without
-/// moving the store's offsets (only [`PartitionStore::finish_restore`] makes them the
-/// store's state). Consecutive writes are gathered, up to [`INGEST_CHUNK_BYTES`], sorted by
-/// key (the last state of a key wins) and ingested as a table file; a small remainder at
-/// the end goes through the memtable.
-pub struct RestoreWriter<S: Deref<Target = PartitionStore>> {
-    store: S,
-    pending: Vec<States>,
-    pending_bytes: usize,
-    chunk_bytes: usize,
-    files: u32,
-}
-
-impl<S: Deref<Target = PartitionStore>> RestoreWriter<S> {
-    /// A writer into `store` (borrowed, or shared with the restore that reads for it).
-    pub fn new(store: S) -> Self {
-        Self {
-            store,
-            pending: Vec::new(),
-            pending_bytes: 0,
-            chunk_bytes: INGEST_CHUNK_BYTES,
-            files: 0,
-        }
-    }
-
-    /// Writes these states (a `None` value deletes the key), after every earlier one.
-    pub fn write(&mut self, states: States) -> Result<(), StoreError> {
-        self.pending_bytes += states.size();
-        self.pending.push(states);
-        if self.pending_bytes >= self.chunk_bytes {
-            self.write_pending()?;
-        }
-        Ok(())
-    }
-
-    /// Forgets every state and offset: the writes before it as well.
-    pub fn clear(&mut self) -> Result<(), StoreError> {
-        self.pending.clear();
-        self.pending_bytes = 0;
-        self.store.clear()
-    }
-
-    /// Writes what is still gathered. The states are in the store afterwards (not yet
-    /// flushed: `finish_restore` does that).
-    /// Returns the store.
-    pub fn finish(mut self) -> Result<S, StoreError> {
-        if self.pending.iter().map(States::len).sum::<usize>() < INGEST_MIN_STATES {
-            for states in std::mem::take(&mut self.pending) {
-                self.store.write_restored(&states)?;
-            }
-        } else {
-            self.write_pending()?;
-        }
-        Ok(self.store)
-    }
-
-    fn write_pending(&mut self) -> Result<(), StoreError> {
-        let chunks = std::mem::take(&mut self.pending);
-        self.pending_bytes = 0;
-        let order = latest_in_key_order(&chunks);
-        self.files += 1;
-        self.store.ingest_restored(
-            order.iter().map(|&at| {
-                let (chunk, i) = unpack(at);
-                chunks[chunk].get(i)
-            }),
-            self.files,
-        )
-    }
-}
-
-/// A state's place in a restore's gathered writes: (chunk, index) in one number, in write
-/// order.
-fn pack(chunk: usize, i: usize) -> u64 {
-    ((chunk as u64) << 32) | i as u64
-}
-
-fn unpack(at: u64) -> (usize, usize) {
-    ((at >> 32) as usize, (at & u64::from(u32::MAX)) as usize)
-}
-
-/// The places in `chunks` of each key's last state, in key order.
-///
-/// Comparing keys in place costs a cache miss per comparison, and sorting that way cost
-/// more than building the table file. This sorts small entries that compare in cache
-/// instead: 8 bytes of the key from a depth on (starting after the prefix all keys share),
-/// how many bytes the key has there, and the place; runs of keys that agree on those 8
-/// bytes and go on are sorted again on the next 8 (a most-significant-digit radix sort
-/// with 8-byte digits). Equal keys end up by place, the last written last.
-fn latest_in_key_order(chunks: &[States]) -> Vec<u64> {
-    let key = |at: u64| {
-        let (chunk, i) = unpack(at);
-        chunks[chunk].key(i)
-    };
-    let mut order: Vec<Digit> = chunks
-        .iter()
-        .enumerate()
-        .flat_map(|(chunk, states)| {
-            (0..states.len()).map(move |i| Digit {
-                bytes: 0,
-                taken: 0,
-                at: pack(chunk, i),
-            })
-        })
-        .collect();
-    let Some(first) = order.first().map(|d| key(d.at)) else {
-        return Vec::new();
-    };
-    let shared = order.iter().fold(first.len(), |shared, digit| {
-        first[..shared]
-            .iter()
-            .zip(key(digit.at))
-            .take_while(|(a, b)| a == b)
-            .count()
-    });
-    let mut latest = Vec::with_capacity(order.len());
-    sort_from(&key, &mut order, shared, &mut latest);
-    latest
-}
-
-/// One key's digit at a depth, for [`latest_in_key_order`]. Field order is sort order.
-#[derive(PartialEq, Eq, PartialOrd, Ord)]
-struct Digit {
-    /// The key's 8 bytes from the depth on, zero-padded, big-endian.
-    bytes: u64,
-    /// How many key bytes the digit holds, 9 if the key goes on after them: of two keys
-    /// whose padded bytes agree, the shorter sorts first.
-    taken: u8,
-    at: u64,
-}
-
-/// Sorts `order` (keys that agree on their first `depth` bytes) by key, then place, and
-/// appends the place of each key's last state to `latest`, in key order.
-fn sort_from<'k>(
-    key: &impl Fn(u64) -> &'k [u8],
-    order: &mut [Digit],
-    depth: usize,
-    latest: &mut Vec<u64>,
-) {
-    for digit in order.iter_mut() {
-        let rest = key(digit.at).get(depth..).unwrap_or_default();
-        let n = rest.len().min(8);
-        let mut bytes = [0u8; 8];
-        bytes[..n].copy_from_slice(&rest[..n]);
-        digit.bytes = u64::from_be_bytes(bytes);
-        digit.taken = if rest.len() > 8 { 9 } else { n as u8 };
-    }
-    order.sort_unstable();
-    let mut start = 0;
-    while start < order.len() {
-        let (bytes, taken) = (order[start].bytes, order[start].taken);
-        let end = start
-            + order[start..]
-                .iter()
-                .take_while(|d| d.bytes == bytes && d.taken == taken)
-                .count();
-        if taken == 9 && end - start > 1 {
-            sort_from(key, &mut order[start..end], depth + 8, latest);
-        } else {
-            // One key, or keys that ended within the digit: equal, and by place.
-            latest.push(order[end - 1].at);
-        }
-        start = end;
-    }
-}
-
 fn state_key(key: &[u8]) -> Vec<u8> {
     let mut full = Vec::with_capacity(STATE_PREFIX.len() + key.len());
     full.extend_from_slice(STATE_PREFIX);
@@ -492,6 +330,7 @@ fn state_key(key: &[u8]) -> Vec<u8> {
 
 #[cfg(test)]
 mod tests {
+    use super::restore_writer::tests::one;
     use super::*;
 
     #[test]
@@ -569,128 +408,5 @@ mod tests {
         assert_eq!(store.changelog_offset().unwrap(), Some(20));
         let all: Vec<_> = store.states().map(Result::unwrap).collect();
         assert_eq!(all, vec![(b"c".to_vec(), b"c".to_vec())]);
-    }
-
-    /// `n` distinct keys, `k00000`…, with values `v<i>-<round>`.
-    fn states(range: std::ops::Range<usize>, round: &str) -> States {
-        let mut states = States::default();
-        for i in range {
-            states.push(
-                format!("k{i:05}").as_bytes(),
-                Some(format!("v{i}-{round}").as_bytes()),
-            );
-        }
-        states
-    }
-
-    fn one(key: &[u8], value: Option<&[u8]>) -> States {
-        let mut states = States::default();
-        states.push(key, value);
-        states
-    }
-
-    #[test]
-    fn a_large_restore_is_ingested_in_order_over_what_the_store_held() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = PartitionStore::open(dir.path()).unwrap();
-        // Before the restore: keys the changelog later deletes, overwrites and leaves alone.
-        store
-            .commit(
-                [
-                    (&b"k00001"[..], &b"old"[..]),
-                    (&b"k25000"[..], &b"old"[..]),
-                    (&b"zzz"[..], &b"kept"[..]),
-                ],
-                3,
-                Some(1),
-            )
-            .unwrap();
-        store.begin_restore().unwrap();
-        let mut writer = store.restore_writer();
-        writer.chunk_bytes = 64 * 1024; // several table files
-        for piece in 0..3 {
-            let start = piece * 10_000;
-            writer.write(states(start..start + 10_000, "a")).unwrap();
-        }
-        // Later writes win, also when a key comes twice in one chunk and across chunks.
-        writer.write(states(10_000..20_000, "b")).unwrap();
-        writer.write(states(15_000..16_000, "c")).unwrap();
-        writer.write(one(b"k25000", None)).unwrap();
-        // A small remainder: through the memtable, still after the ingested files.
-        writer.write(states(0..100, "d")).unwrap();
-        assert_eq!(writer.files, 4, "table files");
-        writer.finish().unwrap();
-        store.finish_restore([], Some((40, 50))).unwrap();
-        drop(store);
-
-        let store = PartitionStore::open(dir.path()).unwrap();
-        assert_eq!(store.next_offset().unwrap(), Some(40));
-        let all: std::collections::BTreeMap<_, _> = store
-            .states()
-            .map(Result::unwrap)
-            .map(|(k, v)| (String::from_utf8(k).unwrap(), String::from_utf8(v).unwrap()))
-            .collect();
-        assert_eq!(all.len(), 30_000, "29,999 restored keys and zzz");
-        assert_eq!(all.get("k25000"), None);
-        assert_eq!(all["k00001"], "v1-d");
-        assert_eq!(all["k00000"], "v0-d");
-        assert_eq!(all["k00002"], "v2-d");
-        assert_eq!(all["k00100"], "v100-a");
-        assert_eq!(all["k10000"], "v10000-b");
-        assert_eq!(all["k15500"], "v15500-c");
-        assert_eq!(all["k29999"], "v29999-a");
-        assert_eq!(all["zzz"], "kept");
-        // The table files were taken over, not left behind.
-        let left: Vec<_> = std::fs::read_dir(dir.path().join(INGEST_DIR))
-            .unwrap()
-            .collect();
-        assert!(left.is_empty(), "{left:?}");
-    }
-
-    #[test]
-    fn a_clear_drops_the_gathered_states_too() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = PartitionStore::open(dir.path()).unwrap();
-        store
-            .commit([(&b"old"[..], &b"x"[..])], 3, Some(1))
-            .unwrap();
-        store.begin_restore().unwrap();
-        let mut writer = store.restore_writer();
-        writer.write(states(0..20_000, "before")).unwrap();
-        writer.clear().unwrap();
-        writer.write(states(5..15_005, "after")).unwrap();
-        writer.finish().unwrap();
-        store.finish_restore([], Some((9, 9))).unwrap();
-        let all: Vec<_> = store.states().map(Result::unwrap).collect();
-        assert_eq!(all.len(), 15_000);
-        assert_eq!(all[0], (b"k00005".to_vec(), b"v5-after".to_vec()));
-    }
-
-    #[test]
-    fn the_latest_state_of_each_key_in_key_order() {
-        // Keys that share prefixes of every length, are prefixes of each other, contain
-        // NUL bytes and repeat; the reference is a map that keeps the last write.
-        let mut seed = 7u64;
-        let mut next = move || {
-            seed ^= seed << 13;
-            seed ^= seed >> 7;
-            seed ^= seed << 17;
-            seed
-        };
-        let mut chunks = vec![States::default(); 3];
-        let mut reference = std::collections::BTreeMap::new();
-        for i in 0..6_000 {
-            let mut key = b"acme/pipeline/".to_vec();
-            for _ in 0..next() % 12 {
-                key.push(b"ab\0z"[(next() % 4) as usize]);
-            }
-            let chunk = i / 2_000;
-            reference.insert(key.clone(), pack(chunk, chunks[chunk].len()));
-            chunks[chunk].push(&key, Some(i.to_string().as_bytes()));
-        }
-        let order = latest_in_key_order(&chunks);
-        assert!(order.len() < 6_000, "some keys repeat");
-        assert_eq!(order, reference.into_values().collect::<Vec<_>>());
-        assert!(latest_in_key_order(&[]).is_empty());
     }
 }
