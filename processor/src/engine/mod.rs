@@ -185,19 +185,23 @@ impl Engine {
         }
     }
 
-    /// The partition's restore finished: its task becomes Active with the store. Returns
-    /// the offset to resume from (`None`: the beginning); an error if the partition is not
-    /// assigned.
+    /// The partition's restore finished: its task becomes Active with the store and its
+    /// clock. Returns the offset to resume from (`None`: the beginning).
     pub fn restored(
         &mut self,
         partition: i32,
         store: PartitionStore,
     ) -> Result<Option<i64>, EngineError> {
+        // The clock now, not at the first batch: a partition with timers waiting gets ticks
+        // (and so batches) only once its clock says it has them.
+        let clock = fold::stored_clock(partition, &store)?;
         let task = self
             .tasks
             .entry(partition)
             .or_insert_with(|| PartitionTask::assigned(partition, &self.metrics));
-        Ok(task.restored(store)?)
+        let next = task.restored(store)?;
+        task.keep_clock(clock);
+        Ok(next)
     }
 
     /// Opens the partition's store and makes its task Active at once, without a restore
@@ -401,6 +405,11 @@ impl Engine {
         for task in self.tasks.values_mut() {
             if task.state() == TaskState::Rewinding {
                 rewinds.push((task.partition(), task.rewound()?));
+                // As it is in the store: what the aborted batch did to it is forgotten.
+                if let Some(store) = task.store() {
+                    let clock = fold::stored_clock(task.partition(), store)?;
+                    task.keep_clock(clock);
+                }
             }
         }
         Ok(rewinds)
