@@ -71,19 +71,20 @@ TOML
   stop "$pid"
 }
 
-fill one 1
-fill many "$N"
 results=()
 for label in after ${BEFORE:+before}; do
+  # Changelogs of their own: a processor writes to the changelog it restored from.
+  fill "one-$label" 1
+  fill "many-$label" "$N"
   processor="$BIN/hookfold-processor"
   [ "$label" = before ] && processor="$BEFORE"
   say "$label: one partition alone (the baseline)"
-  read -r one _ one_r one_rss < <(restore one "$processor" "$label" 1)
+  read -r one _ one_r one_rss < <(restore "one-$label" "$processor" "$label" 1)
   say "$label: $N partitions at once"
-  read -r max min many_r many_rss < <(restore many "$processor" "$label" "$N")
+  read -r max min many_r many_rss < <(restore "many-$label" "$processor" "$label" "$N")
   results+=("$label $one $max $min $many_r $one_rss $many_rss")
   mkdir -p "${HOOKFOLD_CACHE:-$HOME/.cache/hookfold}/bench"
-  cp "$WORK/many.$label.log" "${HOOKFOLD_CACHE:-$HOME/.cache/hookfold}/bench/restore-concurrent-$label.log"
+  cp "$WORK/many-$label.$label.log" "${HOOKFOLD_CACHE:-$HOME/.cache/hookfold}/bench/restore-concurrent-$label.log"
 done
 
 report=$(python3 - "$KEYS" "$N" "$BROKER" "$LOAD_AT_START" "${results[@]}" <<'PY'

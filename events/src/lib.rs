@@ -11,6 +11,9 @@
 //! publishes a schema: unknown fields are ignored, optional fields may be absent or `null`,
 //! and a timestamp that is not RFC 3339 reads as absent. Only the fields the rules cannot do
 //! without are required (see each type).
+//!
+//! Modules: [`buildkite`] and [`bitbucket`] (each source's events), `lenient` (the
+//! deserializers that read absent, `null` or odd fields as absent).
 
 pub mod bitbucket;
 pub mod buildkite;

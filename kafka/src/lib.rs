@@ -12,6 +12,10 @@
 //! - `[kafka.security]` is checked as a whole before anything connects ([`Security::resolve`]),
 //!   with one message per mistake; `[kafka.properties]` still passes anything else through,
 //!   but may not set what `[kafka.security]` owns.
+//!
+//! Modules: [`security`] (`[kafka.security]`: TLS, SASL, secrets), [`connect`] (the startup
+//! wait for the brokers and librdkafka's last error), [`acl`] (the ACLs a configuration needs),
+//! [`reader`] (reading partitions to their end), [`headers`] (CloudEvents as record headers).
 
 pub mod acl;
 pub mod connect;

@@ -10,6 +10,11 @@
 //! always give the same result, which is what makes replaying the webhook topic safe.
 //!
 //! The rules themselves are documented for users in `docs/RULES.md`.
+//!
+//! Modules: [`fold`] (one record: the clock, the timers, the key's state), [`state`] (the
+//! per-key state), [`clock`] (the partition's time and timers), [`config`] (the rules'
+//! settings), and the rules of each entity: `builds`, `agents`, `bitbucket`; `output`
+//! builds incident events and their ids, `glob` the branch patterns.
 
 mod agents;
 mod bitbucket;
