@@ -32,6 +32,7 @@ mod restorer;
 mod writer;
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, Sender};
 use std::sync::{Mutex, MutexGuard};
 use std::thread::JoinHandle;
@@ -100,7 +101,7 @@ pub struct Restores {
     outcomes: Mutex<Receiver<Outcome>>,
     /// The generation of each partition's restore still wanted.
     wanted: Mutex<HashMap<i32, u64>>,
-    next_generation: Mutex<u64>,
+    next_generation: AtomicU64,
     thread: Option<JoinHandle<()>>,
 }
 
@@ -117,7 +118,7 @@ impl Restores {
             commands,
             outcomes: Mutex::new(outbox),
             wanted: Mutex::new(HashMap::new()),
-            next_generation: Mutex::new(0),
+            next_generation: AtomicU64::new(0),
             thread: Some(thread),
         })
     }
@@ -134,14 +135,7 @@ impl Restores {
         store: Option<PartitionStore>,
         path: std::path::PathBuf,
     ) -> anyhow::Result<()> {
-        let generation = {
-            let mut next = self
-                .next_generation
-                .lock()
-                .unwrap_or_else(|e| e.into_inner());
-            *next += 1;
-            *next
-        };
+        let generation = self.next_generation.fetch_add(1, Ordering::Relaxed) + 1;
         self.wanted().insert(partition, generation);
         self.commands
             .send(Command::Start {
