@@ -21,6 +21,7 @@
 //! transaction that fails is aborted ([`BatchProducer::abort`]) and its tasks rewound
 //! ([`Engine::take_rewinds`]): the batch is redone.
 
+mod error;
 mod fold;
 mod outputs;
 pub mod transaction;
@@ -31,62 +32,18 @@ use std::time::Instant;
 
 use hookfold_rules::{RESERVED_PREFIX, Rules};
 use rdkafka::consumer::ConsumerGroupMetadata;
-use rdkafka::error::KafkaError;
 use rdkafka::message::{Message, OwnedMessage};
 
-use crate::codec::{self, CodecError};
+use crate::codec;
 use crate::config::BatchConfig;
-use crate::delivery::DeliveryError;
 use crate::metrics::Metrics;
-use crate::store::{PartitionStore, StoreError};
+use crate::store::PartitionStore;
 use crate::task::{PartitionTask, TaskState};
+pub use error::EngineError;
 use fold::{Folder, PartitionBatch};
 use outputs::Outputs;
 use transaction::Aborted;
 pub use transaction::BatchProducer;
-
-#[derive(Debug, thiserror::Error)]
-pub enum EngineError {
-    #[error(transparent)]
-    Store(#[from] StoreError),
-    #[error("partition {partition}, key `{key}`: {source}")]
-    State {
-        partition: i32,
-        key: String,
-        #[source]
-        source: CodecError,
-    },
-    #[error(transparent)]
-    Delivery(#[from] DeliveryError),
-    #[error("producing: {0}")]
-    Produce(#[source] KafkaError),
-    #[error("incident event {0} has no valid headers (a bug in the rules)")]
-    Headers(String),
-    #[error("transaction: {0}")]
-    Transaction(#[source] KafkaError),
-    /// The batch's transaction failed and was aborted: nothing of it is visible, and its
-    /// partitions are rewound to redo it.
-    #[error("transaction aborted (the batch is redone): {source}")]
-    Aborted {
-        partitions: Vec<i32>,
-        #[source]
-        source: Box<EngineError>,
-    },
-    /// The transactional producer cannot go on: another producer took its
-    /// `transactional.id`, or the coordinator fenced it.
-    #[error(
-        "the transactional producer {transactional_id} is fenced and can write nothing more \
-         ({reason}): another processor with the same instance_id started, or this one was \
-         paused past its session or transaction timeout; nothing it wrote since is visible \
-         to read_committed readers"
-    )]
-    Fenced {
-        transactional_id: String,
-        reason: String,
-    },
-    #[error("exactly_once needs the consumer's group metadata, and there is none (not in a group)")]
-    NoGroup,
-}
 
 pub struct Topics {
     pub input: String,
