@@ -82,7 +82,7 @@ state_ratio = f"{d_bytes / d_input:.2f}" if d_input else ""
 print(f"""Run {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M UTC} on {os.cpu_count()} cores, load average {load} at the start;
 {broker}. {events:,} mixed webhook records (builds over 120 pipeline branches, stale builds,
 repeated deliveries, agents) on {partitions} partitions, through the running processor with its default
-batches (1000 records or 50 ms). Before the measured runs, the {warmup}
+batches (`batch.max_records = 5000`, `max_wait = 50ms`). Before the measured runs, the {warmup}
 (copies of the first {min(events, 200000):,} records). Times include starting and joining the consumer group, for both.
 
 | what | events/s | seconds | ratio to the ceiling |
