@@ -336,6 +336,9 @@ pub struct Agent {
     pub web_url: Option<String>,
     #[serde(default, deserialize_with = "lenient::time")]
     pub created_at: Option<OffsetDateTime>,
+    /// The agent's tags, `key=value` each (`queue=spot`), which routes match on.
+    #[serde(default, deserialize_with = "lenient::strings")]
+    pub meta_data: Vec<String>,
 }
 
 /// A Buildkite user (`sender`, `build.author`, `build.creator`).

@@ -202,6 +202,7 @@ fn buildkite_agents() {
     assert_eq!(lost.agent.connection_state.as_deref(), Some("lost"));
     assert_eq!(lost.agent.hostname.as_deref(), Some("ip-10-0-1-17"));
     assert_eq!(lost.agent.version.as_deref(), Some("3.87.0"));
+    assert_eq!(lost.agent.meta_data, ["queue=default", "os=linux"]);
 
     let event = parse_fixture(
         "buildkite.agent.connected",
@@ -505,6 +506,23 @@ fn lenient_about_optional_fields() {
         Some(&RefKind::Branch)
     );
     assert_eq!(push.repository.html_url, None);
+
+    // Agent meta-data: entries that are not strings left out; not a list, or null: none.
+    for (meta, expected) in [
+        (
+            r#"["queue=spot",7,null,"os=linux"]"#,
+            &["queue=spot", "os=linux"][..],
+        ),
+        (r#""queue=spot""#, &[]),
+        ("null", &[]),
+    ] {
+        let body = format!(r#"{{"agent":{{"id":"a","name":"n","meta_data":{meta}}}}}"#);
+        let event = parse(&headers("buildkite.agent.lost"), body.as_bytes()).unwrap();
+        let EventBody::Agent(lost) = event.body else {
+            panic!()
+        };
+        assert_eq!(lost.agent.meta_data, expected, "{meta}");
+    }
 }
 
 /// The in-repo copies must stay byte-for-byte equal to the shared originals (the signature

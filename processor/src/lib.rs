@@ -12,6 +12,7 @@
 //!   per batch, transactions), [`changelog`] (its records and where a partition is at),
 //!   [`store`] (RocksDB), [`topics`] (creating and checking the topics);
 //! - the subcommands: [`rebuild`], [`tail`], [`open_incidents`] (`incidents`), [`view`],
+//!   [`route_check`] (`routes`),
 //!   and [`http`] and [`metrics`] for `/metrics` and the probes; [`config`].
 
 pub mod changelog;
@@ -26,6 +27,7 @@ pub mod open_incidents;
 pub mod rebalance;
 pub mod rebuild;
 pub mod restore;
+pub mod route_check;
 pub mod store;
 pub mod tail;
 pub mod task;

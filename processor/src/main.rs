@@ -75,6 +75,10 @@ enum Command {
         /// Only dedup keys starting with this (e.g. buildkite/acme/pipeline/).
         #[arg(long)]
         prefix: Option<String>,
+        /// Only incidents with this label, e.g. team=payments (a route's `labels`);
+        /// repeat it for several, all of which must hold.
+        #[arg(long = "label", value_parser = open_incidents::parse_label)]
+        labels: Vec<(String, String)>,
     },
     /// Serve the open incidents: a JSON API (/api/incidents, /api/incidents/{dedup_key}
     /// with its history), a live page (/), /metrics and /readyz. Stateless: it reads the
@@ -119,6 +123,16 @@ enum Command {
         #[arg(long, default_value_t = 2 * 1024 * 1024)]
         max_message_bytes: u64,
     },
+    /// Which `[[rules.routes]]` entry an entity gets and the options it then has, e.g.
+    /// `routes --pipeline payments-api --branch main` or `routes --agent-meta queue=spot`.
+    /// Reads the configuration only.
+    Routes {
+        #[command(flatten)]
+        query: hookfold_processor::route_check::RouteQuery,
+        /// The answer as JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Recompute state from the webhook topic (the event log) for some or all partitions:
     /// after a rules change, or when a store and its changelog are lost. Stop every
     /// processor of the group first. See docs/OPERATIONS.md.
@@ -144,7 +158,9 @@ fn main() -> ExitCode {
     // The ACLs follow from the topics and the group alone: printing them needs none of
     // the secrets.
     let mode = match args.command {
-        Some(Command::Acls { .. }) => hookfold_config::Mode::WithoutSecrets,
+        Some(Command::Acls { .. } | Command::Routes { .. }) => {
+            hookfold_config::Mode::WithoutSecrets
+        }
         _ => hookfold_config::Mode::WithSecrets,
     };
     let config = match hookfold_config::load::<ProcessorConfig>(args.config.as_deref(), mode) {
@@ -182,6 +198,7 @@ fn main() -> ExitCode {
             kind,
             severity,
             prefix,
+            labels,
         } => open_incidents::print(
             hookfold_processor::clients::client_config(&config),
             &config.kafka.open_incidents_topic(),
@@ -191,6 +208,7 @@ fn main() -> ExitCode {
                     kind,
                     min_severity: severity,
                     prefix,
+                    labels,
                 },
                 json,
                 watch,
@@ -252,6 +270,17 @@ fn main() -> ExitCode {
                 )
             );
             Ok(())
+        }
+        Command::Routes { query, json } => {
+            hookfold_processor::route_check::explain(&config.rules, &query)
+                .map(|answer| {
+                    if json {
+                        println!("{answer}");
+                    } else {
+                        print!("{}", hookfold_processor::route_check::human(&answer));
+                    }
+                })
+                .map_err(anyhow::Error::msg)
         }
         Command::Check => {
             println!(

@@ -74,6 +74,18 @@ pub struct Filter {
     pub min_severity: Option<Severity>,
     /// Dedup key starting with this.
     pub prefix: Option<String>,
+    /// Every one of these labels, with this value (`team=payments`: the route's labels).
+    pub labels: Vec<(String, String)>,
+}
+
+/// `team=payments`: a label and its value.
+pub fn parse_label(text: &str) -> Result<(String, String), String> {
+    match text.split_once('=') {
+        Some((key, value)) if !key.trim().is_empty() => {
+            Ok((key.trim().to_owned(), value.trim().to_owned()))
+        }
+        _ => Err(format!("{text:?} is not label=value (e.g. team=payments)")),
+    }
 }
 
 /// `pipeline`, `agent`, `pull_request` (or `pull-request`), `branch`.
@@ -105,6 +117,10 @@ impl Filter {
                 .prefix
                 .as_ref()
                 .is_none_or(|p| event.dedup_key.starts_with(p.as_str()))
+            && self
+                .labels
+                .iter()
+                .all(|(key, value)| event.labels.get(key) == Some(value))
     }
 }
 
@@ -332,6 +348,13 @@ mod tests {
                 1,
             ),
         ] {
+            let mut e = e;
+            if e.dedup_key.contains("pipeline") {
+                e.labels.insert("team".into(), "payments".into());
+            }
+            if e.dedup_key.ends_with("/q") {
+                e.labels.insert("service".into(), "api".into());
+            }
             table.apply(Some(e.dedup_key.as_bytes()), Some(&e.encode_to_vec()));
         }
         let keys = |filter: &Filter| -> Vec<String> {
@@ -365,6 +388,26 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(keys(&prefix), ["bk/s1/pipeline/q", "bk/s1/pipeline/p"]);
+        let team = Filter {
+            labels: vec![parse_label("team=payments").unwrap()],
+            ..Default::default()
+        };
+        assert_eq!(keys(&team), ["bk/s1/pipeline/q", "bk/s1/pipeline/p"]);
+        let both = Filter {
+            labels: vec![
+                parse_label("team=payments").unwrap(),
+                parse_label(" service = api ").unwrap(),
+            ],
+            ..Default::default()
+        };
+        assert_eq!(keys(&both), ["bk/s1/pipeline/q"]);
+        let other = Filter {
+            labels: vec![parse_label("team=web").unwrap()],
+            ..Default::default()
+        };
+        assert!(keys(&other).is_empty());
+        assert!(parse_label("team").is_err());
+        assert!(parse_label("=x").is_err());
         assert!(parse_kind("pull-request").is_ok());
         assert!(parse_kind("build").is_err());
         assert!(parse_severity("unspecified").is_err());

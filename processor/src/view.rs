@@ -2,13 +2,14 @@
 //! open-incident table. It materialises the table in memory (every view reads all of it:
 //! no routing between instances, any number may run) and serves:
 //!
-//! - `GET /api/incidents[?source=&kind=&severity=&prefix=]`: the open incidents as JSON,
+//! - `GET /api/incidents[?source=&kind=&severity=&prefix=&label=]`: the open incidents as
+//!   JSON (`label=team=payments,service=api`: every one of these labels),
 //!   most severe first, then oldest (the same filters and order as `incidents`);
 //! - `GET /api/incidents/{dedup_key}`: the incident if open, and its whole event history
 //!   from the incident topic, in order;
 //! - `GET /`: a page listing the open incidents (no framework, no asset from elsewhere),
-//!   rendered on the server and refreshed by a few lines of script (`view_page.html`,
-//!   compiled in);
+//!   rendered on the server and refreshed by a few lines of script (`view/page.rs`,
+//!   `view/page.html` compiled in); `/?label=team=payments` shows one team's;
 //! - `/metrics`, `/healthz`, `/readyz` (ready once the table is read to the end it had when
 //!   the view connected, and while the brokers answer).
 //!
@@ -23,7 +24,7 @@ use anyhow::Context;
 use axum::Router;
 use axum::extract::{Path, Query, State};
 use axum::http::{StatusCode, header};
-use axum::response::{Html, IntoResponse, Response};
+use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use hookfold_kafka::{AtEnd, NEVER, PartitionReader, Polled, Start};
 use hookfold_proto::Message as _;
@@ -35,7 +36,9 @@ use rdkafka::message::Message;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use crate::open_incidents::{Filter, Table, listed, parse_kind, parse_severity};
+use crate::open_incidents::{Filter, Table, listed, parse_kind, parse_label, parse_severity};
+
+mod page;
 
 /// What the view knows, shared between the reader thread and the HTTP handlers.
 #[derive(Default)]
@@ -216,7 +219,7 @@ fn follow(
 
 fn router(state: ViewState) -> Router {
     Router::new()
-        .route("/", get(page))
+        .route("/", get(page::page))
         .route("/api/incidents", get(list))
         .route("/api/incidents/{*dedup_key}", get(one))
         .route("/metrics", get(metrics))
@@ -231,6 +234,8 @@ struct FilterQuery {
     kind: Option<String>,
     severity: Option<String>,
     prefix: Option<String>,
+    /// `team=payments,service=api`.
+    label: Option<String>,
 }
 
 impl FilterQuery {
@@ -243,6 +248,10 @@ impl FilterQuery {
                 .map(|s| parse_severity(&s))
                 .transpose()?,
             prefix: nonempty(&self.prefix),
+            labels: nonempty(&self.label)
+                .map(|labels| labels.split(',').map(parse_label).collect())
+                .transpose()?
+                .unwrap_or_default(),
         })
     }
 }
@@ -355,110 +364,9 @@ async fn readyz(State(state): State<ViewState>) -> Response {
     }
 }
 
-fn escape(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    for c in text.chars() {
-        match c {
-            '&' => out.push_str("&amp;"),
-            '<' => out.push_str("&lt;"),
-            '>' => out.push_str("&gt;"),
-            '"' => out.push_str("&quot;"),
-            '\'' => out.push_str("&#39;"),
-            c => out.push(c),
-        }
-    }
-    out
-}
-
-/// Only http(s) links become anchors: a `javascript:` URL from a webhook body must not run
-/// in an SRE's browser.
-fn safe_url(url: &str) -> bool {
-    url.starts_with("https://") || url.starts_with("http://")
-}
-
-fn row(event: &IncidentEvent) -> String {
-    let json = incident_to_json(event);
-    let severity = json["severity"]
-        .as_str()
-        .unwrap_or("")
-        .trim_start_matches("SEVERITY_")
-        .to_ascii_lowercase();
-    let since = json["createdAt"].as_str().unwrap_or("").to_owned();
-    let links: String = event
-        .links
-        .iter()
-        .filter(|link| safe_url(&link.url))
-        .map(|link| {
-            format!(
-                "<a href=\"{}\" rel=\"noopener noreferrer\">{}</a>",
-                escape(&link.url),
-                escape(&link.rel)
-            )
-        })
-        .collect::<Vec<_>>()
-        .join(" ");
-    format!(
-        "<tr data-dedup-key=\"{key}\" class=\"sev-{severity}\"><td class=\"severity\">{severity}</td>\
-         <td class=\"summary\">{summary}<div class=\"key\">{key}</div></td>\
-         <td class=\"since\"><time datetime=\"{since}\">{since}</time></td><td class=\"links\">{links}</td></tr>",
-        key = escape(&event.dedup_key),
-        summary = escape(&event.summary),
-        since = escape(&since),
-    )
-}
-
-async fn page(State(state): State<ViewState>) -> Html<String> {
-    let (open, ready) = open_list(&state, &Filter::default());
-    let rows: String = open.iter().map(row).collect();
-    let status = format!(
-        "{} open{}",
-        open.len(),
-        if ready {
-            ""
-        } else {
-            " (not up to date: the view is not ready)"
-        }
-    );
-    // Status first: the rows are text from webhooks (escaped, but they may spell a marker).
-    Html(
-        PAGE.replace("{{status}}", &status)
-            .replace("{{rows}}", &rows),
-    )
-}
-
-/// The page (`view_page.html`): server-rendered rows, refreshed every second from
-/// `/api/incidents` by a few lines of plain script (no framework, nothing fetched from
-/// elsewhere). `{{status}}` and `{{rows}}` are its only markers, filled in by [`page`].
-const PAGE: &str = include_str!("view_page.html");
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use hookfold_proto::v1::Link;
-
-    #[test]
-    fn rows_escape_text_and_drop_links_that_are_not_http() {
-        let event = IncidentEvent {
-            dedup_key: "bk/s/pipeline/<x>".into(),
-            summary: "Build \"#1\" <script>alert(1)</script>".into(),
-            links: vec![
-                Link {
-                    rel: "build".into(),
-                    url: "https://buildkite.com/acme/x/builds/1".into(),
-                },
-                Link {
-                    rel: "evil".into(),
-                    url: "javascript:alert(1)".into(),
-                },
-            ],
-            ..Default::default()
-        };
-        let html = row(&event);
-        assert!(!html.contains("<script>"), "{html}");
-        assert!(html.contains("&lt;script&gt;"), "{html}");
-        assert!(html.contains("href=\"https://buildkite.com/acme/x/builds/1\""));
-        assert!(!html.contains("javascript:"), "{html}");
-    }
 
     #[test]
     fn a_bad_filter_is_refused_with_its_reason() {

@@ -31,6 +31,8 @@ pub fn incident_to_json(event: &IncidentEvent) -> Value {
         "details": event.details.iter().map(|(k, v)| (k.clone(), Value::String(v.clone()))).collect::<Map<_, _>>(),
         "resolutionReason": enum_name(event.resolution_reason, |n| ResolutionReason::try_from(n).ok().map(|v| v.as_str_name())),
         "cause": event.cause.as_ref().map_or(Value::Null, cause_json),
+        "labels": event.labels.iter().map(|(k, v)| (k.clone(), Value::String(v.clone()))).collect::<Map<_, _>>(),
+        "route": event.route,
     })
 }
 
@@ -107,6 +109,10 @@ mod tests {
                 ce_id: "c".into(),
                 ce_type: "buildkite.build.finished".into(),
             }),
+            labels: [("team".to_owned(), "payments".to_owned())]
+                .into_iter()
+                .collect(),
+            route: "payments".into(),
         };
         let expected = json!({
             "eventId": "e", "incidentId": "i",
@@ -120,6 +126,7 @@ mod tests {
             "resolutionReason": "RESOLUTION_REASON_BUILD_PASSED",
             "cause": {"topic": "hookfold.webhooks", "partition": 3, "offset": "9007199254740993",
                       "ceId": "c", "ceType": "buildkite.build.finished"},
+            "labels": {"team": "payments"}, "route": "payments",
         });
         assert_eq!(incident_to_json(&event), expected);
     }

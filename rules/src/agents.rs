@@ -125,7 +125,7 @@ pub(crate) fn apply_agent(
                 .by()
                 .create(key, rules.severity, occurred_at, description);
             if rules.grace.is_zero() {
-                open_now(agent_state, open, input.origin(), rules);
+                open_now(agent_state, open, input.origin(), rules.resolve_after);
                 out.push(created);
             } else {
                 agent_state.pending = Some(PendingIncident {
@@ -133,15 +133,22 @@ pub(crate) fn apply_agent(
                     open,
                     created: created.encode_to_vec(),
                     origin: input.origin(),
+                    resolve_after: rules.resolve_after,
                 });
             }
         }
     }
 }
 
-/// Makes `open` the agent's open incident, with its expiry if `resolve_after` is set.
-fn open_now(agent: &mut AgentState, open: OpenIncident, origin: Origin, rules: &AgentRules) {
-    agent.expiry = rules.resolve_after.map(|after| Expiry {
+/// Makes `open` the agent's open incident, with its expiry if `resolve_after` is set (by
+/// the route the incident opened under).
+fn open_now(
+    agent: &mut AgentState,
+    open: OpenIncident,
+    origin: Origin,
+    resolve_after: Option<std::time::Duration>,
+) {
+    agent.expiry = resolve_after.map(|after| Expiry {
         at: open.created_at.plus(after),
         origin,
     });
@@ -150,19 +157,15 @@ fn open_now(agent: &mut AgentState, open: OpenIncident, origin: Origin, rules: &
 
 /// Fires the agents' timers due at `now` (the partition's watermark): a grace period that
 /// ran out creates its incident, an expiry resolves one. Afterwards no deadline of `state`
-/// is at or before `now`.
-pub(crate) fn fire(
-    state: &mut KeyState,
-    now: StoredTime,
-    rules: &AgentRules,
-    out: &mut Vec<IncidentEvent>,
-) {
+/// is at or before `now`. What a timer does was decided when it was armed (by the route
+/// of that time), so it needs no rules now.
+pub(crate) fn fire(state: &mut KeyState, now: StoredTime, out: &mut Vec<IncidentEvent>) {
     for (routing, agent) in &mut state.agents {
         if let Some(pending) = agent.pending.take_if(|pending| pending.deadline <= now) {
             // The CREATED event was encoded by `apply_agent`; one that does not decode is a
             // state this code did not write, and there is nothing to emit for it.
             if let Ok(created) = IncidentEvent::decode(pending.created.as_slice()) {
-                open_now(agent, pending.open, pending.origin, rules);
+                open_now(agent, pending.open, pending.origin, pending.resolve_after);
                 out.push(created);
             }
         }
@@ -178,9 +181,12 @@ pub(crate) fn fire(
         let mut description = Description::new(EntityKind::Agent, id, name);
         description.detail("agent_name", Some(name));
         description.detail("agent_id", Some(id));
-        let after = rules
-            .resolve_after
-            .map(|after| humantime::format_duration(after).to_string());
+        // The expiry was set `resolve_after` after the creation.
+        let after = std::time::Duration::try_from(
+            expiry.at.to_offset_date_time() - open.created_at.to_offset_date_time(),
+        )
+        .ok()
+        .map(|after| humantime::format_duration(after).to_string());
         description.detail("expired_after", after.as_deref());
         description.summary = match &after {
             Some(after) => format!("Agent {name} did not come back within {after}: expired"),

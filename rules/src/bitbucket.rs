@@ -6,9 +6,10 @@ use hookfold_events::{
 };
 use hookfold_proto::v1::{EntityKind, IncidentEvent, ResolutionReason};
 
-use crate::config::BitbucketRules;
+use crate::config::Rules;
 use crate::dedup_key;
 use crate::output::{Description, Input, first_line};
+use crate::routes::{RouteKind, bitbucket_subject};
 use crate::state::{KeyState, MAX_CLOSED_PULL_REQUESTS, MAX_MERGED_BRANCHES, RepoState};
 
 /// Whether two commit hashes name the same commit: Bitbucket sends 12-character short
@@ -68,17 +69,38 @@ fn remember_closed(repo: &mut RepoState, id: u64) {
     }
 }
 
+/// The branch a pull request merges from, when it is in the same repository (a fork's
+/// branch has its pushes, and their incidents, in the fork).
+fn own_source_branch(event: &PullRequestEvent) -> Option<&str> {
+    let source = event.pull_request.source.as_ref()?;
+    let branch = source.branch.as_deref().filter(|b| !b.is_empty())?;
+    let forked = source
+        .repository
+        .as_ref()
+        .is_some_and(|repository| *repository != event.repository.full_name);
+    (!forked).then_some(branch)
+}
+
 pub(crate) fn apply_pull_request(
     state: &mut KeyState,
     input: &Input<'_>,
     event: &PullRequestEvent,
-    rules: &BitbucketRules,
+    all_rules: &Rules,
     out: &mut Vec<IncidentEvent>,
 ) {
     let source_id = &input.event.source_id;
     let full_name = &event.repository.full_name;
     let routing = entity_key(source_id, Entity::Repo(full_name));
     let pr = &event.pull_request;
+    let source_branch = pr.source.as_ref().and_then(|s| s.branch.as_deref());
+    let route = all_rules.route(&bitbucket_subject(
+        source_id,
+        RouteKind::PullRequest,
+        full_name,
+        source_branch,
+    ));
+    let input = &input.routed(route);
+    let rules = &*all_rules.bitbucket_under(route);
     let occurred_at = pr.updated_on.unwrap_or(input.event.time);
 
     match event.action {
@@ -128,8 +150,17 @@ pub(crate) fn apply_pull_request(
                 }
                 remember_closed(repo, pr.id);
             }
-            if merged && rules.branches {
-                resolve_merged_branch(repo, input, event, occurred_at, out);
+            if merged && let Some(branch) = own_source_branch(event) {
+                // The branch's incident is under the branch's route.
+                let route = all_rules.route(&bitbucket_subject(
+                    source_id,
+                    RouteKind::Branch,
+                    full_name,
+                    Some(branch),
+                ));
+                if all_rules.bitbucket_under(route).branches {
+                    resolve_merged_branch(repo, input, event, branch, occurred_at, out);
+                }
             }
             if *repo == RepoState::default() {
                 state.repos.remove(&routing);
@@ -146,22 +177,13 @@ fn resolve_merged_branch(
     repo: &mut RepoState,
     input: &Input<'_>,
     event: &PullRequestEvent,
+    branch: &str,
     occurred_at: time::OffsetDateTime,
     out: &mut Vec<IncidentEvent>,
 ) {
     let Some(source) = &event.pull_request.source else {
         return;
     };
-    let Some(branch) = source.branch.as_deref().filter(|b| !b.is_empty()) else {
-        return;
-    };
-    if source
-        .repository
-        .as_ref()
-        .is_some_and(|repository| *repository != event.repository.full_name)
-    {
-        return;
-    }
     if let Some(commit) = source.commit.as_deref().filter(|c| !c.is_empty()) {
         let merged_head = (branch.to_owned(), commit.to_owned());
         if !repo.merged_heads.contains(&merged_head) {
@@ -226,19 +248,28 @@ pub(crate) fn apply_push(
     state: &mut KeyState,
     input: &Input<'_>,
     event: &PushEvent,
-    rules: &BitbucketRules,
+    all_rules: &Rules,
     out: &mut Vec<IncidentEvent>,
 ) {
-    if !rules.branches {
-        return;
-    }
     let source_id = &input.event.source_id;
     let full_name = &event.repository.full_name;
     let routing = entity_key(source_id, Entity::Repo(full_name));
     for change in &event.changes {
         // Deletions (no `new`) and tags change nothing.
         let Some(new) = &change.new else { continue };
-        if new.kind != RefKind::Branch || new.name.is_empty() || !rules.branch_included(&new.name) {
+        if new.kind != RefKind::Branch || new.name.is_empty() {
+            continue;
+        }
+        // Each branch pushed has a route of its own.
+        let route = all_rules.route(&bitbucket_subject(
+            source_id,
+            RouteKind::Branch,
+            full_name,
+            Some(&new.name),
+        ));
+        let input = &input.routed(route);
+        let rules = &*all_rules.bitbucket_under(route);
+        if !rules.branches || !rules.branch_included(&new.name) {
             continue;
         }
         let branch = &new.name;

@@ -39,6 +39,7 @@ use hookfold_proto::v1::Severity;
 use serde::{Deserialize, Serialize};
 
 use crate::glob;
+use crate::routes::{self, Route, RouteError};
 
 /// All incident rules.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -52,6 +53,9 @@ pub struct Rules {
     pub builds: BuildRules,
     pub agents: AgentRules,
     pub bitbucket: BitbucketRules,
+    /// `[[rules.routes]]`: policy per pipeline, queue or repository over the sections
+    /// above, first match wins ([`crate::routes`]). Default none.
+    pub routes: Vec<Route>,
 }
 
 impl Default for Rules {
@@ -61,6 +65,7 @@ impl Default for Rules {
             builds: BuildRules::default(),
             agents: AgentRules::default(),
             bitbucket: BitbucketRules::default(),
+            routes: Vec::new(),
         }
     }
 }
@@ -272,6 +277,8 @@ pub enum RulesError {
     ZeroResolveAfter,
     #[error("rules.agents.{0}: {1:?} is beyond what a timestamp can hold")]
     DurationTooLong(&'static str, Duration),
+    #[error(transparent)]
+    Route(Box<RouteError>),
 }
 
 impl Rules {
@@ -279,6 +286,12 @@ impl Rules {
     /// the rules; with invalid ones it does what docs/RULES.md says (e.g. `agent.connected`
     /// resolves even if listed in `open_on`).
     pub fn validate(&self) -> Result<(), RulesError> {
+        self.validate_sections()?;
+        routes::validate(&self.routes, self).map_err(|e| RulesError::Route(Box::new(e)))
+    }
+
+    /// [`Rules::validate`] without the routes (which it checks with each route's options).
+    pub(crate) fn validate_sections(&self) -> Result<(), RulesError> {
         for name in &self.agents.open_on {
             match name.as_str() {
                 "agent.connected" => return Err(RulesError::ConnectedOpens),

@@ -62,7 +62,7 @@ pub fn fold<S: States>(
     };
     let mut outputs = Vec::new();
     if clock.advance(StoredTime::from(time)) {
-        fire_due(clock, states, rules, &mut outputs)?;
+        fire_due(clock, states, &mut outputs)?;
     }
     if let Record::Webhook { key, event } = record {
         let state = states.state(key)?;
@@ -72,7 +72,7 @@ pub fn fold<S: States>(
         outputs.extend(events);
         let after = state.deadlines();
         clock.reschedule(key, &before, &after);
-        fire_due(clock, states, rules, &mut outputs)?;
+        fire_due(clock, states, &mut outputs)?;
     }
     Ok(outputs)
 }
@@ -81,14 +81,13 @@ pub fn fold<S: States>(
 fn fire_due<S: States>(
     clock: &mut PartitionClock,
     states: &mut S,
-    rules: &Rules,
     outputs: &mut Vec<IncidentEvent>,
 ) -> Result<(), S::Error> {
     let now = clock.now();
     while let Some(key) = clock.pop_due() {
         let state = states.state(&key)?;
         let before = state.deadlines();
-        agents::fire(state, now, &rules.agents, outputs);
+        agents::fire(state, now, outputs);
         // `fire` leaves nothing due; the filter only keeps a broken state from firing the
         // same key forever.
         let after: Vec<StoredTime> = state

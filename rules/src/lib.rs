@@ -14,7 +14,8 @@
 //! Modules: [`fold`] (one record: the clock, the timers, the key's state), [`state`] (the
 //! per-key state), [`clock`] (the partition's time and timers), [`config`] (the rules'
 //! settings), and the rules of each entity: `builds`, `agents`, `bitbucket`; `output`
-//! builds incident events and their ids, `glob` the branch patterns.
+//! builds incident events and their ids, `glob` the branch patterns; [`routes`] the
+//! `[[rules.routes]]` configuration and matching (not yet used by the fold).
 
 mod agents;
 mod bitbucket;
@@ -24,6 +25,7 @@ pub mod config;
 pub mod fold;
 mod glob;
 mod output;
+pub mod routes;
 pub mod state;
 
 use hookfold_events::{EventBody, WebhookEvent};
@@ -39,6 +41,7 @@ pub use config::{
 };
 pub use fold::{Record, States, fold};
 pub use glob::matches as branch_pattern_matches;
+pub use routes::{Route, RouteKind, Subject};
 pub use state::{KeyState, OpenIncidentView, STATE_FORMAT_VERSION};
 
 /// Where the webhook record being applied came from; copied into every output's `cause`.
@@ -71,27 +74,48 @@ pub fn apply(
     }
     state.seen.insert(&event.id, rules.dedup_window);
 
-    let input = output::Input { event, cause };
+    let input = output::Input {
+        event,
+        cause,
+        route: None,
+    };
+    let source_id = event.source_id.as_str();
     let mut outputs = Vec::new();
     match &event.body {
         EventBody::Build(build) => {
-            builds::apply_build(&mut state, &input, build, &rules.builds, &mut outputs)
+            let route = rules.route(&routes::build_subject(
+                source_id,
+                &build.pipeline,
+                &build.build,
+            ));
+            let input = input.routed(route);
+            let builds = rules.builds_under(route);
+            builds::apply_build(&mut state, &input, build, &builds, &mut outputs)
         }
         EventBody::Job(job) => {
-            builds::apply_job(&mut state, &input, job, &rules.builds, &mut outputs)
+            let route = rules.route(&routes::build_subject(source_id, &job.pipeline, &job.build));
+            let input = input.routed(route);
+            let builds = rules.builds_under(route);
+            builds::apply_job(&mut state, &input, job, &builds, &mut outputs)
         }
         EventBody::Agent(agent) => {
-            agents::apply_agent(&mut state, &input, agent, &rules.agents, &mut outputs)
+            let route = rules.route(&routes::Subject {
+                source_id,
+                kind: routes::RouteKind::Agent,
+                pipeline: None,
+                branch: None,
+                repository: None,
+                agent_meta: &agent.agent.meta_data,
+            });
+            let input = input.routed(route);
+            let agents = rules.agents_under(route);
+            agents::apply_agent(&mut state, &input, agent, &agents, &mut outputs)
         }
-        EventBody::PullRequest(pull_request) => bitbucket::apply_pull_request(
-            &mut state,
-            &input,
-            pull_request,
-            &rules.bitbucket,
-            &mut outputs,
-        ),
+        EventBody::PullRequest(pull_request) => {
+            bitbucket::apply_pull_request(&mut state, &input, pull_request, rules, &mut outputs)
+        }
         EventBody::Push(push) => {
-            bitbucket::apply_push(&mut state, &input, push, &rules.bitbucket, &mut outputs)
+            bitbucket::apply_push(&mut state, &input, push, rules, &mut outputs)
         }
         EventBody::Ping | EventBody::Unknown => {}
     }

@@ -12,7 +12,8 @@ use time::OffsetDateTime;
 
 use crate::Cause;
 use crate::config::SeverityLevel;
-use crate::state::{OpenIncident, StoredTime};
+use crate::routes::Route;
+use crate::state::{OpenIncident, RouteTag, StoredTime};
 
 /// Lower-case hex of the first 128 bits of SHA-256 over `parts`, each followed by a NUL
 /// (no part contains NUL where it matters, so the concatenation is unambiguous).
@@ -89,12 +90,20 @@ impl Description {
 }
 
 /// The webhook being applied, with what every output of it needs.
+#[derive(Clone, Copy)]
 pub(crate) struct Input<'a> {
     pub(crate) event: &'a WebhookEvent,
     pub(crate) cause: &'a Cause,
+    /// The route of the entity the outputs are about (`routes::route_for`).
+    pub(crate) route: Option<&'a Route>,
 }
 
-impl Input<'_> {
+impl<'a> Input<'a> {
+    /// The same webhook, for an entity of `route`.
+    pub(crate) fn routed(self, route: Option<&'a Route>) -> Self {
+        Self { route, ..self }
+    }
+
     /// Who the outputs of this webhook are by.
     pub(crate) fn by(&self) -> By<'_> {
         By {
@@ -103,6 +112,7 @@ impl Input<'_> {
             event_name: &self.event.name,
             ce_type: self.event.ce_type(),
             cause: self.cause,
+            route: self.route,
         }
     }
 
@@ -139,6 +149,7 @@ impl Origin {
             event_name: &self.event_name,
             ce_type: self.ce_type.clone(),
             cause: &self.cause,
+            route: None,
         }
     }
 }
@@ -150,11 +161,13 @@ pub(crate) struct By<'a> {
     event_name: &'a str,
     ce_type: String,
     cause: &'a Cause,
+    /// The route a new incident opens under (an existing one keeps its own).
+    route: Option<&'a Route>,
 }
 
 impl By<'_> {
-    /// Opens a new incident on `dedup_key` at `occurred_at` and returns it with its
-    /// CREATED event.
+    /// Opens a new incident on `dedup_key` at `occurred_at`, under the webhook's route, and
+    /// returns it with its CREATED event.
     pub(crate) fn create(
         &self,
         dedup_key: String,
@@ -168,6 +181,10 @@ impl By<'_> {
             created_at: StoredTime::from(occurred_at),
             sequence: 0,
             severity,
+            route: self.route.map(|route| RouteTag {
+                name: route.name.clone(),
+                labels: route.labels.clone(),
+            }),
         };
         let event = self.emit(&open, Transition::Created, occurred_at, description, None);
         (open, event)
@@ -242,6 +259,16 @@ impl By<'_> {
                 ce_id: self.cause.ce_id.clone(),
                 ce_type: self.ce_type.clone(),
             }),
+            labels: open
+                .route
+                .as_ref()
+                .map(|route| route.labels.clone().into_iter().collect())
+                .unwrap_or_default(),
+            route: open
+                .route
+                .as_ref()
+                .map(|route| route.name.clone())
+                .unwrap_or_default(),
         }
     }
 }

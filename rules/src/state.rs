@@ -20,8 +20,9 @@ use crate::output::Origin;
 /// processor should store this next to every encoded state and rebuild (replay the webhook
 /// topic for) any state written with another version.
 ///
-/// Version 2 added agent grace periods and expiry, and the build failure count.
-pub const STATE_FORMAT_VERSION: u32 = 2;
+/// Version 2 added agent grace periods and expiry, and the build failure count; version 3
+/// an open incident's route (its name and labels) and a pending agent incident's expiry.
+pub const STATE_FORMAT_VERSION: u32 = 3;
 
 /// Most failed jobs remembered per build scope (the oldest build's go first).
 pub(crate) const MAX_FAILED_JOBS: usize = 64;
@@ -194,6 +195,15 @@ pub(crate) struct OpenIncident {
     /// Sequence number of the last event emitted for it.
     pub(crate) sequence: u32,
     pub(crate) severity: SeverityLevel,
+    /// The route it opened under: every later event of it carries the same.
+    pub(crate) route: Option<RouteTag>,
+}
+
+/// A route's name and labels, as an incident keeps them.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct RouteTag {
+    pub(crate) name: String,
+    pub(crate) labels: BTreeMap<String, String>,
 }
 
 impl OpenIncident {
@@ -280,6 +290,8 @@ pub(crate) struct PendingIncident {
     pub(crate) created: Vec<u8>,
     /// The opening webhook (for an expiry once it is created).
     pub(crate) origin: Origin,
+    /// How long after its creation the incident expires (its route's `resolve_after`).
+    pub(crate) resolve_after: Option<std::time::Duration>,
 }
 
 /// When an open incident is resolved as EXPIRED.

@@ -484,7 +484,7 @@ fn state_round_trips_through_binary_and_text_codecs() {
         let back: KeyState = serde_json::from_str(&text).unwrap();
         assert_eq!(&back, state, "{key}");
     }
-    assert_eq!(STATE_FORMAT_VERSION, 2);
+    assert_eq!(STATE_FORMAT_VERSION, 3);
 }
 
 #[test]

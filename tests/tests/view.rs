@@ -21,10 +21,24 @@ async fn start_processor(t: &Topics, broker: &Broker, dir: &std::path::Path) -> 
     t.processor(broker, dir)
         .with_ticks()
         .without_grace()
+        .extra(ROUTES)
         .start()
         .await
         .unwrap()
 }
+
+/// Two teams: the pipelines `pipeline-1*` are platform's, the agents ci-infra's.
+const ROUTES: &str = r#"
+[[rules.routes]]
+name = "platform"
+pipelines = ["pipeline-1*"]
+labels = { team = "platform", service = "ci" }
+
+[[rules.routes]]
+name = "fleet"
+kinds = ["agent"]
+labels = { team = "ci-infra" }
+"#;
 
 fn keys(listed: &Value) -> Vec<String> {
     listed
@@ -119,6 +133,75 @@ async fn the_api_agrees_with_the_incident_topic_and_gives_the_history_in_order()
         .await
         .unwrap();
     assert_eq!(keys(&none), Vec::<String>::new());
+    // By label: each team's incidents, as their routes say (and `incidents --label`).
+    for (team, route) in [("platform", "platform"), ("ci-infra", "fleet")] {
+        let owned: Vec<String> = expected
+            .iter()
+            .filter(|e| e.labels.get("team").map(String::as_str) == Some(team))
+            .map(|e| e.dedup_key.clone())
+            .collect();
+        assert!(!owned.is_empty(), "{team} owns nothing open");
+        assert!(
+            expected
+                .iter()
+                .filter(|e| owned.contains(&e.dedup_key))
+                .all(|e| e.route == route)
+        );
+        let (_, by_label) = view
+            .get_json(&format!("/api/incidents?label=team={team}"))
+            .await
+            .unwrap();
+        assert_eq!(keys(&by_label), owned, "{team}");
+        assert_eq!(
+            processor
+                .listed_incidents(&["--label", &format!("team={team}")])
+                .unwrap(),
+            owned
+        );
+        // The page with the same query: its rows are the team's, with their labels shown.
+        let page = reqwest::get(format!("{}/?label=team={team}", view.url))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        let rows: Vec<&str> = page
+            .split("data-dedup-key=\"")
+            .skip(1)
+            .filter_map(|row| row.split('"').next())
+            .collect();
+        assert_eq!(rows, owned, "{team}");
+        assert!(page.contains(&format!("team={team}")), "{team}");
+    }
+    // Agents are ci-infra's, platform's pipelines are those the route names, the rest no one's.
+    for event in &expected {
+        let kind = event.entity.as_ref().map(|e| e.kind);
+        let team = event.labels.get("team").map(String::as_str);
+        let platform = event.dedup_key.contains("/pipeline/pipeline-1");
+        match (kind == Some(agent_kind), platform) {
+            (true, _) => assert_eq!(team, Some("ci-infra"), "{}", event.dedup_key),
+            (false, true) => assert_eq!(team, Some("platform"), "{}", event.dedup_key),
+            (false, false) => assert!(event.labels.is_empty(), "{}", event.dedup_key),
+        }
+    }
+    let (_, both) = view
+        .get_json("/api/incidents?label=team=platform,service=ci")
+        .await
+        .unwrap();
+    let (_, platform) = view
+        .get_json("/api/incidents?label=team=platform")
+        .await
+        .unwrap();
+    assert_eq!(keys(&both), keys(&platform));
+    let (_, nobody) = view
+        .get_json("/api/incidents?label=team=platform,service=other")
+        .await
+        .unwrap();
+    assert!(keys(&nobody).is_empty());
+    let (status, refused) = view.get_json("/api/incidents?label=team").await.unwrap();
+    assert_eq!(status, 400);
+    assert!(refused["error"].as_str().unwrap().contains("label=value"));
+
     let (status, refused) = view.get_json("/api/incidents?kind=build").await.unwrap();
     assert_eq!(status, 400);
     assert!(

@@ -1,0 +1,273 @@
+//! `hookfold-processor routes`: which route an entity gets and the options it then has, as
+//! Alertmanager's `amtool config routes test` answers for its route tree. Pure: the same
+//! `Rules::route` the fold uses, on a subject built from the command line.
+
+use hookfold_rules::{RouteKind, Rules, Subject};
+use serde_json::{Value, json};
+
+/// An entity described on the command line (`routes`' flags).
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct RouteQuery {
+    /// The webhook's source id (the gateway's [[sources]] id).
+    #[arg(long, default_value = "")]
+    pub source: String,
+    /// build, agent, pull_request or branch; default: agent with --agent-meta, build with
+    /// --pipeline.
+    #[arg(long, value_parser = parse_route_kind)]
+    pub kind: Option<RouteKind>,
+    /// A Buildkite pipeline's slug.
+    #[arg(long)]
+    pub pipeline: Option<String>,
+    #[arg(long)]
+    pub branch: Option<String>,
+    /// A pipeline's repository URL or a Bitbucket repository's full name.
+    #[arg(long)]
+    pub repository: Option<String>,
+    /// One of the agent's meta-data, key=value (repeatable).
+    #[arg(long = "agent-meta")]
+    pub agent_meta: Vec<String>,
+}
+
+/// `build`, `agent`, `pull_request` (or `pull-request`), `branch`.
+pub fn parse_route_kind(text: &str) -> Result<RouteKind, String> {
+    let name = text.trim().replace('-', "_");
+    RouteKind::ALL
+        .into_iter()
+        .find(|kind| kind.as_str() == name)
+        .ok_or_else(|| format!("{text:?} is not build, agent, pull_request or branch"))
+}
+
+/// The answer: the route (or none), its labels, and the effective options of the kind.
+pub fn explain(rules: &Rules, query: &RouteQuery) -> Result<Value, String> {
+    let kind = match query.kind {
+        Some(kind) => kind,
+        None if !query.agent_meta.is_empty() => RouteKind::Agent,
+        None if query.pipeline.is_some() => RouteKind::Build,
+        None => return Err("say which kind of entity with --kind (build, agent, pull_request, branch), or give --pipeline or --agent-meta".into()),
+    };
+    let subject = Subject {
+        source_id: &query.source,
+        kind,
+        pipeline: query.pipeline.as_deref(),
+        branch: query.branch.as_deref(),
+        repository: query.repository.as_deref(),
+        agent_meta: &query.agent_meta,
+    };
+    let route = rules.route(&subject);
+    let position = route.and_then(|r| rules.routes.iter().position(|x| x.name == r.name));
+    let (section, options) = match kind {
+        RouteKind::Build => ("builds", serde_json::to_value(&*rules.builds_under(route))),
+        RouteKind::Agent => ("agents", serde_json::to_value(&*rules.agents_under(route))),
+        RouteKind::PullRequest | RouteKind::Branch => (
+            "bitbucket",
+            serde_json::to_value(&*rules.bitbucket_under(route)),
+        ),
+    };
+    Ok(json!({
+        "kind": kind.as_str(),
+        "route": route.map(|r| r.name.clone()),
+        "position": position.map(|p| p + 1),
+        "routes": rules.routes.len(),
+        "labels": route.map(|r| r.labels.clone()).unwrap_or_default(),
+        "section": section,
+        "options": options.map_err(|e| e.to_string())?,
+    }))
+}
+
+/// The answer for people: the route, its labels, then the options as TOML-like lines.
+pub fn human(answer: &Value) -> String {
+    let mut out = match (answer["route"].as_str(), answer["position"].as_u64()) {
+        (Some(route), Some(position)) => format!(
+            "route: {route} (the {} of {} routes)\n",
+            ordinal(position),
+            answer["routes"]
+        ),
+        _ => format!(
+            "route: none of the {} routes matches: the [rules.*] sections apply\n",
+            answer["routes"]
+        ),
+    };
+    let labels: Vec<String> = answer["labels"]
+        .as_object()
+        .map(|labels| {
+            labels
+                .iter()
+                .map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or_default()))
+                .collect()
+        })
+        .unwrap_or_default();
+    out.push_str(&format!(
+        "labels: {}\n",
+        if labels.is_empty() {
+            "(none)".to_owned()
+        } else {
+            labels.join(" ")
+        }
+    ));
+    out.push_str(&format!(
+        "\n[rules.{}] for this {}:\n",
+        answer["section"].as_str().unwrap_or_default(),
+        answer["kind"].as_str().unwrap_or_default()
+    ));
+    if let Some(options) = answer["options"].as_object() {
+        for (key, value) in options {
+            out.push_str(&format!("{key} = {value}\n"));
+        }
+    }
+    out
+}
+
+fn ordinal(n: u64) -> String {
+    let suffix = match (n % 10, n % 100) {
+        (_, 11..=13) => "th",
+        (1, _) => "st",
+        (2, _) => "nd",
+        (3, _) => "rd",
+        _ => "th",
+    };
+    format!("{n}{suffix}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The routes of rules' tests (payments, spot-fleet, docs, web-experiments, web).
+    const ORG: &str = include_str!("../../rules/tests/fixtures/routes.toml");
+
+    fn query(args: &[(&str, &str)]) -> RouteQuery {
+        let mut q = RouteQuery {
+            source: "buildkite-acme".into(),
+            ..RouteQuery::default()
+        };
+        for (flag, value) in args {
+            match *flag {
+                "source" => q.source = value.to_string(),
+                "kind" => q.kind = Some(parse_route_kind(value).unwrap()),
+                "pipeline" => q.pipeline = Some(value.to_string()),
+                "branch" => q.branch = Some(value.to_string()),
+                "repository" => q.repository = Some(value.to_string()),
+                "agent-meta" => q.agent_meta.push(value.to_string()),
+                _ => unreachable!("{flag}"),
+            }
+        }
+        q
+    }
+
+    /// Flags, the route expected, an option and its value expected.
+    type Case = (
+        &'static [(&'static str, &'static str)],
+        Option<&'static str>,
+        &'static str,
+        Value,
+    );
+
+    /// Ten sample entities of an org and the route and one option each gets.
+    #[test]
+    fn ten_sample_entities_get_the_route_and_options_they_should() {
+        let rules: Rules = toml::from_str(ORG).unwrap();
+        rules.validate().unwrap();
+        let cases: [Case; 10] = [
+            (
+                &[("pipeline", "payments-api"), ("branch", "main")],
+                Some("payments"),
+                "open_after_failures",
+                json!(2),
+            ),
+            (
+                &[("pipeline", "payments-api"), ("branch", "main")],
+                Some("payments"),
+                "default_severity",
+                json!("critical"),
+            ),
+            (
+                &[("pipeline", "payments-api"), ("branch", "release/3")],
+                Some("payments"),
+                "open_after_failures",
+                json!(2),
+            ),
+            (
+                &[("pipeline", "payments-api"), ("branch", "feature/x")],
+                None,
+                "open_after_failures",
+                json!(1),
+            ),
+            (
+                &[("pipeline", "docs-site"), ("branch", "main")],
+                Some("docs"),
+                "enabled",
+                json!(false),
+            ),
+            (
+                &[("pipeline", "search"), ("branch", "main")],
+                None,
+                "default_severity",
+                json!("error"),
+            ),
+            (
+                &[("agent-meta", "queue=spot-a"), ("agent-meta", "os=linux")],
+                Some("spot-fleet"),
+                "grace",
+                json!("0s"),
+            ),
+            (&[("agent-meta", "queue=metal")], None, "grace", json!("5m")),
+            (
+                &[
+                    ("source", "bitbucket-acme"),
+                    ("kind", "pull-request"),
+                    ("repository", "acme/web"),
+                ],
+                Some("web"),
+                "pull_request_severity",
+                json!("info"),
+            ),
+            (
+                &[
+                    ("kind", "branch"),
+                    ("repository", "acme/web"),
+                    ("branch", "experiment/b"),
+                ],
+                Some("web-experiments"),
+                "branches",
+                json!(false),
+            ),
+        ];
+        for (args, route, option, value) in cases {
+            let answer = explain(&rules, &query(args)).unwrap();
+            assert_eq!(answer["route"].as_str(), route, "{args:?}");
+            assert_eq!(answer["options"][option], value, "{args:?}: {option}");
+        }
+        let payments = explain(
+            &rules,
+            &query(&[("pipeline", "payments-api"), ("branch", "main")]),
+        )
+        .unwrap();
+        let text = human(&payments);
+        assert!(
+            text.starts_with("route: payments (the 1st of 5 routes)\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("labels: service=payments-api team=payments\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("[rules.builds] for this build:\n")
+                && text.contains("\nopen_after_failures = 2\n"),
+            "{text}"
+        );
+        let none = explain(&rules, &query(&[("pipeline", "search")])).unwrap();
+        assert!(human(&none).starts_with("route: none of the 5 routes matches"));
+    }
+
+    #[test]
+    fn an_entity_of_no_kind_is_refused() {
+        let rules = Rules::default();
+        assert!(
+            explain(&rules, &query(&[("branch", "main")]))
+                .unwrap_err()
+                .contains("--kind")
+        );
+        assert!(parse_route_kind("test").is_err());
+    }
+}
