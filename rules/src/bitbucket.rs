@@ -2,7 +2,8 @@
 //! branch is an incident until a pull request from it is merged.
 
 use hookfold_events::{
-    Entity, PullRequestAction, PullRequestEvent, PushEvent, RefChange, RefKind, entity_key,
+    Endpoint, Entity, PullRequestAction, PullRequestEvent, PushEvent, RefChange, RefKind,
+    entity_key,
 };
 use hookfold_proto::v1::{EntityKind, IncidentEvent, ResolutionReason};
 
@@ -69,16 +70,16 @@ fn remember_closed(repo: &mut RepoState, id: u64) {
     }
 }
 
-/// The branch a pull request merges from, when it is in the same repository (a fork's
-/// branch has its pushes, and their incidents, in the fork).
-fn own_source_branch(event: &PullRequestEvent) -> Option<&str> {
+/// The source of a pull request and its branch, when the branch is in the same repository
+/// (a fork's branch has its pushes, and their incidents, in the fork).
+fn own_source_branch(event: &PullRequestEvent) -> Option<(&Endpoint, &str)> {
     let source = event.pull_request.source.as_ref()?;
     let branch = source.branch.as_deref().filter(|b| !b.is_empty())?;
     let forked = source
         .repository
         .as_ref()
         .is_some_and(|repository| *repository != event.repository.full_name);
-    (!forked).then_some(branch)
+    (!forked).then_some((source, branch))
 }
 
 pub(crate) fn apply_pull_request(
@@ -150,7 +151,7 @@ pub(crate) fn apply_pull_request(
                 }
                 remember_closed(repo, pr.id);
             }
-            if merged && let Some(branch) = own_source_branch(event) {
+            if merged && let Some((source, branch)) = own_source_branch(event) {
                 // The branch's incident is under the branch's route.
                 let route = all_rules.route(&bitbucket_subject(
                     source_id,
@@ -159,7 +160,7 @@ pub(crate) fn apply_pull_request(
                     Some(branch),
                 ));
                 if all_rules.bitbucket_under(route).branches {
-                    resolve_merged_branch(repo, input, event, branch, occurred_at, out);
+                    resolve_merged_branch(repo, input, event, source, branch, occurred_at, out);
                 }
             }
             if *repo == RepoState::default() {
@@ -171,19 +172,17 @@ pub(crate) fn apply_pull_request(
 }
 
 /// Resolves the incident of a merged pull request's source branch, and remembers the merged
-/// head so a late push of it does not reopen one. A pull request from a fork (its source
-/// repository differs) has its branch in the fork, whose pushes have their own routing key.
+/// head so a late push of it does not reopen one. Only for a branch of the same repository
+/// ([`own_source_branch`]): a fork's branch has its pushes under the fork's routing key.
 fn resolve_merged_branch(
     repo: &mut RepoState,
     input: &Input<'_>,
     event: &PullRequestEvent,
+    source: &Endpoint,
     branch: &str,
     occurred_at: time::OffsetDateTime,
     out: &mut Vec<IncidentEvent>,
 ) {
-    let Some(source) = &event.pull_request.source else {
-        return;
-    };
     if let Some(commit) = source.commit.as_deref().filter(|c| !c.is_empty()) {
         let merged_head = (branch.to_owned(), commit.to_owned());
         if !repo.merged_heads.contains(&merged_head) {

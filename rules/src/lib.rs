@@ -15,7 +15,7 @@
 //! per-key state), [`clock`] (the partition's time and timers), [`config`] (the rules'
 //! settings), and the rules of each entity: `builds`, `agents`, `bitbucket`; `output`
 //! builds incident events and their ids, `glob` the branch patterns; [`routes`] the
-//! `[[rules.routes]]` configuration and matching (not yet used by the fold).
+//! `[[rules.routes]]` configuration and which route an entity gets.
 
 mod agents;
 mod bitbucket;
@@ -99,14 +99,7 @@ pub fn apply(
             builds::apply_job(&mut state, &input, job, &builds, &mut outputs)
         }
         EventBody::Agent(agent) => {
-            let route = rules.route(&routes::Subject {
-                source_id,
-                kind: routes::RouteKind::Agent,
-                pipeline: None,
-                branch: None,
-                repository: None,
-                agent_meta: &agent.agent.meta_data,
-            });
+            let route = rules.route(&routes::agent_subject(source_id, &agent.agent));
             let input = input.routed(route);
             let agents = rules.agents_under(route);
             agents::apply_agent(&mut state, &input, agent, &agents, &mut outputs)

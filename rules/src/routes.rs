@@ -139,24 +139,26 @@ fn over<T: Clone>(field: &mut T, value: &Option<T>) {
 }
 
 impl Route {
-    /// The kinds the route is for: `kinds` when given, else those its matchers can match
-    /// (a pipeline is a build's; agent meta-data an agent's; a branch or a repository a
-    /// build's or Bitbucket's), else every kind.
-    pub fn kinds(&self) -> BTreeSet<RouteKind> {
+    /// Whether the route is for `kind`: one of `kinds` when given, else a kind its
+    /// matchers can match (a pipeline is a build's; agent meta-data an agent's; a branch or
+    /// a repository a build's or Bitbucket's), else every kind. Asked for every route
+    /// tried on every webhook, so it allocates nothing.
+    pub fn is_for(&self, kind: RouteKind) -> bool {
         if !self.kinds.is_empty() {
-            return self.kinds.iter().copied().collect();
+            return self.kinds.contains(&kind);
         }
-        let mut kinds: BTreeSet<RouteKind> = RouteKind::ALL.into_iter().collect();
-        if !self.pipelines.is_empty() {
-            kinds.retain(|k| *k == RouteKind::Build);
-        }
-        if !self.agent_meta.is_empty() {
-            kinds.retain(|k| *k == RouteKind::Agent);
-        }
-        if !self.branches.is_empty() || !self.repositories.is_empty() {
-            kinds.remove(&RouteKind::Agent);
-        }
-        kinds
+        (self.pipelines.is_empty() || kind == RouteKind::Build)
+            && (self.agent_meta.is_empty() || kind == RouteKind::Agent)
+            && ((self.branches.is_empty() && self.repositories.is_empty())
+                || kind != RouteKind::Agent)
+    }
+
+    /// The kinds the route is for ([`Route::is_for`]).
+    pub fn kinds(&self) -> BTreeSet<RouteKind> {
+        RouteKind::ALL
+            .into_iter()
+            .filter(|kind| self.is_for(*kind))
+            .collect()
     }
 
     /// Whether every matcher the route has matches `subject`.
@@ -164,7 +166,7 @@ impl Route {
         fn field(patterns: &[String], value: Option<&str>) -> bool {
             patterns.is_empty() || value.is_some_and(|v| glob::any_matches(patterns, v))
         }
-        self.kinds().contains(&subject.kind)
+        self.is_for(subject.kind)
             && (self.sources.is_empty() || glob::any_matches(&self.sources, subject.source_id))
             && field(&self.pipelines, subject.pipeline)
             && field(&self.branches, subject.branch)
@@ -263,6 +265,18 @@ pub fn build_subject<'a>(
         branch: Some(&build.branch),
         repository: pipeline.repository.as_deref(),
         agent_meta: &[],
+    }
+}
+
+/// The subject of an agent event: the agent, by its meta-data.
+pub fn agent_subject<'a>(source_id: &'a str, agent: &'a hookfold_events::Agent) -> Subject<'a> {
+    Subject {
+        source_id,
+        kind: RouteKind::Agent,
+        pipeline: None,
+        branch: None,
+        repository: None,
+        agent_meta: &agent.meta_data,
     }
 }
 

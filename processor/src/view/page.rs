@@ -55,13 +55,13 @@ fn row(event: &IncidentEvent) -> String {
         })
         .collect::<Vec<_>>()
         .join(" ");
-    let labels: Vec<String> = event
+    // A protobuf map has no order: sorted, so the page reads the same every time.
+    let mut labels: Vec<String> = event
         .labels
         .iter()
         .map(|(k, v)| format!("{k}={v}"))
-        .collect::<std::collections::BTreeSet<_>>()
-        .into_iter()
         .collect();
+    labels.sort();
     let labels = if labels.is_empty() {
         String::new()
     } else {
