@@ -155,9 +155,10 @@ fn open_now(
     agent.open = Some(open);
 }
 
-/// Fires the agents' timers due at `now` (the partition's watermark): a grace period that
-/// ran out creates its incident, an expiry resolves one. Afterwards no deadline of `state`
-/// is at or before `now`. What a timer does was decided when it was armed (by the route
+/// Fires the agents' timers due at `now` (the deadline being fired; the fold fires the
+/// partition's deadlines one at a time, in order): a grace period that ran out creates its
+/// incident, an expiry resolves one. Afterwards no deadline of `state` is at or before
+/// `now`. What a timer does was decided when it was armed (by the route
 /// of that time), so it needs no rules now.
 pub(crate) fn fire(state: &mut KeyState, now: StoredTime, out: &mut Vec<IncidentEvent>) {
     for (routing, agent) in &mut state.agents {

@@ -167,10 +167,6 @@ impl PartitionClock {
             .map(|(deadline, _)| deadline.to_offset_date_time())
     }
 
-    pub(crate) fn now(&self) -> StoredTime {
-        self.watermark.unwrap_or_default()
-    }
-
     /// Moves the watermark to `time` if that is later; returns whether it moved.
     pub(crate) fn advance(&mut self, time: StoredTime) -> bool {
         if self.watermark.is_some_and(|watermark| watermark >= time) {
@@ -207,8 +203,8 @@ impl PartitionClock {
     }
 
     /// Takes the earliest timer that is due (deadline at or before the watermark) out of the
-    /// index and returns its key.
-    pub(crate) fn pop_due(&mut self) -> Option<Vec<u8>> {
+    /// index and returns its deadline and key.
+    pub(crate) fn pop_due(&mut self) -> Option<(StoredTime, Vec<u8>)> {
         let now = self.watermark?;
         let (deadline, _) = self.timers.first()?;
         if *deadline > now {
@@ -216,7 +212,7 @@ impl PartitionClock {
         }
         let timer = self.timers.first().cloned()?;
         self.remove(timer.clone());
-        Some(timer.1)
+        Some(timer)
     }
 }
 
@@ -279,7 +275,7 @@ mod tests {
         assert_eq!((loaded.clone(), skipped), (clock.clone(), 0));
         // A timer that fires is deleted.
         clock.advance(at(160, 0));
-        assert_eq!(clock.pop_due(), Some(b"b".to_vec()));
+        assert_eq!(clock.pop_due(), Some((at(150, 0), b"b".to_vec())));
         let writes = clock.take_changes();
         assert!(writes.contains(&ClockWrite::Timer {
             key: timer_key(at(150, 0), b"b"),

@@ -77,23 +77,24 @@ pub fn fold<S: States>(
     Ok(outputs)
 }
 
-/// Fires every timer at or before the watermark.
+/// Fires every timer at or before the watermark, one deadline at a time in deadline order
+/// (ties by key): a key with two deadlines passed at once (an agent's grace, then its
+/// expiry) fires the second only after the other keys' earlier ones.
 fn fire_due<S: States>(
     clock: &mut PartitionClock,
     states: &mut S,
     outputs: &mut Vec<IncidentEvent>,
 ) -> Result<(), S::Error> {
-    let now = clock.now();
-    while let Some(key) = clock.pop_due() {
+    while let Some((at, key)) = clock.pop_due() {
         let state = states.state(&key)?;
         let before = state.deadlines();
-        agents::fire(state, now, outputs);
-        // `fire` leaves nothing due; the filter only keeps a broken state from firing the
-        // same key forever.
+        agents::fire(state, at, outputs);
+        // `fire` leaves nothing due at `at`; the filter only keeps a broken state from
+        // firing the same key forever.
         let after: Vec<StoredTime> = state
             .deadlines()
             .into_iter()
-            .filter(|deadline| *deadline > now)
+            .filter(|deadline| *deadline > at)
             .collect();
         clock.reschedule(&key, &before, &after);
     }
