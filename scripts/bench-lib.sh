@@ -151,7 +151,7 @@ PY
 run_processor() {
   local name=$1 input=$2 port start end pid
   port=$(free_port)
-  "$BIN/hookfold-dev" topics "$RUN.$name.incidents:$PARTITIONS" "$RUN.$name.incidents.open:$PARTITIONS:compact" "$RUN.$name.group.state:$PARTITIONS:compact" >/dev/null 2>&1
+  "$BIN/hookfold-dev" topics "$RUN.$name.incidents:$PARTITIONS" "$RUN.$name.incidents.open:$PARTITIONS:compact" "$RUN.$name.group.state:$PARTITIONS:compact" "$RUN.$name.group.groups:$PARTITIONS" >/dev/null 2>&1
   cat >"$WORK/$name.toml" <<TOML
 state_dir = "$WORK/$name-state"
 metrics_listen = "127.0.0.1:$port"
@@ -167,7 +167,10 @@ TOML
   start=$(date +%s.%N)
   RUST_LOG=warn "$BIN/hookfold-processor" --config "$WORK/$name.toml" >"$P_LOG" 2>&1 &
   pid=$!; PIDS+=($pid)
-  "$BIN/hookfold-dev" wait-processed --topic "$input" --metrics "http://127.0.0.1:$port/metrics" --timeout-secs 1800 >&2
+  # With grouped routes, done once the group stages have folded what the input gave too.
+  local groups=()
+  case "${3:-}" in *group_by*) groups=(--groups-topic "$RUN.$name.group.groups") ;; esac
+  "$BIN/hookfold-dev" wait-processed --topic "$input" --metrics "http://127.0.0.1:$port/metrics" --timeout-secs 1800 "${groups[@]}" >&2
   end=$(date +%s.%N)
   P_CPU=$(cpu_end "processor=$(ticks_to_s "$(ticks "$pid")")")
   P_HWM_KB=$(awk '/VmHWM/ {print $2}' "/proc/$pid/status")

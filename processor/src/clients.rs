@@ -64,6 +64,7 @@ pub fn new_engine(
         output: config.kafka.output_topic.clone(),
         changelog: config.kafka.changelog_topic(),
         open_incidents: config.kafka.open_incidents_topic(),
+        groups: config.kafka.groups_topic(),
     };
     let ack_timeout = config.kafka.ack_timeout;
     let producer = match guarantee {

@@ -35,6 +35,8 @@ e.g. HOOKFOLD_KAFKA__BOOTSTRAP_SERVERS=10.0.0.5:9092, HOOKFOLD_STATE_DIR=/var/li
   changelog_topic = "<group_id>.state" compacted, one partition per input partition
   open_incidents_topic = "<output_topic>.open"  compacted: the latest event of every open
                                       incident by dedup key, a tombstone once resolved
+  groups_topic = "<group_id>.groups"  the members of grouped routes, keyed by group, one
+                                      partition per input partition (rules.routes group_by)
   instance_id = "processor-0"         optional static membership (group.instance.id): a
                                       restarted instance keeps its partitions, no rebalance
   ack_timeout = "120s"                outputs not acked within this: exit with an error
@@ -131,6 +133,8 @@ pub struct KafkaConfig {
     pub changelog_topic: Option<String>,
     /// The compacted table of open incidents (default `<output_topic>.open`).
     pub open_incidents_topic: Option<String>,
+    /// The repartition topic of grouped routes (default `<group_id>.groups`).
+    pub groups_topic: Option<String>,
     /// `group.instance.id`: static group membership. A restarted instance with the same id
     /// gets its partitions back without a rebalance (e.g. the StatefulSet pod name).
     pub instance_id: Option<String>,
@@ -152,6 +156,7 @@ impl Default for KafkaConfig {
             output_topic: "hookfold.incidents".into(),
             group_id: "hookfold-processor".into(),
             changelog_topic: None,
+            groups_topic: None,
             open_incidents_topic: None,
             instance_id: None,
             ack_timeout: Duration::from_secs(120),
@@ -167,6 +172,13 @@ impl KafkaConfig {
         self.changelog_topic
             .clone()
             .unwrap_or_else(|| format!("{}.state", self.group_id))
+    }
+
+    /// The groups' repartition topic: `groups_topic`, else `<group_id>.groups`.
+    pub fn groups_topic(&self) -> String {
+        self.groups_topic
+            .clone()
+            .unwrap_or_else(|| format!("{}.groups", self.group_id))
     }
 
     /// The open-incident table: `open_incidents_topic`, else `<output_topic>.open`.
@@ -270,6 +282,7 @@ impl ProcessorConfig {
             k.output_topic.clone(),
             k.changelog_topic(),
             k.open_incidents_topic(),
+            k.groups_topic(),
         ];
         if topics
             .iter()

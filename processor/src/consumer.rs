@@ -18,6 +18,7 @@ use rdkafka::{Offset, TopicPartitionList};
 use crate::clients::{client_config, group_consumer, new_engine, restore_settings};
 use crate::config::ProcessorConfig;
 use crate::engine::{Committed, EngineError};
+use crate::group_reader::GroupReader;
 use crate::metrics::Metrics;
 use crate::rebalance::{ProcessorContext, commit_offsets, not_authorized};
 use crate::restore::Restores;
@@ -60,13 +61,22 @@ pub fn run(
             let _ = consumer.poll(Duration::ZERO);
         },
     )?;
+    let grouped = config.rules.groups();
+    let groups_topic = config.kafka.groups_topic();
     let partitions = crate::topics::check_copartitioned(
         &consumer,
         &config.kafka.input_topic,
         &config.kafka.changelog_topic(),
         &config.kafka.open_incidents_topic(),
+        grouped.then_some(groups_topic.as_str()),
         config.kafka.ack_timeout,
     )?;
+    consumer
+        .context()
+        .engine()
+        .set_input_partitions(partitions as i32);
+    // Only with grouped routes: the group stage's input (`group_reader`).
+    let mut groups = grouped.then(|| GroupReader::new(config)).transpose()?;
     consumer
         .subscribe(&[&config.kafka.input_topic])
         .with_context(|| format!("subscribing to {}", config.kafka.input_topic))?;
@@ -75,6 +85,7 @@ pub fn run(
         output = %config.kafka.output_topic,
         changelog = %config.kafka.changelog_topic(),
         open_incidents = %config.kafka.open_incidents_topic(),
+        groups = grouped.then_some(groups_topic.as_str()),
         group = %config.kafka.group_id,
         partitions,
         state_dir = %config.state_dir.display(),
@@ -94,7 +105,7 @@ pub fn run(
         if let Some(fatal) = context.fatal() {
             bail!(fatal);
         }
-        activate_restored(&consumer)?;
+        activate_restored(&consumer, groups.as_mut())?;
         ready.store(context.ready(), Ordering::SeqCst);
         match consumer.poll(Duration::from_millis(20)) {
             Some(Ok(message)) => {
@@ -121,6 +132,13 @@ pub fn run(
             Some(Err(e)) if hookfold_kafka::is_authorization_error(&e) => bail!(not_authorized(&e)),
             Some(Err(e)) => tracing::warn!(error = %e, "consumer error"),
         }
+        if let Some(groups) = &mut groups {
+            let mut engine = context.engine();
+            groups.retain(&engine.assigned());
+            for message in groups.poll() {
+                engine.push(message);
+            }
+        }
         let folded = {
             let mut engine = context.engine();
             engine
@@ -134,7 +152,7 @@ pub fn run(
             Some(Err(e)) => return Err(e).context("committing a batch"),
             None => {}
         }
-        rewind(&consumer)?;
+        rewind(&consumer, groups.as_mut())?;
         if let Some(ticker) = &mut ticker {
             let waiting = context.engine().partitions_with_timers();
             ticker.tick(&waiting);
@@ -182,8 +200,11 @@ pub fn run(
 }
 
 /// Hands every finished restore's store to its task (Restoring → Active) and resumes its
-/// partition at the store's offset.
-fn activate_restored(consumer: &BaseConsumer<ProcessorContext>) -> anyhow::Result<()> {
+/// partition at the store's offset (and its groups-topic partition at its group stage's).
+fn activate_restored(
+    consumer: &BaseConsumer<ProcessorContext>,
+    mut groups: Option<&mut GroupReader>,
+) -> anyhow::Result<()> {
     let context = consumer.context();
     for finished in context.restores.take_finished()? {
         let partition = finished.partition;
@@ -205,13 +226,21 @@ fn activate_restored(consumer: &BaseConsumer<ProcessorContext>) -> anyhow::Resul
         consumer
             .resume(&tpl)
             .with_context(|| format!("resuming partition {partition}"))?;
+        if let Some(groups) = groups.as_deref_mut() {
+            let from = context.engine().group_offset(partition)?;
+            groups.follow(partition, from)?;
+        }
     }
     Ok(())
 }
 
 /// Seeks the partitions of an aborted batch back to where their stores are, so the batch
-/// is read and folded again (a partition given up meanwhile is the new owner's).
-fn rewind(consumer: &BaseConsumer<ProcessorContext>) -> anyhow::Result<()> {
+/// is read and folded again (a partition given up meanwhile is the new owner's); their
+/// groups-topic partitions too.
+fn rewind(
+    consumer: &BaseConsumer<ProcessorContext>,
+    mut groups: Option<&mut GroupReader>,
+) -> anyhow::Result<()> {
     let context = consumer.context();
     let rewinds = context.engine().take_rewinds()?;
     for (partition, next) in rewinds {
@@ -230,6 +259,10 @@ fn rewind(consumer: &BaseConsumer<ProcessorContext>) -> anyhow::Result<()> {
             tracing::info!(partition, error = %e, "not rewinding a partition given up");
         } else {
             tracing::info!(partition, ?offset, "rewound to redo an aborted batch");
+            if let Some(groups) = groups.as_deref_mut() {
+                let from = context.engine().group_offset(partition)?;
+                groups.follow(partition, from)?;
+            }
         }
     }
     Ok(())

@@ -21,6 +21,7 @@ pub mod config;
 pub mod consumer;
 pub mod delivery;
 pub mod engine;
+pub mod group_reader;
 pub mod http;
 pub mod metrics;
 pub mod open_incidents;

@@ -381,6 +381,35 @@ fn dump_state(config: &ProcessorConfig) -> anyhow::Result<()> {
                 writeln!(out, "{line}")?;
                 continue;
             }
+            if key == hookfold_rules::groups::GROUP_STAGE_KEY {
+                // Its position in the groups topic and its sources' marks depend on how
+                // batches fell; what waits in it does not.
+                let stage: hookfold_rules::GroupStage =
+                    codec::decode_value(&value).context("decoding the group stage")?;
+                let line = serde_json::json!({
+                    "partition": partition,
+                    "next_offset": next_offset,
+                    "group_stage": {"pending": stage.pending(), "deadlines": stage.deadlines()},
+                });
+                use std::io::Write;
+                writeln!(out, "{line}")?;
+                continue;
+            }
+            if let Some(group) = key.strip_prefix(hookfold_rules::groups::GROUP_PREFIX) {
+                let state: hookfold_rules::GroupState =
+                    codec::decode_value(&value).with_context(|| {
+                        format!("decoding group {}", String::from_utf8_lossy(group))
+                    })?;
+                let line = serde_json::json!({
+                    "partition": partition,
+                    "next_offset": next_offset,
+                    "group": String::from_utf8_lossy(group),
+                    "state": state,
+                });
+                use std::io::Write;
+                writeln!(out, "{line}")?;
+                continue;
+            }
             let state = codec::decode(&value)
                 .with_context(|| format!("decoding {}", String::from_utf8_lossy(&key)))?;
             let line = serde_json::json!({

@@ -23,6 +23,9 @@ pub struct Metrics {
     pub first_event_seconds: prometheus::GaugeVec,
     pub watermark_seconds: IntGaugeVec,
     pub timers: IntGaugeVec,
+    pub group_next_offset: IntGaugeVec,
+    pub group_pending: IntGaugeVec,
+    pub group_low_watermark_seconds: IntGaugeVec,
     pub ticks_sent: IntCounterVec,
     pub tick_errors: IntCounterVec,
     pub transactions: IntCounterVec,
@@ -127,6 +130,21 @@ impl Metrics {
             "Timers waiting in the partition's state (agent grace periods, expiries).",
             &["partition"],
         );
+        let group_next_offset = gauge(
+            "hookfold_processor_group_next_offset",
+            "The groups topic's next offset the partition's group stage folds (grouped routes); its lag is the topic's end minus this.",
+            &["partition"],
+        );
+        let group_pending = gauge(
+            "hookfold_processor_group_pending",
+            "Members' changes the partition's group stage holds until every input partition's clock has passed them (grouped routes).",
+            &["partition"],
+        );
+        let group_low_watermark_seconds = gauge(
+            "hookfold_processor_group_low_watermark_seconds",
+            "The lowest clock of every input partition, as the partition's group stage has it (Unix seconds): how far its groups have got.",
+            &["partition"],
+        );
         let ticks_sent = counter(
             "hookfold_processor_ticks_sent_total",
             "hookfold.tick records appended to quiet owned partitions of the webhook topic (acked).",
@@ -163,6 +181,9 @@ impl Metrics {
             Box::new(first_event_seconds.clone()),
             Box::new(watermark_seconds.clone()),
             Box::new(timers.clone()),
+            Box::new(group_next_offset.clone()),
+            Box::new(group_pending.clone()),
+            Box::new(group_low_watermark_seconds.clone()),
             Box::new(ticks_sent.clone()),
             Box::new(tick_errors.clone()),
             Box::new(transactions.clone()),
@@ -189,6 +210,9 @@ impl Metrics {
             first_event_seconds,
             watermark_seconds,
             timers,
+            group_next_offset,
+            group_pending,
+            group_low_watermark_seconds,
             ticks_sent,
             tick_errors,
             transactions,

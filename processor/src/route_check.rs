@@ -63,12 +63,28 @@ pub fn explain(rules: &Rules, query: &RouteQuery) -> Result<Value, String> {
             serde_json::to_value(&*rules.bitbucket_under(route)),
         ),
     };
+    let group = route.and_then(|r| {
+        let values = r.group_values(&subject)?;
+        let ordered: Vec<&str> = r
+            .group_by
+            .iter()
+            .map(|field| values.get(field).map_or("", String::as_str))
+            .collect();
+        Some(json!({
+            "dedup_key": hookfold_rules::groups::group_dedup_key(&r.name, &ordered),
+            "by": r.group_by,
+            "values": values,
+            "group_wait": humantime::format_duration(r.group_wait()).to_string(),
+            "group_interval": humantime::format_duration(r.group_interval()).to_string(),
+        }))
+    });
     Ok(json!({
         "kind": kind.as_str(),
         "route": route.map(|r| r.name.clone()),
         "position": position.map(|p| p + 1),
         "routes": rules.routes.len(),
         "labels": route.map(|r| r.labels.clone()).unwrap_or_default(),
+        "group": group,
         "section": section,
         "options": options.map_err(|e| e.to_string())?,
     }))
@@ -104,6 +120,23 @@ pub fn human(answer: &Value) -> String {
             labels.join(" ")
         }
     ));
+    let group = &answer["group"];
+    out.push_str(&match group["dedup_key"].as_str() {
+        Some(key) => format!(
+            "group: {key} (by {}; group_wait {}, group_interval {})\n",
+            group["by"]
+                .as_array()
+                .map(|by| by
+                    .iter()
+                    .filter_map(Value::as_str)
+                    .collect::<Vec<_>>()
+                    .join(", "))
+                .unwrap_or_default(),
+            group["group_wait"].as_str().unwrap_or_default(),
+            group["group_interval"].as_str().unwrap_or_default(),
+        ),
+        None => "group: none (each incident is its own)\n".to_owned(),
+    });
     out.push_str(&format!(
         "\n[rules.{}] for this {}:\n",
         answer["section"].as_str().unwrap_or_default(),
@@ -258,6 +291,36 @@ mod tests {
         );
         let none = explain(&rules, &query(&[("pipeline", "search")])).unwrap();
         assert!(human(&none).starts_with("route: none of the 5 routes matches"));
+    }
+
+    #[test]
+    fn a_grouping_route_names_the_entitys_group() {
+        let rules: Rules = toml::from_str(
+            r#"
+            [[routes]]
+            name = "spot-fleet"
+            agent_meta = ["queue=spot-*"]
+            labels = { team = "ci-infra" }
+            group_by = ["queue", "team"]
+            group_wait = "20s"
+            "#,
+        )
+        .unwrap();
+        rules.validate().unwrap();
+        let answer = explain(&rules, &query(&[("agent-meta", "queue=spot-a")])).unwrap();
+        assert_eq!(
+            answer["group"]["dedup_key"],
+            "route/spot-fleet/group/spot-a/ci-infra"
+        );
+        let text = human(&answer);
+        assert!(
+            text.contains(
+                "group: route/spot-fleet/group/spot-a/ci-infra (by queue, team; group_wait 20s, group_interval 5m)\n"
+            ),
+            "{text}"
+        );
+        let other = explain(&rules, &query(&[("agent-meta", "queue=metal")])).unwrap();
+        assert!(human(&other).contains("group: none"));
     }
 
     #[test]

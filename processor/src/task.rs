@@ -47,6 +47,8 @@ pub struct PartitionTask {
     assigned_at: Option<Instant>,
     /// Without incident events (a rebuild): the offset from which they are produced anyway.
     emit_from: Option<i64>,
+    /// The clock last sent to the group partitions (`None`: not since it became active).
+    forwarded: Option<time::OffsetDateTime>,
     metrics: TaskMetrics,
 }
 
@@ -85,6 +87,25 @@ impl TaskMetrics {
     }
 }
 
+impl TaskMetrics {
+    /// The group stage as the last batch left it.
+    pub fn group_stage(&self, stage: &hookfold_rules::GroupStage, sources: i32) {
+        let labels = self.labels();
+        let m = &self.metrics;
+        if let Some(next) = stage.next_offset() {
+            m.group_next_offset.with_label_values(&labels).set(next);
+        }
+        m.group_pending
+            .with_label_values(&labels)
+            .set(stage.pending() as i64);
+        if let Some(low) = stage.low_watermark(sources) {
+            m.group_low_watermark_seconds
+                .with_label_values(&labels)
+                .set(low.unix_timestamp());
+        }
+    }
+}
+
 impl PartitionTask {
     /// A partition just assigned: Restoring.
     pub fn assigned(partition: i32, metrics: &Metrics) -> Self {
@@ -104,6 +125,7 @@ impl PartitionTask {
             clock: None,
             assigned_at: Some(Instant::now()),
             emit_from: None,
+            forwarded: None,
             metrics,
         }
     }
@@ -133,6 +155,7 @@ impl PartitionTask {
         );
         self.store = Some(store);
         self.clock = None;
+        self.forwarded = None;
         self.state = TaskState::Active;
         Ok(next)
     }
@@ -143,6 +166,8 @@ impl PartitionTask {
         if self.state == TaskState::Active {
             self.state = TaskState::Rewinding;
             self.clock = None;
+            // The aborted batch's clock never reached the group partitions.
+            self.forwarded = None;
         }
     }
 
@@ -187,6 +212,16 @@ impl PartitionTask {
     /// Timers waiting: ticks are of use to this partition.
     pub fn has_timers(&self) -> bool {
         self.state == TaskState::Active && self.clock.as_ref().is_some_and(|c| c.timers() > 0)
+    }
+
+    /// Whether the clock is past what was last sent to the group partitions.
+    pub fn clock_moved_since_forwarded(&self, now: time::OffsetDateTime) -> bool {
+        self.forwarded.is_none_or(|sent| now > sent)
+    }
+
+    /// The clock `now` was sent to the group partitions.
+    pub fn forwarded(&mut self, now: time::OffsetDateTime) {
+        self.forwarded = Some(now);
     }
 
     pub fn emit_from(&mut self, offset: i64) {
@@ -238,6 +273,9 @@ impl PartitionTask {
             &m.consumer_lag,
             &m.watermark_seconds,
             &m.timers,
+            &m.group_next_offset,
+            &m.group_pending,
+            &m.group_low_watermark_seconds,
         ] {
             let _ = gauge.remove_label_values(&labels);
         }

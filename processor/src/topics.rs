@@ -1,6 +1,7 @@
 //! `hookfold-processor topics`: checks (and with `--create`, creates) the webhook, incident,
-//! open-incident and changelog topics: the changelog compacted and co-partitioned with the
-//! webhook topic, the open-incident table compacted.
+//! open-incident, changelog and groups topics: the changelog compacted and co-partitioned
+//! with the webhook topic, the open-incident table compacted, the groups topic (the
+//! repartition of grouped routes) co-partitioned too.
 //!
 //! Invariant: what `--create` made is checked as the cluster describes it, once every
 //! answer shows it: a topic just created is not described by every broker at once (on a
@@ -41,9 +42,10 @@ enum Role {
     Incidents,
     OpenIncidents,
     Changelog,
+    Groups,
 }
 
-/// Checks or creates the four topics; writes one line per topic to `out`. Fails on a
+/// Checks or creates the five topics; writes one line per topic to `out`. Fails on a
 /// missing topic (without `--create`), a changelog with another partition count than the
 /// webhook topic, or a changelog that is not `cleanup.policy=compact` or whose policy
 /// cannot be read (DescribeConfigs).
@@ -82,11 +84,13 @@ pub fn run(
     let mut input_partitions = None;
     let mut problems = Vec::new();
     let open_incidents = k.open_incidents_topic();
+    let groups = k.groups_topic();
     for (role, topic) in [
         (Role::Webhooks, k.input_topic.as_str()),
         (Role::Incidents, k.output_topic.as_str()),
         (Role::OpenIncidents, open_incidents.as_str()),
         (Role::Changelog, changelog.as_str()),
+        (Role::Groups, groups.as_str()),
     ] {
         let wanted = match role {
             Role::Webhooks => options.partitions,
@@ -110,7 +114,7 @@ pub fn run(
                 let max_bytes = options.max_message_bytes.to_string();
                 new = match role {
                     Role::Webhooks => new.set("max.message.bytes", &max_bytes),
-                    Role::Incidents => new,
+                    Role::Incidents | Role::Groups => new,
                     Role::OpenIncidents | Role::Changelog => new.set("cleanup.policy", "compact"),
                 };
                 let results = runtime
@@ -143,6 +147,17 @@ pub fn run(
                 // deleting by time would lose incidents that are still open.
                 let policy = compacted_policy(&runtime, &admin, topic, created, timeout);
                 check_compacted("open-incident table", topic, policy, k, out, &mut problems)?;
+            }
+            Role::Groups => {
+                if let Some(inputs) = input_partitions
+                    && inputs != count
+                {
+                    problems.push(format!(
+                        "groups topic {topic} has {count} partitions but {} has {inputs}: they \
+                         must be equal; processors with grouped routes refuse to run on it",
+                        k.input_topic
+                    ));
+                }
             }
             Role::Changelog => {
                 if let Some(inputs) = input_partitions
@@ -357,6 +372,7 @@ pub fn check_copartitioned(
     input: &str,
     changelog: &str,
     open_incidents: &str,
+    groups: Option<&str>,
     timeout: Duration,
 ) -> anyhow::Result<usize> {
     let count = |topic: &str| -> anyhow::Result<usize> {
@@ -383,6 +399,16 @@ pub fn check_copartitioned(
              they must be equal (partition p of the changelog holds the state of input partition p); \
              refusing to run. See `hookfold-processor topics` and docs/OPERATIONS.md"
         );
+    }
+    if let Some(groups) = groups {
+        let count = count(groups)?;
+        if count != inputs {
+            bail!(
+                "the groups topic {groups} has {count} partitions but the input {input} has \
+                 {inputs}: they must be equal (partition p of the groups topic is folded into the \
+                 store of input partition p); refusing to run. See docs/OPERATIONS.md"
+            );
+        }
     }
     Ok(inputs)
 }

@@ -10,7 +10,8 @@ use serde_json::{Map, Value, json};
 
 use crate::timestamp;
 use crate::v1::{
-    Cause, Entity, EntityKind, IncidentEvent, Link, ResolutionReason, Severity, Transition,
+    Cause, Entity, EntityKind, GroupMember, IncidentEvent, Link, ResolutionReason, Severity,
+    Transition,
 };
 
 /// The event as a proto3-JSON object.
@@ -33,6 +34,18 @@ pub fn incident_to_json(event: &IncidentEvent) -> Value {
         "cause": event.cause.as_ref().map_or(Value::Null, cause_json),
         "labels": event.labels.iter().map(|(k, v)| (k.clone(), Value::String(v.clone()))).collect::<Map<_, _>>(),
         "route": event.route,
+        "members": event.members.iter().map(member_json).collect::<Vec<_>>(),
+    })
+}
+
+fn member_json(member: &GroupMember) -> Value {
+    json!({
+        "dedupKey": member.dedup_key,
+        "summary": member.summary,
+        "severity": enum_name(member.severity, |n| Severity::try_from(n).ok().map(|v| v.as_str_name())),
+        "entity": member.entity.as_ref().map_or(Value::Null, entity_json),
+        "since": timestamp_json(member.since.as_ref()),
+        "links": member.links.iter().map(link_json).collect::<Vec<_>>(),
     })
 }
 
@@ -113,6 +126,7 @@ mod tests {
                 .into_iter()
                 .collect(),
             route: "payments".into(),
+            members: Vec::new(),
         };
         let expected = json!({
             "eventId": "e", "incidentId": "i",
@@ -126,7 +140,7 @@ mod tests {
             "resolutionReason": "RESOLUTION_REASON_BUILD_PASSED",
             "cause": {"topic": "hookfold.webhooks", "partition": 3, "offset": "9007199254740993",
                       "ceId": "c", "ceType": "buildkite.build.finished"},
-            "labels": {"team": "payments"}, "route": "payments",
+            "labels": {"team": "payments"}, "route": "payments", "members": [],
         });
         assert_eq!(incident_to_json(&event), expected);
     }

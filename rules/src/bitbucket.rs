@@ -94,13 +94,10 @@ pub(crate) fn apply_pull_request(
     let routing = entity_key(source_id, Entity::Repo(full_name));
     let pr = &event.pull_request;
     let source_branch = pr.source.as_ref().and_then(|s| s.branch.as_deref());
-    let route = all_rules.route(&bitbucket_subject(
-        source_id,
-        RouteKind::PullRequest,
-        full_name,
-        source_branch,
-    ));
-    let input = &input.routed(route);
+    let subject = bitbucket_subject(source_id, RouteKind::PullRequest, full_name, source_branch);
+    let route = all_rules.route(&subject);
+    let group = route.and_then(|r| r.group_values(&subject));
+    let input = &input.routed(route, group.as_ref());
     let rules = &*all_rules.bitbucket_under(route);
     let occurred_at = pr.updated_on.unwrap_or(input.event.time);
 
@@ -260,13 +257,10 @@ pub(crate) fn apply_push(
             continue;
         }
         // Each branch pushed has a route of its own.
-        let route = all_rules.route(&bitbucket_subject(
-            source_id,
-            RouteKind::Branch,
-            full_name,
-            Some(&new.name),
-        ));
-        let input = &input.routed(route);
+        let subject = bitbucket_subject(source_id, RouteKind::Branch, full_name, Some(&new.name));
+        let route = all_rules.route(&subject);
+        let group = route.and_then(|r| r.group_values(&subject));
+        let input = &input.routed(route, group.as_ref());
         let rules = &*all_rules.bitbucket_under(route);
         if !rules.branches || !rules.branch_included(&new.name) {
             continue;

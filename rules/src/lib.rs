@@ -15,7 +15,8 @@
 //! per-key state), [`clock`] (the partition's time and timers), [`config`] (the rules'
 //! settings), and the rules of each entity: `builds`, `agents`, `bitbucket`; `output`
 //! builds incident events and their ids, `glob` the branch patterns; [`routes`] the
-//! `[[rules.routes]]` configuration and which route an entity gets.
+//! `[[rules.routes]]` configuration and which route an entity gets; [`groups`] the second
+//! stage of grouped routes (members of a group from every partition, one incident).
 
 mod agents;
 mod bitbucket;
@@ -24,6 +25,7 @@ pub mod clock;
 pub mod config;
 pub mod fold;
 mod glob;
+pub mod groups;
 mod output;
 pub mod routes;
 pub mod state;
@@ -41,6 +43,7 @@ pub use config::{
 };
 pub use fold::{Record, States, fold};
 pub use glob::matches as branch_pattern_matches;
+pub use groups::{GroupRecord, GroupStage, GroupState, GroupStates, Position};
 pub use routes::{Route, RouteKind, Subject};
 pub use state::{KeyState, OpenIncidentView, STATE_FORMAT_VERSION};
 
@@ -78,29 +81,32 @@ pub fn apply(
         event,
         cause,
         route: None,
+        group: None,
     };
     let source_id = event.source_id.as_str();
     let mut outputs = Vec::new();
     match &event.body {
         EventBody::Build(build) => {
-            let route = rules.route(&routes::build_subject(
-                source_id,
-                &build.pipeline,
-                &build.build,
-            ));
-            let input = input.routed(route);
+            let subject = routes::build_subject(source_id, &build.pipeline, &build.build);
+            let route = rules.route(&subject);
+            let group = route.and_then(|r| r.group_values(&subject));
+            let input = input.routed(route, group.as_ref());
             let builds = rules.builds_under(route);
             builds::apply_build(&mut state, &input, build, &builds, &mut outputs)
         }
         EventBody::Job(job) => {
-            let route = rules.route(&routes::build_subject(source_id, &job.pipeline, &job.build));
-            let input = input.routed(route);
+            let subject = routes::build_subject(source_id, &job.pipeline, &job.build);
+            let route = rules.route(&subject);
+            let group = route.and_then(|r| r.group_values(&subject));
+            let input = input.routed(route, group.as_ref());
             let builds = rules.builds_under(route);
             builds::apply_job(&mut state, &input, job, &builds, &mut outputs)
         }
         EventBody::Agent(agent) => {
-            let route = rules.route(&routes::agent_subject(source_id, &agent.agent));
-            let input = input.routed(route);
+            let subject = routes::agent_subject(source_id, &agent.agent);
+            let route = rules.route(&subject);
+            let group = route.and_then(|r| r.group_values(&subject));
+            let input = input.routed(route, group.as_ref());
             let agents = rules.agents_under(route);
             agents::apply_agent(&mut state, &input, agent, &agents, &mut outputs)
         }

@@ -96,12 +96,22 @@ pub(crate) struct Input<'a> {
     pub(crate) cause: &'a Cause,
     /// The route of the entity the outputs are about (`routes::route_for`).
     pub(crate) route: Option<&'a Route>,
+    /// The entity's group under that route (`Route::group_values`), if it groups.
+    pub(crate) group: Option<&'a BTreeMap<String, String>>,
 }
 
 impl<'a> Input<'a> {
-    /// The same webhook, for an entity of `route`.
-    pub(crate) fn routed(self, route: Option<&'a Route>) -> Self {
-        Self { route, ..self }
+    /// The same webhook, for an entity of `route` in `group`.
+    pub(crate) fn routed(
+        self,
+        route: Option<&'a Route>,
+        group: Option<&'a BTreeMap<String, String>>,
+    ) -> Self {
+        Self {
+            route,
+            group,
+            ..self
+        }
     }
 
     /// Who the outputs of this webhook are by.
@@ -113,6 +123,7 @@ impl<'a> Input<'a> {
             ce_type: self.event.ce_type(),
             cause: self.cause,
             route: self.route,
+            group: self.group,
         }
     }
 
@@ -150,6 +161,7 @@ impl Origin {
             ce_type: self.ce_type.clone(),
             cause: &self.cause,
             route: None,
+            group: None,
         }
     }
 }
@@ -163,6 +175,8 @@ pub(crate) struct By<'a> {
     cause: &'a Cause,
     /// The route a new incident opens under (an existing one keeps its own).
     route: Option<&'a Route>,
+    /// Its group under that route: the values join the route's labels.
+    group: Option<&'a BTreeMap<String, String>>,
 }
 
 impl By<'_> {
@@ -183,7 +197,14 @@ impl By<'_> {
             severity,
             route: self.route.map(|route| RouteTag {
                 name: route.name.clone(),
-                labels: route.labels.clone(),
+                labels: match self.group {
+                    Some(group) => {
+                        let mut labels = route.labels.clone();
+                        labels.extend(group.iter().map(|(k, v)| (k.clone(), v.clone())));
+                        labels
+                    }
+                    None => route.labels.clone(),
+                },
             }),
         };
         let event = self.emit(&open, Transition::Created, occurred_at, description, None);
@@ -269,6 +290,7 @@ impl By<'_> {
                 .as_ref()
                 .map(|route| route.name.clone())
                 .unwrap_or_default(),
+            members: Vec::new(),
         }
     }
 }

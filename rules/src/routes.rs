@@ -1,4 +1,4 @@
-//! Routes: policy per pipeline, queue or repository (issue 25, docs/RULES.md once wired).
+//! Routes: policy per pipeline, queue or repository (docs/RULES.md, Routes).
 //!
 //! Routes are ordered and the first whose every matcher matches an entity is its route;
 //! none matching means the `[rules.*]` sections and no labels. A route sets labels (`team`,
@@ -51,7 +51,25 @@ pub struct Route {
     pub builds: Option<BuildOverrides>,
     pub agents: Option<AgentOverrides>,
     pub bitbucket: Option<BitbucketOverrides>,
+    /// What makes the route's incidents one incident per group (`groups`): each entry is
+    /// `source`, `kind`, `pipeline`, `branch`, `repository`, one of the route's labels, or,
+    /// on a route only for agents, a meta-data key (`queue`). Empty: no groups.
+    pub group_by: Vec<String>,
+    /// How long a group waits after its first member went bad before it opens (default 30 s).
+    #[serde(with = "humantime_serde")]
+    pub group_wait: Option<Duration>,
+    /// How often at most an open group is UPDATED as members join or recover (default 5 min).
+    #[serde(with = "humantime_serde")]
+    pub group_interval: Option<Duration>,
 }
+
+/// Alertmanager's defaults.
+pub const DEFAULT_GROUP_WAIT: Duration = Duration::from_secs(30);
+pub const DEFAULT_GROUP_INTERVAL: Duration = Duration::from_secs(300);
+
+/// The `group_by` fields every subject has; any other is a label of the route or an agent's
+/// meta-data key.
+const GROUP_FIELDS: [&str; 5] = ["source", "kind", "pipeline", "branch", "repository"];
 
 /// What an incident is about, as routes see it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -175,6 +193,52 @@ impl Route {
                 .agent_meta
                 .iter()
                 .all(|rule| meta_matches(rule, subject.agent_meta))
+    }
+
+    /// Whether the route's incidents are grouped (`group_by` is given).
+    pub fn groups(&self) -> bool {
+        !self.group_by.is_empty()
+    }
+
+    pub fn group_wait(&self) -> Duration {
+        self.group_wait.unwrap_or(DEFAULT_GROUP_WAIT)
+    }
+
+    pub fn group_interval(&self) -> Duration {
+        self.group_interval.unwrap_or(DEFAULT_GROUP_INTERVAL)
+    }
+
+    /// The group `subject` falls in: each `group_by` field with its value (empty when the
+    /// subject has none, as Alertmanager groups a missing label); `None` if the route does
+    /// not group.
+    pub fn group_values(&self, subject: &Subject<'_>) -> Option<BTreeMap<String, String>> {
+        if !self.groups() {
+            return None;
+        }
+        let value = |field: &str| -> String {
+            let given = match field {
+                "source" => Some(subject.source_id),
+                "kind" => Some(subject.kind.as_str()),
+                "pipeline" => subject.pipeline,
+                "branch" => subject.branch,
+                "repository" => subject.repository,
+                label if self.labels.contains_key(label) => {
+                    self.labels.get(label).map(String::as_str)
+                }
+                key => subject.agent_meta.iter().find_map(|entry| {
+                    entry
+                        .split_once('=')
+                        .and_then(|(k, v)| (k == key).then_some(v))
+                }),
+            };
+            given.unwrap_or_default().to_owned()
+        };
+        Some(
+            self.group_by
+                .iter()
+                .map(|field| (field.clone(), value(field)))
+                .collect(),
+        )
     }
 
     /// `[rules.builds]` as this route has it.
@@ -303,6 +367,11 @@ pub fn route_for<'r>(routes: &'r [Route], subject: &Subject<'_>) -> Option<&'r R
 }
 
 impl Rules {
+    /// Whether some route groups its incidents (the processor then runs the group stage).
+    pub fn groups(&self) -> bool {
+        self.routes.iter().any(Route::groups)
+    }
+
     /// The route of `subject`: the first that matches.
     pub fn route(&self, subject: &Subject<'_>) -> Option<&Route> {
         route_for(&self.routes, subject)
@@ -356,6 +425,18 @@ pub enum RouteError {
          `agent_meta` an agent's), so it can match nothing"
     )]
     NoKind(String),
+    #[error(
+        "rules.routes `{route}`.group_by: `{field}` is not source, kind, pipeline, branch, repository, a label of the route, or (on a route only for agents) an agent meta-data key"
+    )]
+    GroupBy { route: String, field: String },
+    #[error("rules.routes `{route}`.{field}: only a route with group_by has it")]
+    NotGrouped { route: String, field: &'static str },
+    #[error("rules.routes `{route}`.{field}: {why}")]
+    GroupTiming {
+        route: String,
+        field: &'static str,
+        why: &'static str,
+    },
     #[error("rules.routes `{route}`: {source}")]
     Rules {
         route: String,
@@ -430,6 +511,7 @@ pub fn validate(routes: &[Route], rules: &Rules) -> Result<(), RouteError> {
                 });
             }
         }
+        validate_groups(route, &kinds)?;
         // The options the route gives, checked as the sections themselves are.
         let effective = Rules {
             dedup_window: rules.dedup_window,
@@ -444,6 +526,52 @@ pub fn validate(routes: &[Route], rules: &Rules) -> Result<(), RouteError> {
                 route: name.clone(),
                 source,
             })?;
+    }
+    Ok(())
+}
+
+/// `group_by`, `group_wait` and `group_interval` of one route.
+fn validate_groups(route: &Route, kinds: &BTreeSet<RouteKind>) -> Result<(), RouteError> {
+    let name = || route.name.clone();
+    let agents_only = kinds.iter().all(|kind| *kind == RouteKind::Agent);
+    if let Some(field) = route.group_by.iter().find(|field| {
+        field.is_empty()
+            || !(GROUP_FIELDS.contains(&field.as_str())
+                || route.labels.contains_key(field.as_str())
+                || (agents_only && !field.contains('=')))
+    }) {
+        return Err(RouteError::GroupBy {
+            route: name(),
+            field: field.clone(),
+        });
+    }
+    // Ten years, as the rules' other durations.
+    const LONGEST: Duration = Duration::from_secs(10 * 366 * 24 * 3600);
+    for (field, given) in [
+        ("group_wait", route.group_wait),
+        ("group_interval", route.group_interval),
+    ] {
+        let Some(duration) = given else { continue };
+        if !route.groups() {
+            return Err(RouteError::NotGrouped {
+                route: name(),
+                field,
+            });
+        }
+        if duration > LONGEST {
+            return Err(RouteError::GroupTiming {
+                route: name(),
+                field,
+                why: "longer than ten years",
+            });
+        }
+        if field == "group_interval" && duration.is_zero() {
+            return Err(RouteError::GroupTiming {
+                route: name(),
+                field,
+                why: "must be more than 0s",
+            });
+        }
     }
     Ok(())
 }
@@ -603,6 +731,25 @@ mod tests {
         assert_eq!(bitbucket.branch_severity, SeverityLevel::Info);
     }
 
+    #[test]
+    fn a_group_is_the_values_of_its_fields_and_a_missing_one_is_empty() {
+        let route = Route {
+            group_by: vec!["queue".into(), "team".into(), "pipeline".into()],
+            labels: [("team".to_owned(), "ci".to_owned())].into(),
+            ..Route::default()
+        };
+        let meta = ["queue=spot-a".to_owned(), "os=linux".to_owned()];
+        let values = route.group_values(&agent(&meta)).unwrap();
+        let expected: BTreeMap<String, String> =
+            [("queue", "spot-a"), ("team", "ci"), ("pipeline", "")]
+                .map(|(k, v)| (k.to_owned(), v.to_owned()))
+                .into();
+        assert_eq!(values, expected);
+        assert_eq!(Route::default().group_values(&agent(&meta)), None);
+        assert_eq!(route.group_wait(), DEFAULT_GROUP_WAIT);
+        assert_eq!(route.group_interval(), DEFAULT_GROUP_INTERVAL);
+    }
+
     fn error(toml_text: &str) -> String {
         let routes = toml::from_str::<Config>(toml_text)
             .map_err(|e| e.message().to_owned())
@@ -660,7 +807,23 @@ mod tests {
             ),
             (
                 "[[routes]]\nname = \"a\"\ngroup_wait = \"20s\"",
-                "unknown field `group_wait`",
+                "rules.routes `a`.group_wait: only a route with group_by has it",
+            ),
+            (
+                "[[routes]]\nname = \"a\"\npipelines = [\"p\"]\ngroup_by = [\"queue\"]",
+                "rules.routes `a`.group_by: `queue` is not source, kind, pipeline",
+            ),
+            (
+                "[[routes]]\nname = \"a\"\ngroup_by = [\"pipeline\"]\ngroup_interval = \"0s\"",
+                "rules.routes `a`.group_interval: must be more than 0s",
+            ),
+            (
+                "[[routes]]\nname = \"a\"\ngroup_by = [\"kind\"]\ngroup_wait = \"4000d\"",
+                "rules.routes `a`.group_wait: longer than ten years",
+            ),
+            (
+                "[[routes]]\nname = \"a\"\ngroup_by = [\"pipeline\"]\nmin_connect = 1",
+                "unknown field `min_connect`",
             ),
             (
                 "[[routes]]\nname = \"a\"\n[routes.agents]\nscope = \"pipeline\"",

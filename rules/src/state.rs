@@ -136,7 +136,7 @@ impl SeenIds {
 
 /// A point in time, compactly: seconds and nanoseconds since the Unix epoch (UTC).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
-pub(crate) struct StoredTime {
+pub struct StoredTime {
     seconds: i64,
     nanos: u32,
 }

@@ -20,31 +20,33 @@ pub enum CodecError {
 }
 
 pub fn encode(state: &KeyState) -> Vec<u8> {
-    encode_any(state)
+    encode_value(state)
 }
 
 pub fn decode(bytes: &[u8]) -> Result<KeyState, CodecError> {
-    decode_any(bytes)
+    decode_value(bytes)
 }
 
 /// The clock's value under [`hookfold_rules::CLOCK_KEY`] (its timers have keys of their
 /// own: [`hookfold_rules::TIMER_PREFIX`]).
 pub fn encode_clock(clock: &StoredClock) -> Vec<u8> {
-    encode_any(clock)
+    encode_value(clock)
 }
 
 pub fn decode_clock(bytes: &[u8]) -> Result<StoredClock, CodecError> {
-    decode_any(bytes)
+    decode_value(bytes)
 }
 
-fn encode_any<T: Serialize>(value: &T) -> Vec<u8> {
+/// Any other stored value the same way (the group stage, a group's state, a record of
+/// the groups topic).
+pub fn encode_value<T: Serialize>(value: &T) -> Vec<u8> {
     let mut out = STATE_FORMAT_VERSION.to_be_bytes().to_vec();
     // Serializing plain data into a Vec cannot fail.
     out.extend(postcard::to_stdvec(value).expect("plain data serializes"));
     out
 }
 
-fn decode_any<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, CodecError> {
+pub fn decode_value<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, CodecError> {
     let (version, body) = bytes.split_at_checked(4).ok_or(CodecError::Truncated)?;
     let found = u32::from_be_bytes(version.try_into().map_err(|_| CodecError::Truncated)?);
     if found != STATE_FORMAT_VERSION {

@@ -153,6 +153,8 @@ impl ProcessorSetup {
                 "HOOKFOLD_KAFKA__BOOTSTRAP_SERVERS".to_owned(),
                 self.bootstrap.clone(),
             )],
+            exactly_once: self.extra.contains("guarantee = \"exactly_once\""),
+            groups_topic: format!("{}.groups", self.topics.2),
             bootstrap: self.bootstrap,
             incidents_topic: self.topics.1,
             dir: self.dir,
@@ -174,6 +176,10 @@ pub struct Processor {
     /// run's outcome ([`crate::runs::stop_and_collect`]).
     pub bootstrap: String,
     pub incidents_topic: String,
+    /// The repartition topic of grouped routes (the processor's default name).
+    pub groups_topic: String,
+    /// Whether it runs `exactly_once` (every write of it then ends in a commit marker).
+    pub exactly_once: bool,
     env: Vec<(String, String)>,
     /// Where its config file and log are.
     pub dir: PathBuf,
@@ -299,6 +305,37 @@ impl Processor {
         })
         .await;
         committed.map_err(|e| self.process.explain(e))
+    }
+
+    /// Waits until the group stage of every partition this processor owns has folded the
+    /// groups topic to its end (grouped routes): only then are a run's group incidents all
+    /// out. Under `exactly_once` a partition's last offset is a transaction's commit marker.
+    pub async fn wait_groups_folded(&mut self, timeout: Duration) -> Result<()> {
+        let slack = i64::from(self.exactly_once);
+        let folded = wait_until(
+            "the group stages to fold the groups topic",
+            timeout,
+            async || {
+                self.process.fail_if_exited()?;
+                // A deployment without the topic (made before groups existed) has no groups.
+                let Ok(ends) = crate::topics::watermarks(&self.bootstrap, &self.groups_topic)
+                else {
+                    return Ok(Some(()));
+                };
+                let next = self
+                    .partition_metric("hookfold_processor_group_next_offset")
+                    .await?;
+                Ok(ends
+                    .iter()
+                    .enumerate()
+                    .all(|(p, (_, high))| {
+                        *high == 0 || next.get(&(p as i32)).is_some_and(|n| *n + slack >= *high)
+                    })
+                    .then_some(()))
+            },
+        )
+        .await;
+        folded.map_err(|e| self.process.explain(e))
     }
 
     /// Runs another `hookfold-processor` command (`topics`, `rebuild`, `state`, ...) with

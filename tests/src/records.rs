@@ -87,6 +87,38 @@ pub fn mixed_story(count: usize, seed: u64) -> Vec<WebhookRecord> {
     out
 }
 
+/// `story` as the gateway would have received it `step_ms` apart from the story's time on
+/// (record i at 10:05 + i × step): event time moves with the log, so the timers of grouped
+/// routes (`group_wait`, `group_interval`) fire from the records alone, in every run alike.
+pub fn timed(mut story: Vec<WebhookRecord>, step_ms: i64) -> Vec<WebhookRecord> {
+    use time::format_description::well_known::Rfc3339;
+    let start = time::macros::datetime!(2026-11-22 10:05:00 UTC);
+    for (n, record) in story.iter_mut().enumerate() {
+        let at = start + time::Duration::milliseconds(n as i64 * step_ms);
+        record.headers.time = at.format(&Rfc3339).expect("a time formats");
+    }
+    story
+}
+
+/// Routes that group what [`mixed_story`] fails: its agents are one group per team, the
+/// builds of `pipeline-1*` one group per branch; the other pipelines stay ungrouped.
+pub const GROUPED_ROUTES: &str = r#"
+[[rules.routes]]
+name = "fleet"
+kinds = ["agent"]
+labels = { team = "ci-infra" }
+group_by = ["team"]
+group_wait = "30s"
+group_interval = "1m"
+
+[[rules.routes]]
+name = "platform"
+pipelines = ["pipeline-1*"]
+labels = { team = "platform" }
+group_by = ["branch"]
+group_wait = "1m"
+"#;
+
 /// `count` records, each for a key never seen before: failed builds of new pipelines
 /// and lost agents, alternating. Each creates a state and an incident.
 pub fn distinct_keys(count: usize) -> Vec<WebhookRecord> {

@@ -22,11 +22,13 @@ pub struct Run {
 }
 
 /// Starts `setup` (a deployment of its own on the input under test, fully written by now),
-/// waits until it has committed `records` input records, and collects its run: what the
+/// waits until it has committed `records` input records (and its group stages have folded
+/// what they were sent), and collects its run: what the
 /// same input gives with nothing going wrong.
 pub async fn reference_run(setup: ProcessorSetup, records: i64, timeout: Duration) -> Result<Run> {
     let mut processor = setup.start().await?;
     processor.wait_committed(records, timeout).await?;
+    processor.wait_groups_folded(timeout).await?;
     stop_and_collect(&mut processor)
 }
 

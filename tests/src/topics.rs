@@ -149,7 +149,7 @@ pub struct Topics {
 }
 
 impl Topics {
-    /// Fresh webhook, incident, open-incident and changelog topics, and a fresh group.
+    /// Fresh webhook, incident, open-incident, changelog and groups topics, and a fresh group.
     pub async fn create(broker: &Broker, partitions: i32) -> Result<Self> {
         let webhooks = unique_name("hookfold.webhooks");
         broker.create_topic(&webhooks, partitions).await?;
@@ -175,6 +175,7 @@ impl Topics {
             &[("cleanup.policy", "compact")],
         )
         .await?;
+        broker.create_topic(&topics.groups(), partitions).await?;
         Ok(topics)
     }
 
@@ -190,6 +191,11 @@ impl Topics {
 
     pub fn changelog(&self) -> String {
         format!("{}.state", self.group)
+    }
+
+    /// The groups' repartition topic (the processor's default name for it).
+    pub fn groups(&self) -> String {
+        format!("{}.groups", self.group)
     }
 
     /// The open-incident table (the processor's default name for it).

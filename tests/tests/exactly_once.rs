@@ -10,7 +10,7 @@ use hookfold_tests::comparisons::{
     assert_exactly_once, assert_same_state, assert_table_matches, outputs_by_id,
 };
 use hookfold_tests::group::{committed_by, wait_owned};
-use hookfold_tests::records::{mixed_story, produce};
+use hookfold_tests::records::{GROUPED_ROUTES, mixed_story, produce, timed};
 use hookfold_tests::{
     Broker, Processor, Run, Signal, Topics, read_all_uncommitted, reference_run, stop_and_collect,
     wait_until,
@@ -18,8 +18,13 @@ use hookfold_tests::{
 
 /// A clean run under `exactly_once` over `total` records of `t`'s input: the reference.
 async fn clean_run(broker: &Broker, t: &Topics, total: i64) -> Run {
+    clean_run_with(broker, t, total, "").await
+}
+
+/// [`clean_run`] with `extra` configuration (routes).
+async fn clean_run_with(broker: &Broker, t: &Topics, total: i64, extra: &str) -> Run {
     let dir = tempfile::tempdir().unwrap();
-    let setup = t.processor(broker, dir.path()).exactly_once();
+    let setup = t.processor(broker, dir.path()).exactly_once().extra(extra);
     reference_run(setup, total, Duration::from_secs(300))
         .await
         .unwrap()
@@ -40,7 +45,8 @@ async fn sigkill_at_three_points_under_exactly_once_repeats_nothing() {
     // commit and the store write.
     const EVENTS: usize = 10_000;
     let broker = Broker::start().unwrap();
-    let story = mixed_story(EVENTS, 0xe05);
+    // Timed, with grouped routes: a crash between the stages' writes is tried too.
+    let story = timed(mixed_story(EVENTS, 0xe05), 50);
     let clean = Topics::create(&broker, 3).await.unwrap();
     produce(&broker.bootstrap, &clean.webhooks, &story)
         .await
@@ -48,7 +54,7 @@ async fn sigkill_at_three_points_under_exactly_once_repeats_nothing() {
     let Run {
         incidents: clean_out,
         state: clean_state,
-    } = clean_run(&broker, &clean, EVENTS as i64).await;
+    } = clean_run_with(&broker, &clean, EVENTS as i64, GROUPED_ROUTES).await;
 
     // No instance_id (each start a transactional id of its own), as processors run by
     // default: what a killed one left open is aborted by the broker after its timeout.
@@ -57,6 +63,7 @@ async fn sigkill_at_three_points_under_exactly_once_repeats_nothing() {
     let mut processor = crashed
         .processor(&broker, dir.path())
         .exactly_once()
+        .extra(GROUPED_ROUTES)
         .start()
         .await
         .unwrap();
@@ -88,12 +95,24 @@ async fn sigkill_at_three_points_under_exactly_once_repeats_nothing() {
         .wait_committed(EVENTS as i64, Duration::from_secs(300))
         .await
         .unwrap();
+    processor
+        .wait_groups_folded(Duration::from_secs(120))
+        .await
+        .unwrap();
     let Run {
         incidents: crash_out,
         state: crash_state,
     } = stop_and_collect(&mut processor).unwrap();
 
     assert!(clean_out.len() > 500, "the story makes incidents");
+    let groups = clean_out
+        .iter()
+        .filter(|m| rdkafka::Message::key(*m).is_some_and(|k| k.starts_with(b"route/")))
+        .count();
+    assert!(
+        groups >= 5,
+        "the story makes group incidents: {groups} events"
+    );
     assert_exactly_once(&clean_out, &crash_out).unwrap();
     assert_same_state(&crash_state, &clean_state, "after three SIGKILLs").unwrap();
     assert_table_matches(

@@ -10,11 +10,12 @@ use std::time::Duration;
 use hookfold_proto::v1::EntityKind;
 use hookfold_tests::comparisons::{assert_exactly_once, assert_table_matches, open_by_fold};
 use hookfold_tests::group::wait_owned;
-use hookfold_tests::records::{WebhookRecord, mixed_story, produce};
+use hookfold_tests::records::{GROUPED_ROUTES, WebhookRecord, mixed_story, produce, timed};
 use hookfold_tests::{
     Broker, Processor, ProcessorSetup, Topics, assert_same_incidents, reference_run,
     stop_and_collect, wait_until,
 };
+use rdkafka::Message as _;
 
 fn sum(owned: &BTreeMap<i32, i64>) -> i64 {
     owned.values().sum()
@@ -111,7 +112,9 @@ async fn one_to_three_to_one(exactly_once: bool) {
         .and_then(|v| v.parse().ok())
         .unwrap_or(50_000);
     let broker = Broker::start().unwrap();
-    let story: Vec<WebhookRecord> = mixed_story(total, 0x5ca1e);
+    // Timed, with grouped routes: the groups' two stages go through the rebalances and the
+    // SIGKILL too.
+    let story: Vec<WebhookRecord> = timed(mixed_story(total, 0x5ca1e), 20);
     let t = Topics::create(&broker, PARTITIONS).await.unwrap();
 
     // The events arrive over the whole run, in chunks, while processors come and go.
@@ -136,7 +139,11 @@ async fn one_to_three_to_one(exactly_once: bool) {
         }
     };
     let spawn = |n: usize| {
-        let setup = guaranteed(t.processor(&broker, &dirs[n]).without_grace());
+        let setup = guaranteed(
+            t.processor(&broker, &dirs[n])
+                .without_grace()
+                .extra(GROUPED_ROUTES),
+        );
         async move { setup.start().await.unwrap() }
     };
     let mut p1 = spawn(0).await;
@@ -200,6 +207,9 @@ async fn one_to_three_to_one(exactly_once: bool) {
         .await
         .unwrap();
     assert!(restored > 0, "p1 restored the partitions it got back");
+    p1.wait_groups_folded(Duration::from_secs(300))
+        .await
+        .unwrap();
     let run = stop_and_collect(&mut p1).unwrap();
     let (state, outputs) = (run.state, run.incidents);
 
@@ -209,7 +219,12 @@ async fn one_to_three_to_one(exactly_once: bool) {
         .unwrap();
     let single_dir = root.path().join("single");
     let reference = reference_run(
-        guaranteed(single.processor(&broker, &single_dir).without_grace()),
+        guaranteed(
+            single
+                .processor(&broker, &single_dir)
+                .without_grace()
+                .extra(GROUPED_ROUTES),
+        ),
         total as i64,
         Duration::from_secs(900),
     )
@@ -217,6 +232,14 @@ async fn one_to_three_to_one(exactly_once: bool) {
     .unwrap();
     let (reference_state, reference_out) = (reference.state, reference.incidents);
 
+    let groups = reference_out
+        .iter()
+        .filter(|m| m.key().is_some_and(|k| k.starts_with(b"route/")))
+        .count();
+    assert!(
+        groups >= 5,
+        "the story makes group incidents: {groups} events"
+    );
     let repeats = assert_same_incidents(&reference_out, &outputs).unwrap();
     if exactly_once {
         assert_exactly_once(&reference_out, &outputs).unwrap();
@@ -250,7 +273,7 @@ async fn one_to_three_to_one(exactly_once: bool) {
         assert_eq!(keys, wanted, "{args:?}");
     }
     eprintln!(
-        "{total} events, exactly_once {exactly_once}; single processor: {} incident events; 1->3->1 with a SIGKILL: {} ({repeats} identical repeats); {restored} changelog records restored by p1; {open} open in the table",
+        "{total} events, exactly_once {exactly_once}; single processor: {} incident events ({groups} of groups); 1->3->1 with a SIGKILL: {} ({repeats} identical repeats); {restored} changelog records restored by p1; {open} open in the table",
         reference_out.len(),
         outputs.len()
     );

@@ -43,6 +43,11 @@ impl ProcessorConfig {
                 "write state changes and batch markers, restore from them; `topics` checks compaction",
             ),
             Acl::new(
+                AclResource::Topic(k.groups_topic()),
+                &["Read", "Write", "Describe"],
+                "the members of grouped routes, repartitioned by group (rules.routes group_by)",
+            ),
+            Acl::new(
                 AclResource::GroupPrefix(k.group_id.clone()),
                 &["Read", "Describe"],
                 "the consumer group and its .restore/.rebuild reader ids (Describe: rebuild checks the group is empty)",

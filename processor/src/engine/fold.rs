@@ -4,21 +4,32 @@
 //! changed states, the clock's writes and the offset the partition moves to are returned for
 //! the changelog and the store.
 //!
+//! With grouped routes (`hookfold_rules::groups`) a partition's part of a batch has two
+//! stages: its webhook records, whose members' incident events go to the groups topic
+//! instead of out (and, once folded, the partition's clock to every group partition); and
+//! its records of the groups topic (the same partition number), taken into the group stage
+//! and released by the low watermark into the groups' incident events. Both stages' states
+//! are the partition's store's, so they commit together.
+//!
 //! Invariants: a record below the store's next offset was folded already (a redelivery
-//! after a seek) and is skipped; a record that is not a webhook event (bad headers, a body
-//! that does not parse, a key under the reserved prefix) is counted as malformed and
-//! skipped, never stops the partition.
+//! after a seek) and is skipped, and so is a groups-topic record below the group stage's;
+//! a record that is not a webhook event (bad headers, a body that does not parse, a key
+//! under the reserved prefix) or not a group record is counted as malformed and skipped,
+//! never stops the partition.
 
 use std::collections::HashMap;
 use std::collections::hash_map::Entry;
 
 use hookfold_events::LogRecord;
 use hookfold_proto::cloudevents::CloudEventHeaders;
+use hookfold_proto::v1::IncidentEvent;
+use hookfold_rules::groups::{GROUP_PREFIX, GROUP_STAGE_KEY, GroupStage, GroupState};
 use hookfold_rules::{
-    CLOCK_KEY, Cause, ClockWrite, KeyState, PartitionClock, RESERVED_PREFIX, Record, Rules,
-    TIMER_PREFIX, TIMER_VALUE,
+    CLOCK_KEY, Cause, ClockWrite, GroupRecord, KeyState, PartitionClock, Position, RESERVED_PREFIX,
+    Record, Rules, TIMER_PREFIX, TIMER_VALUE,
 };
 use rdkafka::message::{Headers, Message, OwnedMessage};
+use time::OffsetDateTime;
 
 use super::EngineError;
 use super::outputs::Outputs;
@@ -40,15 +51,19 @@ pub struct Folder<'a> {
     pub outputs: Outputs<'a>,
     /// Whether incident events are produced (a rebuild may recompute state only).
     pub emit: bool,
+    /// The input partitions (every group partition waits for all their clocks).
+    pub sources: i32,
 }
 
 impl Folder<'_> {
-    /// Folds `messages` (of `task`'s partition, in offset order) and produces their outputs
-    /// and changelog records; `None` if every one was folded before.
+    /// Folds `webhooks` (of `task`'s partition, in offset order), then takes `groups` (its
+    /// records of the groups topic, in offset order) into the group stage, and produces
+    /// their outputs and changelog records; `None` if every one was folded before.
     pub fn partition(
         &self,
         task: &mut PartitionTask,
-        messages: Vec<OwnedMessage>,
+        webhooks: Vec<OwnedMessage>,
+        groups: Vec<OwnedMessage>,
     ) -> Result<Option<PartitionBatch>, EngineError> {
         let partition = task.partition();
         let clock = task.take_clock();
@@ -59,14 +74,15 @@ impl Folder<'_> {
             Some(clock) => clock,
             None => stored_clock(partition, store)?,
         };
-        let mut expected = store.next_offset()?.unwrap_or(0);
+        let stored_next = store.next_offset()?;
+        let mut expected = stored_next.unwrap_or(0);
         let mut states = BatchStates {
             store,
             partition,
             states: HashMap::new(),
         };
         let mut next_offset = None;
-        for message in messages {
+        for message in webhooks {
             if message.offset() < expected {
                 continue; // already folded (a redelivery after a seek)
             }
@@ -75,31 +91,38 @@ impl Folder<'_> {
             let emit = self.emit || task.emits_anyway(message.offset());
             self.record(partition, &message, &mut clock, &mut states, emit)?;
         }
-        let changes = next_offset.map(|next_offset| {
-            let mut changes: Vec<(Vec<u8>, Option<Vec<u8>>)> = states
-                .states
-                .iter()
-                .map(|(key, state)| (key.clone(), Some(codec::encode(state))))
-                .collect();
-            for write in clock.take_changes() {
-                changes.push(match write {
-                    ClockWrite::Watermark(stored) => {
-                        (CLOCK_KEY.to_vec(), Some(codec::encode_clock(&stored)))
-                    }
-                    ClockWrite::Timer { key, present } => {
-                        (key, present.then(|| TIMER_VALUE.to_vec()))
-                    }
-                });
-            }
-            (changes, next_offset)
-        });
+        let mut changes: Vec<(Vec<u8>, Option<Vec<u8>>)> = states
+            .states
+            .iter()
+            .map(|(key, state)| (key.clone(), Some(codec::encode(state))))
+            .collect();
+        for write in clock.take_changes() {
+            changes.push(match write {
+                ClockWrite::Watermark(stored) => {
+                    (CLOCK_KEY.to_vec(), Some(codec::encode_clock(&stored)))
+                }
+                ClockWrite::Timer { key, present } => (key, present.then(|| TIMER_VALUE.to_vec())),
+            });
+        }
+        if let Some(next) = next_offset {
+            self.forward_clock(task, &clock, next - 1)?;
+        }
         // Kept for the next batch now (unchanged if nothing new was folded, and it must
         // stay known, or the partition would get no more ticks): a failed batch either
         // stops the process or (an aborted transaction) forgets it again.
         task.keep_clock(clock);
-        let Some((changes, next_offset)) = changes else {
+        let Some(store) = task.store() else {
             return Ok(None);
         };
+        let stage = self.group_stage(partition, store, groups, &mut changes)?;
+        if let Some(stage) = &stage {
+            task.metrics().group_stage(stage, self.sources);
+        }
+        if next_offset.is_none() && stage.is_none() {
+            return Ok(None);
+        }
+        // A batch of group records alone leaves the input where it was.
+        let next_offset = next_offset.or(stored_next).unwrap_or(0);
         for (key, value) in &changes {
             self.outputs
                 .state(partition, key, value.as_deref(), next_offset)?;
@@ -109,6 +132,100 @@ impl Folder<'_> {
             changes,
             next_offset,
         }))
+    }
+
+    /// Sends the partition's clock, as of its record at `last_offset`, to every group
+    /// partition, if it moved since it was last sent (and some route groups).
+    fn forward_clock(
+        &self,
+        task: &mut PartitionTask,
+        clock: &PartitionClock,
+        last_offset: i64,
+    ) -> Result<(), EngineError> {
+        if !self.rules.groups() {
+            return Ok(());
+        }
+        let Some(now) = clock.watermark() else {
+            return Ok(());
+        };
+        if !task.clock_moved_since_forwarded(now) {
+            return Ok(());
+        }
+        let record = GroupRecord::clock(task.partition(), Position::after(last_offset), now);
+        for group_partition in 0..self.sources {
+            self.outputs.group_record(&record, group_partition)?;
+        }
+        task.forwarded(now);
+        Ok(())
+    }
+
+    /// The group stage of the partition: takes its groups-topic records, releases what the
+    /// low watermark allows, produces the groups' incident events and adds the stage's and
+    /// the groups' changed states to `changes`. Returns the stage, if a record was taken.
+    fn group_stage(
+        &self,
+        partition: i32,
+        store: &PartitionStore,
+        records: Vec<OwnedMessage>,
+        changes: &mut Vec<(Vec<u8>, Option<Vec<u8>>)>,
+    ) -> Result<Option<GroupStage>, EngineError> {
+        if records.is_empty() {
+            return Ok(None);
+        }
+        let mut stage: GroupStage = match store.get(GROUP_STAGE_KEY)? {
+            None => GroupStage::default(),
+            Some(bytes) => decode_stored(partition, GROUP_STAGE_KEY, &bytes)?,
+        };
+        let before = stage.next_offset();
+        for message in records {
+            let offset = message.offset();
+            if stage.next_offset().is_some_and(|next| offset < next) {
+                continue; // read again after a seek
+            }
+            let payload = message.payload().unwrap_or_default();
+            match codec::decode_value::<GroupRecord>(payload) {
+                Ok(record) => {
+                    stage.take(offset, record);
+                }
+                Err(e) => {
+                    stage.skip(offset);
+                    self.malformed(partition, &message, "hookfold.group", &e.to_string());
+                }
+            }
+        }
+        if stage.next_offset() == before {
+            return Ok(None);
+        }
+        let mut groups = BatchGroups {
+            store,
+            partition,
+            groups: HashMap::new(),
+        };
+        let incidents = stage.release(self.sources, &mut groups, self.rules)?;
+        self.publish(&incidents, self.emit)?;
+        for (key, group) in groups.groups {
+            let key = group_key(&key);
+            changes.push(if group.is_empty() {
+                (key, None)
+            } else {
+                (key, Some(codec::encode_value(&group)))
+            });
+        }
+        changes.push((GROUP_STAGE_KEY.to_vec(), Some(codec::encode_value(&stage))));
+        Ok(Some(stage))
+    }
+
+    /// Incident events out (if `emit`) and into the open-incident table.
+    fn publish(&self, incidents: &[IncidentEvent], emit: bool) -> Result<(), EngineError> {
+        for incident in incidents {
+            if emit {
+                self.outputs.incident_event(incident)?;
+            }
+            // The table follows the state, emitted or not: a rebuild without `--emit`
+            // still leaves it as the new state says.
+            self.outputs.table_row(incident)?;
+        }
+        Ok(())
     }
 
     /// Folds one record into the partition's clock and its keys' states and produces its
@@ -162,7 +279,20 @@ impl Folder<'_> {
             LogRecord::Tick { time, .. } => Record::Tick { time: *time },
         };
         let incidents = hookfold_rules::fold(clock, states, record, &cause, self.rules)?;
-        let outcome = match (&parsed, incidents.is_empty()) {
+        let now = clock.watermark().unwrap_or(OffsetDateTime::UNIX_EPOCH);
+        let (incidents, members) = hookfold_rules::groups::split_members(
+            incidents,
+            self.rules,
+            partition,
+            message.offset(),
+            now,
+        );
+        for member in &members {
+            let group = member.group().unwrap_or_default();
+            let to = hookfold_rules::groups::group_partition(group, self.sources);
+            self.outputs.group_record(member, to)?;
+        }
+        let outcome = match (&parsed, incidents.is_empty() && members.is_empty()) {
             (_, false) => "incident",
             (LogRecord::Tick { .. }, true) => "tick",
             (LogRecord::Webhook(_), true) => "no_change",
@@ -172,15 +302,7 @@ impl Folder<'_> {
             .events
             .with_label_values(&[&ce.ty, outcome])
             .inc();
-        for incident in &incidents {
-            if emit {
-                self.outputs.incident_event(incident)?;
-            }
-            // The table follows the state, emitted or not: a rebuild without `--emit`
-            // still leaves it as the new state says.
-            self.outputs.table_row(incident)?;
-        }
-        Ok(())
+        self.publish(&incidents, emit)
     }
 
     fn malformed(&self, partition: i32, message: &OwnedMessage, ty: &str, why: &str) {
@@ -223,6 +345,51 @@ pub fn stored_clock(partition: i32, store: &PartitionStore) -> Result<PartitionC
         );
     }
     Ok(clock)
+}
+
+/// A stored value of the group stage, decoded.
+fn decode_stored<T: serde::de::DeserializeOwned>(
+    partition: i32,
+    key: &[u8],
+    bytes: &[u8],
+) -> Result<T, EngineError> {
+    codec::decode_value(bytes).map_err(|source| EngineError::State {
+        partition,
+        key: String::from_utf8_lossy(key).into_owned(),
+        source,
+    })
+}
+
+/// The store key of a group's state.
+pub fn group_key(dedup_key: &str) -> Vec<u8> {
+    let mut key = GROUP_PREFIX.to_vec();
+    key.extend_from_slice(dedup_key.as_bytes());
+    key
+}
+
+/// A batch's groups of one partition, loaded from the store on first use.
+struct BatchGroups<'s> {
+    store: &'s PartitionStore,
+    partition: i32,
+    groups: HashMap<String, GroupState>,
+}
+
+impl hookfold_rules::GroupStates for BatchGroups<'_> {
+    type Error = EngineError;
+
+    fn group(&mut self, dedup_key: &str) -> Result<&mut GroupState, EngineError> {
+        match self.groups.entry(dedup_key.to_owned()) {
+            Entry::Occupied(known) => Ok(known.into_mut()),
+            Entry::Vacant(slot) => {
+                let key = group_key(dedup_key);
+                let state = match self.store.get(&key)? {
+                    None => GroupState::default(),
+                    Some(bytes) => decode_stored(self.partition, &key, &bytes)?,
+                };
+                Ok(slot.insert(state))
+            }
+        }
+    }
 }
 
 /// A batch's states of one partition: loaded from the store on first use, written back

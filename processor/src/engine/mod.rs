@@ -51,6 +51,8 @@ pub struct Topics {
     pub changelog: String,
     /// The compacted table of open incidents (`kafka.open_incidents_topic`).
     pub open_incidents: String,
+    /// The groups' repartition topic (`kafka.groups_topic`).
+    pub groups: String,
 }
 
 /// What a committed batch moved each partition to.
@@ -68,6 +70,8 @@ pub struct Engine {
     pending_since: Option<Instant>,
     /// Whether incident events are produced (a rebuild may recompute state only).
     emit: bool,
+    /// The input topic's partitions (the group stage waits for all their clocks).
+    sources: i32,
     metrics: Metrics,
 }
 
@@ -90,8 +94,37 @@ impl Engine {
             pending: Vec::new(),
             pending_since: None,
             emit: true,
+            sources: 0,
             metrics,
         }
+    }
+
+    /// The input topic's partition count, as the topics check at start found it.
+    pub fn set_input_partitions(&mut self, partitions: i32) {
+        self.sources = partitions;
+    }
+
+    /// Whether some route groups (the groups topic is read and written).
+    pub fn groups(&self) -> bool {
+        self.rules.groups()
+    }
+
+    /// The groups-topic offset the partition's group stage reads from next (`None`: the
+    /// beginning); `None` too for a partition without a store.
+    pub fn group_offset(&self, partition: i32) -> Result<Option<i64>, EngineError> {
+        let Some(store) = self.tasks.get(&partition).and_then(PartitionTask::store) else {
+            return Ok(None);
+        };
+        let Some(bytes) = store.get(hookfold_rules::groups::GROUP_STAGE_KEY)? else {
+            return Ok(None);
+        };
+        let stage: hookfold_rules::GroupStage =
+            codec::decode_value(&bytes).map_err(|source| EngineError::State {
+                partition,
+                key: "group stage".into(),
+                source,
+            })?;
+        Ok(stage.next_offset())
     }
 
     /// Whether the group's offsets are committed in each batch (`exactly_once`).
@@ -212,6 +245,18 @@ impl Engine {
         };
         for entry in store.states() {
             let (key, bytes) = entry?;
+            if let Some(group) = key.strip_prefix(hookfold_rules::groups::GROUP_PREFIX) {
+                let state: hookfold_rules::GroupState =
+                    codec::decode_value(&bytes).map_err(|source| EngineError::State {
+                        partition,
+                        key: String::from_utf8_lossy(&key).into_owned(),
+                        source,
+                    })?;
+                if state.is_open() {
+                    open.insert(String::from_utf8_lossy(group).into_owned());
+                }
+                continue;
+            }
             if key.starts_with(RESERVED_PREFIX) {
                 continue;
             }
@@ -303,12 +348,16 @@ impl Engine {
         &mut self,
         pending: Vec<OwnedMessage>,
     ) -> Result<Vec<PartitionBatch>, EngineError> {
-        let mut by_partition: BTreeMap<i32, Vec<OwnedMessage>> = BTreeMap::new();
+        // Per partition: its webhook records, and its records of the groups topic.
+        let mut by_partition: BTreeMap<i32, (Vec<OwnedMessage>, Vec<OwnedMessage>)> =
+            BTreeMap::new();
         for message in pending {
-            by_partition
-                .entry(message.partition())
-                .or_default()
-                .push(message);
+            let entry = by_partition.entry(message.partition()).or_default();
+            if message.topic() == self.topics.groups {
+                entry.1.push(message);
+            } else {
+                entry.0.push(message);
+            }
         }
         let folder = Folder {
             rules: &self.rules,
@@ -318,14 +367,15 @@ impl Engine {
                 metrics: &self.metrics,
             },
             emit: self.emit,
+            sources: self.sources,
         };
         let mut batches = Vec::new();
-        for (partition, messages) in by_partition {
+        for (partition, (webhooks, groups)) in by_partition {
             // Revoked while the records were in flight: the new owner reads them.
             let Some(task) = self.tasks.get_mut(&partition) else {
                 continue;
             };
-            if let Some(batch) = folder.partition(task, messages)? {
+            if let Some(batch) = folder.partition(task, webhooks, groups)? {
                 batches.push(batch);
             }
         }
@@ -414,6 +464,33 @@ impl Engine {
         Ok(committed)
     }
 
+    /// Starts the partition's group stage at `offset` of the groups topic, committed as a
+    /// batch of its own (changelog record and marker, then the store): a rebuild's stores
+    /// fold only the member records the rebuild itself sends, none from before it.
+    pub fn start_group_stage(&mut self, partition: i32, offset: i64) -> Result<(), EngineError> {
+        let next_offset = match self.tasks.get(&partition).and_then(PartitionTask::store) {
+            Some(store) => store.next_offset()?.unwrap_or(0),
+            None => return Ok(()),
+        };
+        let value = codec::encode_value(&hookfold_rules::GroupStage::starting_at(offset));
+        let key = hookfold_rules::groups::GROUP_STAGE_KEY.to_vec();
+        self.producer.begin()?;
+        Outputs {
+            producer: &self.producer,
+            topics: &self.topics,
+            metrics: &self.metrics,
+        }
+        .state(partition, &key, Some(&value), next_offset)?;
+        let markers = self.producer.finish(&[(partition, next_offset)], None)?;
+        let batch = PartitionBatch {
+            partition,
+            changes: vec![(key, Some(value))],
+            next_offset,
+        };
+        self.write_stores(vec![batch], &markers)?;
+        Ok(())
+    }
+
     /// Writes a reset marker to the partition's changelog (a rebuild starts the state over;
     /// see `changelog`) and waits for its ack.
     pub fn reset_changelog(&mut self, partition: i32) -> Result<(), EngineError> {
@@ -431,11 +508,14 @@ impl Engine {
         )
     }
 
-    /// The active partitions whose clock holds timers: ticks are only of use there.
+    /// The active partitions whose clock holds timers: ticks are only of use there. With
+    /// grouped routes, every active partition: the group partitions wait for every input
+    /// partition's clock, a quiet one's too.
     pub fn partitions_with_timers(&self) -> Vec<i32> {
+        let every = self.rules.groups();
         self.tasks
             .values()
-            .filter(|task| task.has_timers())
+            .filter(|task| task.has_timers() || (every && task.state() == TaskState::Active))
             .map(PartitionTask::partition)
             .collect()
     }

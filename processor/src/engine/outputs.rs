@@ -1,7 +1,8 @@
 //! The records a batch writes besides its markers, each built in one place: an incident
 //! event (protobuf, CloudEvents headers, keyed by dedup key) on the incident topic; its row
-//! in the open-incident table (the event while open, a tombstone once resolved); and a
-//! changelog record per changed key (`changelog::record`).
+//! in the open-incident table (the event while open, a tombstone once resolved); a record
+//! of the groups topic (a member of a grouped route, a partition's clock); and a changelog
+//! record per changed key (`changelog::record`).
 
 use hookfold_proto::Message as _;
 use hookfold_proto::incident::PROCESSOR_SOURCE;
@@ -67,6 +68,23 @@ impl Outputs<'_> {
             record = record.payload(value.as_slice());
         }
         self.producer.send(record)
+    }
+
+    /// A record of the groups topic, to its group's partition (a member) or to each one
+    /// (a clock): keyed by the group, value the state codec's.
+    pub fn group_record(
+        &self,
+        record: &hookfold_rules::GroupRecord,
+        partition: i32,
+    ) -> Result<(), EngineError> {
+        let value = crate::codec::encode_value(record);
+        let mut out: BaseRecord<'_, str, [u8]> = BaseRecord::to(&self.topics.groups)
+            .partition(partition)
+            .payload(value.as_slice());
+        if let Some(group) = record.group() {
+            out = out.key(group);
+        }
+        self.producer.send(out)
     }
 
     /// A changelog state record (`None`: a tombstone).

@@ -59,11 +59,14 @@ pub fn run(
         .clone()
         .create()
         .context("creating a Kafka consumer")?;
+    let grouped = config.rules.groups();
+    let groups_topic = k.groups_topic();
     let count = check_copartitioned(
         &reader,
         &k.input_topic,
         &k.changelog_topic(),
         &k.open_incidents_topic(),
+        grouped.then_some(groups_topic.as_str()),
         timeout,
     )?;
 
@@ -100,6 +103,12 @@ pub fn run(
     if partitions.is_empty() {
         partitions = (0..count as i32).collect();
     }
+    if grouped && partitions.len() != count {
+        bail!(
+            "with grouped routes (rules.routes group_by) a rebuild recomputes every partition: \
+             every group partition takes members from all of them. Leave out --partition"
+        );
+    }
     if let Some(bad) = partitions.iter().find(|&&p| p < 0 || p as usize >= count) {
         bail!(
             "{} has partitions 0 to {}; there is no partition {bad}",
@@ -115,6 +124,18 @@ pub fn run(
     if !options.emit {
         engine = engine.without_incident_events();
     }
+    engine.set_input_partitions(count as i32);
+    // The groups topic's ends now: the rebuilt group stages read only what comes after.
+    let group_starts = if grouped {
+        let groups = PartitionReader::new(reader_client.clone(), &groups_topic, timeout)?;
+        let mut ends = Vec::new();
+        for partition in 0..count as i32 {
+            ends.push(groups.watermarks(partition)?.1);
+        }
+        ends
+    } else {
+        Vec::new()
+    };
     // The open-incident table before the rebuild: what the new state no longer has open
     // is closed there afterwards (the fold itself rewrites what it has open).
     let table_topic = k.open_incidents_topic();
@@ -127,11 +148,15 @@ pub fn run(
     .with_context(|| format!("reading the open-incident table {table_topic}"))?;
     let mut input = PartitionReader::new(reader_client, &k.input_topic, timeout)?;
     for partition in partitions {
+        let target = Target {
+            partition,
+            group_start: group_starts.get(partition as usize).copied(),
+        };
         rebuild_partition(
             config,
             &mut engine,
             &mut input,
-            partition,
+            target,
             options.emit,
             timeout,
             out,
@@ -206,15 +231,26 @@ fn close_vanished(
     Ok(())
 }
 
+/// A partition to rebuild, and where its group stage starts in the groups topic (grouped
+/// routes).
+struct Target {
+    partition: i32,
+    group_start: Option<i64>,
+}
+
 fn rebuild_partition(
     config: &ProcessorConfig,
     engine: &mut Engine,
     reader: &mut PartitionReader,
-    partition: i32,
+    target: Target,
     emit_all: bool,
     timeout: Duration,
     out: &mut impl Write,
 ) -> anyhow::Result<()> {
+    let Target {
+        partition,
+        group_start,
+    } = target;
     let topic = &config.kafka.input_topic;
     let started = Instant::now();
     let (low, high) = reader.watermarks(partition)?;
@@ -255,6 +291,14 @@ fn rebuild_partition(
     PartitionStore::destroy(&path)?;
     engine.reset_changelog(partition)?;
     engine.activate(partition)?;
+    if let Some(start) = group_start {
+        engine.start_group_stage(partition, start)?;
+        writeln!(
+            out,
+            "partition {partition}: its groups start over from offset {start} of {}",
+            config.kafka.groups_topic()
+        )?;
+    }
     if let Some(from) = emit_from {
         engine.emit_from(partition, from);
     }

@@ -320,6 +320,8 @@ pub struct Run {
     /// Position of the next webhook (ticks take none, so adding ticks changes no webhook's
     /// derived `ce_id`, time or offset).
     pub position: i64,
+    /// The input partition the records are of (their `cause`).
+    pub partition: i32,
 }
 
 impl Run {
@@ -329,6 +331,7 @@ impl Run {
             states: BTreeMap::new(),
             clock: PartitionClock::default(),
             position: 0,
+            partition: 0,
         }
     }
 
@@ -363,7 +366,7 @@ impl Run {
             .unwrap_or_else(|| format!("{SOURCE}/org"));
         let cause = Cause {
             topic: "hookfold.webhooks".into(),
-            partition: 0,
+            partition: self.partition,
             offset: hook.offset.unwrap_or(position),
             ce_id,
         };
@@ -385,7 +388,7 @@ impl Run {
     pub fn tick(&mut self, time: OffsetDateTime) -> Vec<IncidentEvent> {
         let cause = Cause {
             topic: "hookfold.webhooks".into(),
-            partition: 0,
+            partition: self.partition,
             offset: -1,
             ce_id: format!("tick-{time}"),
         };

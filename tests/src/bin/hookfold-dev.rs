@@ -49,6 +49,10 @@ enum Command {
         metrics: String,
         #[arg(long, default_value_t = 60)]
         timeout_secs: u64,
+        /// Also wait until its group stages have folded this groups topic to its end as it
+        /// is once the input is folded (grouped routes).
+        #[arg(long)]
+        groups_topic: Option<String>,
     },
     /// Wait until a consumer group (e.g. a Kafka Streams application id) has committed
     /// every record now on the topic (its committed offsets reach the high watermarks).
@@ -67,8 +71,10 @@ enum Command {
         #[arg(long)]
         count: usize,
         /// `mixed`: a seeded mix of builds, stale builds, repeats and agents over a few
-        /// hundred keys; `distinct`: every record a new pipeline (failed build) or agent
-        /// (lost), half each, so every record creates state and an incident.
+        /// hundred keys; `mixed-timed`: the same, received 1 ms apart (event time moves, so
+        /// grace periods and groups' timers fire); `distinct`: every record a new pipeline
+        /// (failed build) or agent (lost), half each, so every record creates state and an
+        /// incident.
         #[arg(long, default_value = "mixed")]
         shape: String,
     },
@@ -225,14 +231,30 @@ async fn main() -> Result<()> {
             topic,
             metrics,
             timeout_secs,
+            groups_topic,
         } => {
+            let timeout = Duration::from_secs(timeout_secs);
             wait_processed(
                 &args.bootstrap,
                 &topic,
                 &metrics,
-                Duration::from_secs(timeout_secs),
+                "hookfold_processor_next_offset",
+                timeout,
             )
-            .await
+            .await?;
+            match groups_topic {
+                Some(groups) => {
+                    wait_processed(
+                        &args.bootstrap,
+                        &groups,
+                        &metrics,
+                        "hookfold_processor_group_next_offset",
+                        timeout,
+                    )
+                    .await
+                }
+                None => Ok(()),
+            }
         }
         Command::WaitGroup {
             group,
@@ -251,8 +273,12 @@ async fn main() -> Result<()> {
         } => {
             let records = match shape.as_str() {
                 "mixed" => hookfold_tests::records::mixed_story(count, 0xbe7c),
+                "mixed-timed" => hookfold_tests::records::timed(
+                    hookfold_tests::records::mixed_story(count, 0xbe7c),
+                    1,
+                ),
                 "distinct" => hookfold_tests::records::distinct_keys(count),
-                other => bail!("unknown shape {other}: mixed or distinct"),
+                other => bail!("unknown shape {other}: mixed, mixed-timed or distinct"),
             };
             let started = Instant::now();
             for chunk in records.chunks(50_000) {
@@ -336,12 +362,15 @@ fn wait_broker(bootstrap: &str, timeout: Duration) -> Result<()> {
     Ok(())
 }
 
+/// Waits until the processor's `gauge` (per partition) adds up to `topic`'s end.
 async fn wait_processed(
     bootstrap: &str,
     topic: &str,
     metrics: &str,
+    gauge: &str,
     timeout: Duration,
 ) -> Result<()> {
+    let series = format!("{gauge}{{");
     // Offsets count from 0 on a topic nothing was deleted from: the high watermarks.
     let end: i64 = hookfold_tests::watermarks(bootstrap, topic)?
         .iter()
@@ -364,7 +393,7 @@ async fn wait_processed(
         };
         done = text
             .lines()
-            .filter(|l| l.starts_with("hookfold_processor_next_offset{"))
+            .filter(|l| l.starts_with(&series))
             .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
             .sum();
         Ok((done as i64 >= end).then_some(()))
