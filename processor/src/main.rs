@@ -333,6 +333,7 @@ fn run(config: &ProcessorConfig) -> anyhow::Result<()> {
 }
 
 fn dump_state(config: &ProcessorConfig) -> anyhow::Result<()> {
+    use std::io::Write;
     let prefix = format!("{}-", config.kafka.input_topic);
     let mut partitions: Vec<i32> = std::fs::read_dir(&config.state_dir)
         .with_context(|| format!("reading state_dir {}", config.state_dir.display()))?
@@ -362,7 +363,6 @@ fn dump_state(config: &ProcessorConfig) -> anyhow::Result<()> {
                     "next_offset": next_offset,
                     "clock": clock,
                 });
-                use std::io::Write;
                 writeln!(out, "{line}")?;
                 continue;
             }
@@ -377,7 +377,6 @@ fn dump_state(config: &ProcessorConfig) -> anyhow::Result<()> {
                         "key": String::from_utf8_lossy(&of),
                     },
                 });
-                use std::io::Write;
                 writeln!(out, "{line}")?;
                 continue;
             }
@@ -391,7 +390,17 @@ fn dump_state(config: &ProcessorConfig) -> anyhow::Result<()> {
                     "next_offset": next_offset,
                     "group_stage": {"pending": stage.pending(), "deadlines": stage.deadlines()},
                 });
-                use std::io::Write;
+                writeln!(out, "{line}")?;
+                continue;
+            }
+            if key.starts_with(hookfold_rules::groups::HELD_PREFIX) {
+                let change: hookfold_rules::groups::MemberChange =
+                    codec::decode_value(&value).context("decoding a held change")?;
+                let line = serde_json::json!({
+                    "partition": partition,
+                    "next_offset": next_offset,
+                    "held": {"group": change.group(), "time": change.time()},
+                });
                 writeln!(out, "{line}")?;
                 continue;
             }
@@ -406,7 +415,6 @@ fn dump_state(config: &ProcessorConfig) -> anyhow::Result<()> {
                     "group": String::from_utf8_lossy(group),
                     "state": state,
                 });
-                use std::io::Write;
                 writeln!(out, "{line}")?;
                 continue;
             }
@@ -419,7 +427,6 @@ fn dump_state(config: &ProcessorConfig) -> anyhow::Result<()> {
                 "open_incidents": state.open_incidents().iter().map(|i| i.dedup_key).collect::<Vec<_>>(),
                 "state": state,
             });
-            use std::io::Write;
             writeln!(out, "{line}")?;
         }
     }

@@ -199,27 +199,82 @@ pub fn member_record(
     })
 }
 
-/// Where the group stage finds the groups' states (the engine: a batch's states over the
-/// store; tests: a map). A group never seen, or whose incident is over, is the default.
+/// Where the group stage keeps the groups' states and the changes it holds until the low
+/// watermark passes them (the engine: a batch's over the store; tests: [`MemoryGroups`]).
+/// A group never seen, or whose incident is over, is the default. Held changes are kept one
+/// per key ([`held_key`]), never in one value: a stalled partition makes them many.
 pub trait GroupStates {
     type Error;
     fn group(&mut self, dedup_key: &str) -> Result<&mut GroupState, Self::Error>;
+    /// Holds `change` until it is released.
+    fn hold(&mut self, change: MemberChange) -> Result<(), Self::Error>;
+    /// Takes out the earliest change held (by [`held_key`]), if it is at or before `low`.
+    fn take_first(&mut self, low: StoredTime) -> Result<Option<MemberChange>, Self::Error>;
 }
 
-impl GroupStates for BTreeMap<String, GroupState> {
-    type Error = std::convert::Infallible;
-    fn group(&mut self, dedup_key: &str) -> Result<&mut GroupState, Self::Error> {
-        Ok(self.entry(dedup_key.to_owned()).or_default())
+/// The prefix of the keys of held changes; then [`held_key`]'s order.
+pub const HELD_PREFIX: &[u8] = b"\0hookfold/held/";
+
+/// A held change's key: [`HELD_PREFIX`], then its time, source and position, each encoded
+/// so that the keys sort as (time, source, position) do.
+pub fn held_key(change: &MemberChange) -> Vec<u8> {
+    let (seconds, nanos) = change.time.parts();
+    let mut key = HELD_PREFIX.to_vec();
+    key.extend_from_slice(&((seconds as u64) ^ (1 << 63)).to_be_bytes());
+    key.extend_from_slice(&nanos.to_be_bytes());
+    key.extend_from_slice(&((change.source as u32) ^ (1 << 31)).to_be_bytes());
+    key.extend_from_slice(&((change.position.offset as u64) ^ (1 << 63)).to_be_bytes());
+    key.extend_from_slice(&change.position.seq.to_be_bytes());
+    key
+}
+
+impl MemberChange {
+    /// When its source's clock stamped it.
+    pub fn time(&self) -> StoredTime {
+        self.time
+    }
+
+    /// The group's dedup key.
+    pub fn group(&self) -> &str {
+        &self.group
     }
 }
 
-/// What a group partition knows besides its groups: each source's last position and
-/// clock, the changes not yet released, and the groups' deadlines.
+/// [`GroupStates`] in memory.
+#[derive(Debug, Clone, Default)]
+pub struct MemoryGroups {
+    pub groups: BTreeMap<String, GroupState>,
+    pub held: BTreeMap<Vec<u8>, MemberChange>,
+}
+
+impl GroupStates for MemoryGroups {
+    type Error = std::convert::Infallible;
+    fn group(&mut self, dedup_key: &str) -> Result<&mut GroupState, Self::Error> {
+        Ok(self.groups.entry(dedup_key.to_owned()).or_default())
+    }
+    fn hold(&mut self, change: MemberChange) -> Result<(), Self::Error> {
+        self.held.insert(held_key(&change), change);
+        Ok(())
+    }
+    fn take_first(&mut self, low: StoredTime) -> Result<Option<MemberChange>, Self::Error> {
+        if self
+            .held
+            .first_key_value()
+            .is_some_and(|(_, c)| c.time <= low)
+        {
+            return Ok(self.held.pop_first().map(|(_, change)| change));
+        }
+        Ok(None)
+    }
+}
+
+/// What a group partition knows besides its groups and held changes: each source's last
+/// position and clock, how many changes it holds, and the groups' deadlines.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct GroupStage {
     sources: BTreeMap<i32, SourceMark>,
-    /// By (time, source, position): the order they are applied in.
-    pending: BTreeMap<(StoredTime, i32, Position), MemberChange>,
+    /// Changes held (in [`GroupStates`]) until the low watermark passes them.
+    held: u64,
     released: Option<StoredTime>,
     /// `(deadline, group dedup key)`.
     deadlines: BTreeSet<(StoredTime, String)>,
@@ -249,8 +304,8 @@ impl GroupStage {
     }
 
     /// Changes taken but not released yet.
-    pub fn pending(&self) -> usize {
-        self.pending.len()
+    pub fn pending(&self) -> u64 {
+        self.held
     }
 
     /// Groups with a timer waiting.
@@ -280,29 +335,35 @@ impl GroupStage {
         }
     }
 
-    /// Takes the groups topic's record at `offset` (records come in offset order); false
-    /// if it was taken before (read again after a seek) or repeats one of its source's.
-    pub fn take(&mut self, offset: i64, record: GroupRecord) -> bool {
+    /// Takes the groups topic's record at `offset` (records come in offset order), holding
+    /// a member's change in `states`; false if it was taken before (read again after a
+    /// seek) or repeats one of its source's.
+    pub fn take<S: GroupStates>(
+        &mut self,
+        offset: i64,
+        record: GroupRecord,
+        states: &mut S,
+    ) -> Result<bool, S::Error> {
         if self.next_offset.is_some_and(|next| offset < next) {
-            return false;
+            return Ok(false);
         }
         self.next_offset = Some(offset + 1);
         let (source, position) = record.origin();
         let mark = self.sources.entry(source).or_default();
         if mark.position.is_some_and(|last| position <= last) {
-            return false;
+            return Ok(false);
         }
         mark.position = Some(position);
         match record {
             GroupRecord::Member(change) => {
-                self.pending
-                    .insert((change.time, change.source, change.position), change);
+                states.hold(change)?;
+                self.held += 1;
             }
             GroupRecord::Clock { time, .. } => {
                 mark.clock = Some(mark.clock.map_or(time, |clock| clock.max(time)));
             }
         }
-        true
+        Ok(true)
     }
 
     /// Applies every change and fires every timer up to the low watermark, in time order;
@@ -318,48 +379,37 @@ impl GroupStage {
             return Ok(out);
         };
         loop {
-            let change_at = self
-                .pending
-                .keys()
-                .next()
-                .map(|k| k.0)
-                .filter(|t| *t <= low);
-            let due_at = self.deadlines.first().map(|d| d.0).filter(|t| *t <= low);
-            match (due_at, change_at) {
-                (Some(due), change) if change.is_none_or(|change| due <= change) => {
-                    let Some((at, key)) = self.deadlines.pop_first() else {
-                        break;
-                    };
-                    let state = states.group(&key)?;
-                    state.fire(at, &mut out);
-                    if let Some(next) = state.due {
-                        self.deadlines.insert((next, key));
-                    }
-                    debug_assert!(due == at);
+            // A deadline fires after the changes before it and before those of its own time.
+            let due = self.deadlines.first().map(|d| d.0).filter(|t| *t <= low);
+            let bound = due.map_or(low, StoredTime::just_before);
+            let Some(change) = states.take_first(bound)? else {
+                let Some((at, key)) = due.and_then(|_| self.deadlines.pop_first()) else {
+                    break;
+                };
+                let state = states.group(&key)?;
+                state.fire(at, &mut out);
+                if let Some(next) = state.due {
+                    self.deadlines.insert((next, key));
                 }
-                (_, Some(_)) => {
-                    let Some((_, change)) = self.pending.pop_first() else {
-                        break;
-                    };
-                    // Only this crate's stage 1 writes these; one that does not decode is
-                    // dropped rather than stop the partition.
-                    let Ok(event) = IncidentEvent::decode(change.event.as_slice()) else {
-                        continue;
-                    };
-                    let timing = Timing::of(rules, &event.route);
-                    let state = states.group(&change.group)?;
-                    let before = state.due;
-                    state.apply(&change.group, change.time, &event, rules, timing, &mut out);
-                    if state.due != before {
-                        if let Some(before) = before {
-                            self.deadlines.remove(&(before, change.group.clone()));
-                        }
-                        if let Some(after) = state.due {
-                            self.deadlines.insert((after, change.group));
-                        }
-                    }
+                continue;
+            };
+            self.held = self.held.saturating_sub(1);
+            // Only this crate's stage 1 writes these; one that does not decode is
+            // dropped rather than stop the partition.
+            let Ok(event) = IncidentEvent::decode(change.event.as_slice()) else {
+                continue;
+            };
+            let timing = Timing::of(rules, &event.route);
+            let state = states.group(&change.group)?;
+            let before = state.due;
+            state.apply(&change.group, change.time, &event, rules, timing, &mut out);
+            if state.due != before {
+                if let Some(before) = before {
+                    self.deadlines.remove(&(before, change.group.clone()));
                 }
-                _ => break,
+                if let Some(after) = state.due {
+                    self.deadlines.insert((after, change.group));
+                }
             }
         }
         self.released = Some(low);
@@ -534,8 +584,14 @@ impl GroupState {
                     || event.created_at.as_ref().map_or(time, stored_time),
                     |member| member.since,
                 );
-                self.members
-                    .insert(event.dedup_key.clone(), Member::of(event, since));
+                let mut member = Member::of(event, since);
+                let alone = self.members.keys().all(|key| *key == event.dedup_key);
+                if !alone {
+                    // Only a group of one shows a member's details: a big group's state
+                    // stays small (it is one changelog record).
+                    member.details.clear();
+                }
+                self.members.insert(event.dedup_key.clone(), member);
                 self.peak = self.peak.max(self.members.len());
                 if self.opened_by.is_none() {
                     self.opened_by = Some(cause.clone());

@@ -45,7 +45,7 @@ pub use fold::{Record, States, fold};
 pub use glob::matches as branch_pattern_matches;
 pub use groups::{GroupRecord, GroupStage, GroupState, GroupStates, Position};
 pub use routes::{Route, RouteKind, Subject};
-pub use state::{KeyState, OpenIncidentView, STATE_FORMAT_VERSION};
+pub use state::{KeyState, OpenIncidentView, STATE_FORMAT_VERSION, StoredTime};
 
 /// Where the webhook record being applied came from; copied into every output's `cause`.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]

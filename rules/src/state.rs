@@ -151,6 +151,20 @@ impl From<OffsetDateTime> for StoredTime {
 }
 
 impl StoredTime {
+    /// The instant one nanosecond earlier.
+    pub(crate) fn just_before(self) -> Self {
+        match self.nanos {
+            0 => Self {
+                seconds: self.seconds.saturating_sub(1),
+                nanos: 999_999_999,
+            },
+            nanos => Self {
+                seconds: self.seconds,
+                nanos: nanos - 1,
+            },
+        }
+    }
+
     pub(crate) fn parts(self) -> (i64, u32) {
         (self.seconds, self.nanos)
     }

@@ -5,11 +5,9 @@
 
 mod support;
 
-use std::collections::BTreeMap;
-
 use hookfold_proto::v1::{EntityKind, IncidentEvent, Transition};
 use hookfold_rules::Rules;
-use hookfold_rules::groups::{GroupRecord, GroupStage, GroupState, Position, split_members};
+use hookfold_rules::groups::{GroupRecord, GroupStage, MemoryGroups, Position, split_members};
 use serde_json::json;
 use support::*;
 use time::OffsetDateTime;
@@ -126,7 +124,7 @@ impl Cluster {
     /// row (a batch redone), releasing after every record; returns the groups' events.
     fn deliver(&self, order: Order, copies: usize) -> Vec<IncidentEvent> {
         let mut stage = GroupStage::default();
-        let mut groups: BTreeMap<String, GroupState> = BTreeMap::new();
+        let mut groups = MemoryGroups::default();
         let mut next = vec![0usize; self.sent.len()];
         let mut offset = 0i64;
         let mut out = Vec::new();
@@ -150,7 +148,7 @@ impl Cluster {
             let record = &self.sent[source][next[source]];
             next[source] += 1;
             for copy in 0..copies {
-                let taken = stage.take(offset, record.clone());
+                let Ok(taken) = stage.take(offset, record.clone(), &mut groups);
                 assert_eq!(
                     taken,
                     copy == 0,

@@ -59,6 +59,7 @@ async fn topics_creates_checks_and_refuses_a_changelog_that_is_not_copartitioned
         &t.incidents,
         &t.open_incidents(),
         &t.changelog(),
+        &t.groups(),
     ] {
         assert!(
             text(&create).contains(&format!("created  {topic}: 4 partitions")),
@@ -218,7 +219,10 @@ fn topics_create_on_three_brokers_passes_its_own_checks_at_once() {
         let output = text(&create);
         assert!(create.status.success(), "round {round}: {output}");
         let compacted = [t.open_incidents(), t.changelog()];
-        let created = [&t.webhooks, &t.incidents].into_iter().chain(&compacted);
+        let groups = t.groups();
+        let created = [&t.webhooks, &t.incidents, &groups]
+            .into_iter()
+            .chain(&compacted);
         for topic in created {
             let line = format!("created  {topic}: 3 partitions");
             assert!(output.contains(&line), "round {round}: {output}");

@@ -17,16 +17,18 @@
 //! under the reserved prefix) or not a group record is counted as malformed and skipped,
 //! never stops the partition.
 
-use std::collections::HashMap;
 use std::collections::hash_map::Entry;
+use std::collections::{BTreeMap, HashMap};
 
 use hookfold_events::LogRecord;
 use hookfold_proto::cloudevents::CloudEventHeaders;
 use hookfold_proto::v1::IncidentEvent;
-use hookfold_rules::groups::{GROUP_PREFIX, GROUP_STAGE_KEY, GroupStage, GroupState};
+use hookfold_rules::groups::{
+    GROUP_PREFIX, GROUP_STAGE_KEY, GroupStage, GroupState, HELD_PREFIX, MemberChange, held_key,
+};
 use hookfold_rules::{
     CLOCK_KEY, Cause, ClockWrite, GroupRecord, KeyState, PartitionClock, Position, RESERVED_PREFIX,
-    Record, Rules, TIMER_PREFIX, TIMER_VALUE,
+    Record, Rules, StoredTime, TIMER_PREFIX, TIMER_VALUE,
 };
 use rdkafka::message::{Headers, Message, OwnedMessage};
 use time::OffsetDateTime;
@@ -177,6 +179,14 @@ impl Folder<'_> {
             Some(bytes) => decode_stored(partition, GROUP_STAGE_KEY, &bytes)?,
         };
         let before = stage.next_offset();
+        let mut groups = BatchGroups {
+            store,
+            partition,
+            groups: HashMap::new(),
+            held: BTreeMap::new(),
+            released: Vec::new(),
+            stored: None,
+        };
         for message in records {
             let offset = message.offset();
             if stage.next_offset().is_some_and(|next| offset < next) {
@@ -185,7 +195,7 @@ impl Folder<'_> {
             let payload = message.payload().unwrap_or_default();
             match codec::decode_value::<GroupRecord>(payload) {
                 Ok(record) => {
-                    stage.take(offset, record);
+                    stage.take(offset, record, &mut groups)?;
                 }
                 Err(e) => {
                     stage.skip(offset);
@@ -196,11 +206,6 @@ impl Folder<'_> {
         if stage.next_offset() == before {
             return Ok(None);
         }
-        let mut groups = BatchGroups {
-            store,
-            partition,
-            groups: HashMap::new(),
-        };
         let incidents = stage.release(self.sources, &mut groups, self.rules)?;
         self.publish(&incidents, self.emit)?;
         for (key, group) in groups.groups {
@@ -211,6 +216,10 @@ impl Folder<'_> {
                 (key, Some(codec::encode_value(&group)))
             });
         }
+        for (key, change) in groups.held {
+            changes.push((key, Some(codec::encode_value(&change))));
+        }
+        changes.extend(groups.released.into_iter().map(|key| (key, None)));
         changes.push((GROUP_STAGE_KEY.to_vec(), Some(codec::encode_value(&stage))));
         Ok(Some(stage))
     }
@@ -367,15 +376,82 @@ pub fn group_key(dedup_key: &str) -> Vec<u8> {
     key
 }
 
-/// A batch's groups of one partition, loaded from the store on first use.
+/// A stored held change: its key and value, or why it could not be read.
+type Held = Result<(Vec<u8>, Vec<u8>), crate::store::StoreError>;
+
+/// A batch's groups of one partition, loaded from the store on first use, and its held
+/// changes: those stored (read in key order, once) and those taken in this batch.
 struct BatchGroups<'s> {
     store: &'s PartitionStore,
     partition: i32,
     groups: HashMap<String, GroupState>,
+    /// Held in this batch and not released in it: written when it commits.
+    held: BTreeMap<Vec<u8>, MemberChange>,
+    /// Stored held changes released in this batch: deleted when it commits.
+    released: Vec<Vec<u8>>,
+    stored: Option<std::iter::Peekable<Box<dyn Iterator<Item = Held> + 's>>>,
+}
+
+impl BatchGroups<'_> {
+    /// The first stored held change not yet released.
+    fn stored_first(&mut self) -> Result<Option<(Vec<u8>, MemberChange)>, EngineError> {
+        let store = self.store;
+        let stored = self.stored.get_or_insert_with(|| {
+            let held: Box<dyn Iterator<Item = Held>> =
+                Box::new(store.states_with_prefix(HELD_PREFIX));
+            held.peekable()
+        });
+        match stored.peek() {
+            None => Ok(None),
+            Some(Err(_)) => match stored.next() {
+                Some(Err(e)) => Err(e.into()),
+                _ => Ok(None),
+            },
+            Some(Ok((key, bytes))) => {
+                let change = decode_stored(self.partition, key, bytes)?;
+                Ok(Some((key.clone(), change)))
+            }
+        }
+    }
 }
 
 impl hookfold_rules::GroupStates for BatchGroups<'_> {
     type Error = EngineError;
+
+    fn hold(&mut self, change: MemberChange) -> Result<(), EngineError> {
+        self.held.insert(held_key(&change), change);
+        Ok(())
+    }
+
+    fn take_first(&mut self, up_to: StoredTime) -> Result<Option<MemberChange>, EngineError> {
+        let stored = self.stored_first()?;
+        let from_stored = match (&stored, self.held.first_key_value()) {
+            (Some((stored, _)), Some((held, _))) => stored < held,
+            (Some(_), None) => true,
+            (None, _) => false,
+        };
+        if from_stored {
+            let Some((key, change)) = stored else {
+                return Ok(None);
+            };
+            if change.time() > up_to {
+                return Ok(None);
+            }
+            if let Some(stored) = &mut self.stored {
+                stored.next();
+            }
+            self.released.push(key);
+            return Ok(Some(change));
+        }
+        if self
+            .held
+            .first_key_value()
+            .is_some_and(|(_, c)| c.time() <= up_to)
+        {
+            return Ok(self.held.pop_first().map(|(_, change)| change));
+        }
+        Ok(None)
+    }
 
     fn group(&mut self, dedup_key: &str) -> Result<&mut GroupState, EngineError> {
         match self.groups.entry(dedup_key.to_owned()) {
