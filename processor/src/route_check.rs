@@ -76,6 +76,7 @@ pub fn explain(rules: &Rules, query: &RouteQuery) -> Result<Value, String> {
             "values": values,
             "group_wait": humantime::format_duration(r.group_wait()).to_string(),
             "group_interval": humantime::format_duration(r.group_interval()).to_string(),
+            "min_connected": r.pool(),
         }))
     });
     Ok(json!({
@@ -123,7 +124,7 @@ pub fn human(answer: &Value) -> String {
     let group = &answer["group"];
     out.push_str(&match group["dedup_key"].as_str() {
         Some(key) => format!(
-            "group: {key} (by {}; group_wait {}, group_interval {})\n",
+            "group: {key} (by {}; group_wait {}, group_interval {}{})\n",
             group["by"]
                 .as_array()
                 .map(|by| by
@@ -134,6 +135,10 @@ pub fn human(answer: &Value) -> String {
                 .unwrap_or_default(),
             group["group_wait"].as_str().unwrap_or_default(),
             group["group_interval"].as_str().unwrap_or_default(),
+            group["min_connected"]
+                .as_u64()
+                .map(|n| format!("; a pool of at least {n} connected"))
+                .unwrap_or_default(),
         ),
         None => "group: none (each incident is its own)\n".to_owned(),
     });
@@ -303,6 +308,7 @@ mod tests {
             labels = { team = "ci-infra" }
             group_by = ["queue", "team"]
             group_wait = "20s"
+            min_connected = 4
             "#,
         )
         .unwrap();
@@ -315,7 +321,7 @@ mod tests {
         let text = human(&answer);
         assert!(
             text.contains(
-                "group: route/spot-fleet/group/spot-a/ci-infra (by queue, team; group_wait 20s, group_interval 5m)\n"
+                "group: route/spot-fleet/group/spot-a/ci-infra (by queue, team; group_wait 20s, group_interval 5m; a pool of at least 4 connected)\n"
             ),
             "{text}"
         );

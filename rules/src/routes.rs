@@ -61,6 +61,9 @@ pub struct Route {
     /// How often at most an open group is UPDATED as members join or recover (default 5 min).
     #[serde(with = "humantime_serde")]
     pub group_interval: Option<Duration>,
+    /// A pool (an agent route with `group_by`): fewer agents of a group connected than this,
+    /// once it had that many, opens one incident for the group (`group_wait` after).
+    pub min_connected: Option<u32>,
 }
 
 /// Alertmanager's defaults.
@@ -193,6 +196,11 @@ impl Route {
                 .agent_meta
                 .iter()
                 .all(|rule| meta_matches(rule, subject.agent_meta))
+    }
+
+    /// The pool's minimum of connected agents, for a grouped route that has one.
+    pub fn pool(&self) -> Option<u32> {
+        self.min_connected.filter(|_| self.groups())
     }
 
     /// Whether the route's incidents are grouped (`group_by` is given).
@@ -372,6 +380,11 @@ impl Rules {
         self.routes.iter().any(Route::groups)
     }
 
+    /// Whether some route is a pool (`min_connected`): agents' presence goes to the groups.
+    pub fn pools(&self) -> bool {
+        self.routes.iter().any(|route| route.pool().is_some())
+    }
+
     /// The route of `subject`: the first that matches.
     pub fn route(&self, subject: &Subject<'_>) -> Option<&Route> {
         route_for(&self.routes, subject)
@@ -544,6 +557,24 @@ fn validate_groups(route: &Route, kinds: &BTreeSet<RouteKind>) -> Result<(), Rou
             route: name(),
             field: field.clone(),
         });
+    }
+    if let Some(min) = route.min_connected {
+        let why = if !route.groups() {
+            Some("only a route with group_by has it (a pool is a group of agents)")
+        } else if !agents_only {
+            Some("only a route only for agents has it (add kinds = [\"agent\"] or agent_meta)")
+        } else if min == 0 {
+            Some("must be at least 1")
+        } else {
+            None
+        };
+        if let Some(why) = why {
+            return Err(RouteError::GroupTiming {
+                route: name(),
+                field: "min_connected",
+                why,
+            });
+        }
     }
     // Ten years, as the rules' other durations.
     const LONGEST: Duration = Duration::from_secs(10 * 366 * 24 * 3600);
@@ -820,6 +851,18 @@ mod tests {
             (
                 "[[routes]]\nname = \"a\"\ngroup_by = [\"kind\"]\ngroup_wait = \"4000d\"",
                 "rules.routes `a`.group_wait: longer than ten years",
+            ),
+            (
+                "[[routes]]\nname = \"a\"\npipelines = [\"p\"]\ngroup_by = [\"pipeline\"]\nmin_connected = 2",
+                "rules.routes `a`.min_connected: only a route only for agents has it",
+            ),
+            (
+                "[[routes]]\nname = \"a\"\nkinds = [\"agent\"]\nmin_connected = 2",
+                "rules.routes `a`.min_connected: only a route with group_by has it",
+            ),
+            (
+                "[[routes]]\nname = \"a\"\nkinds = [\"agent\"]\ngroup_by = [\"queue\"]\nmin_connected = 0",
+                "rules.routes `a`.min_connected: must be at least 1",
             ),
             (
                 "[[routes]]\nname = \"a\"\ngroup_by = [\"pipeline\"]\nmin_connect = 1",

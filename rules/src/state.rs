@@ -59,6 +59,20 @@ pub struct OpenIncidentView<'a> {
 }
 
 impl KeyState {
+    /// Whether the webhook `ce_id` was applied to this state already (within
+    /// `dedup_window`): folding it again changes nothing.
+    pub fn has_seen(&self, ce_id: &str) -> bool {
+        self.seen.contains(ce_id)
+    }
+
+    /// Whether the agent instance `id` of the agent state under `routing` was replaced by
+    /// a later `agent.connected` (what it reports is old news).
+    pub fn agent_superseded(&self, routing: &str, id: &str) -> bool {
+        self.agents
+            .get(routing)
+            .is_some_and(|agent| agent.superseded_ids.iter().any(|old| old == id))
+    }
+
     /// The incidents open in this state, in dedup-key order (for metrics, debugging,
     /// and tests).
     pub fn open_incidents(&self) -> Vec<OpenIncidentView<'_>> {

@@ -7,7 +7,9 @@ mod support;
 
 use hookfold_proto::v1::{EntityKind, IncidentEvent, Transition};
 use hookfold_rules::Rules;
-use hookfold_rules::groups::{GroupRecord, GroupStage, MemoryGroups, Position, split_members};
+use hookfold_rules::groups::{
+    GroupRecord, GroupStage, MemoryGroups, Position, presence_record, split_members,
+};
 use serde_json::json;
 use support::*;
 use time::OffsetDateTime;
@@ -16,7 +18,11 @@ use time::OffsetDateTime;
 const ROUTES: &str = include_str!("fixtures/groups.toml");
 
 fn rules() -> Rules {
-    let rules: Rules = toml::from_str(ROUTES).unwrap();
+    rules_of(ROUTES)
+}
+
+fn rules_of(routes: &str) -> Rules {
+    let rules: Rules = toml::from_str(routes).unwrap();
     rules.validate().unwrap();
     rules
 }
@@ -47,10 +53,14 @@ struct Cluster {
 
 impl Cluster {
     fn new(partitions: usize) -> Self {
+        Self::with(partitions, rules())
+    }
+
+    fn with(partitions: usize, rules: Rules) -> Self {
         Self {
             runs: (0..partitions)
                 .map(|p| {
-                    let mut run = Run::new(rules());
+                    let mut run = Run::new(rules.clone());
                     run.partition = p as i32;
                     run
                 })
@@ -73,7 +83,25 @@ impl Cluster {
         let run = &mut self.runs[partition];
         let events = run.apply(&hook.clone().offset(offset));
         let now = run.clock.watermark().expect("a record moves the clock");
-        let (published, members) = split_members(events, &run.rules, partition as i32, offset, now);
+        let (published, mut members) =
+            split_members(events, &run.rules, partition as i32, offset, now);
+        if let Some((event, cause)) = run.last.take() {
+            let key = event.routing_key().unwrap_or_default();
+            let state = run.states.get(key.as_bytes()).cloned().unwrap_or_default();
+            let position = Position {
+                offset,
+                seq: members.len() as u32,
+            };
+            members.extend(presence_record(
+                &event,
+                &state,
+                &run.rules,
+                &cause,
+                partition as i32,
+                position,
+                now,
+            ));
+        }
         self.published.extend(published);
         self.sent[partition].extend(members);
     }
@@ -129,7 +157,7 @@ impl Cluster {
         let mut offset = 0i64;
         let mut out = Vec::new();
         let mut seed = 0x2545_f491_4f6c_dd1du64;
-        let rules = rules();
+        let rules = self.runs[0].rules.clone();
         loop {
             let open: Vec<usize> = (0..self.sent.len())
                 .filter(|s| next[*s] < self.sent[*s].len())
@@ -451,4 +479,92 @@ fn ungrouped_routes_and_no_route_publish_as_before() {
         1,
         "the build; the agent waits out its grace"
     );
+}
+
+/// A pool: spot-a wants at least 3 of its agents connected.
+const POOL: &str = r#"
+[[routes]]
+name = "spot-fleet"
+agent_meta = ["queue=spot-*"]
+labels = { team = "ci-infra" }
+group_by = ["queue"]
+group_wait = "30s"
+min_connected = 3
+[routes.agents]
+grace = "0s"
+"#;
+
+#[test]
+fn a_pool_short_of_its_minimum_opens_once_and_resolves_when_enough_are_back() {
+    let mut cluster = Cluster::with(2, rules_of(POOL));
+    // Two connect: a fleet starting up, short of 3 but never at 3: nothing.
+    let start: Vec<(usize, Hook)> = (0..2)
+        .map(|n| {
+            (
+                n % 2,
+                spot("connected", n, "spot-a").at(BASE_TIME + ms(n as i64 * 100)),
+            )
+        })
+        .collect();
+    cluster.fold_all(&start, 1);
+    cluster.tick_all(BASE_TIME + time::Duration::minutes(2));
+    let so_far = delivered(&cluster);
+    assert!(so_far.is_empty(), "{:?}", transitions(&so_far));
+    // Three more: 5 connected. Then 4 are lost within a second: 1 of at least 3.
+    let mut story: Vec<(usize, Hook)> = (2..5)
+        .map(|n| {
+            let at = BASE_TIME + time::Duration::minutes(3) + ms(n as i64 * 100);
+            (n % 2, spot("connected", n, "spot-a").at(at))
+        })
+        .collect();
+    story.extend((0..4).map(|n| {
+        let at = BASE_TIME + time::Duration::minutes(4) + ms(n as i64 * 200);
+        (n % 2, spot("lost", n, "spot-a").at(at))
+    }));
+    cluster.fold_all(&story, 2);
+    cluster.tick_all(BASE_TIME + time::Duration::minutes(5));
+    // Two come back: 3 connected again.
+    let back: Vec<(usize, Hook)> = (0..2)
+        .map(|n| {
+            let at = BASE_TIME + time::Duration::minutes(6) + ms(n as i64 * 100);
+            (n % 2, spot("connected", n, "spot-a").at(at))
+        })
+        .collect();
+    cluster.fold_all(&back, 1);
+    cluster.tick_all(BASE_TIME + time::Duration::minutes(7));
+
+    let events = delivered(&cluster);
+    let pool: Vec<&IncidentEvent> = events
+        .iter()
+        .filter(|e| e.dedup_key == "route/spot-fleet/group/spot-a/pool")
+        .collect();
+    assert_eq!(
+        pool.iter().map(|e| e.transition()).collect::<Vec<_>>(),
+        [Transition::Created, Transition::Resolved],
+        "{:?}",
+        transitions(&events)
+    );
+    assert_eq!(
+        pool[0].summary,
+        "queue=spot-a: 1 of at least 3 agents connected"
+    );
+    assert_eq!(
+        pool[0].occurred_at.unwrap().seconds,
+        (BASE_TIME + time::Duration::minutes(4) + ms(400)).unix_timestamp() + 30,
+        "group_wait after the pool fell short (at the third loss)"
+    );
+    assert_eq!(
+        pool[0].labels.get("queue").map(String::as_str),
+        Some("spot-a")
+    );
+    assert_eq!(pool[1].incident_id, pool[0].incident_id);
+    assert_eq!(pool[1].details["connected"], "3");
+    // The lost agents are a group as ever: its CREATED lists the four; the two back are
+    // an UPDATED only at the next group_interval (5 min), after the story's end.
+    let storm: Vec<_> = transitions(&events)
+        .into_iter()
+        .filter(|(_, key, _)| key == "route/spot-fleet/group/spot-a")
+        .map(|(transition, _, members)| (transition, members))
+        .collect();
+    assert_eq!(storm, [(Transition::Created, 4)]);
 }

@@ -38,10 +38,13 @@ fn at(mut record: WebhookRecord, millis: i64) -> WebhookRecord {
     record
 }
 
-fn spot_agent(event: &str, queue: &str, n: usize) -> WebhookRecord {
+/// Agent `n` of `queue`'s `event`, received `millis` after T0 (Buildkite's bodies differ
+/// from one delivery to the next; the same body twice is one delivery repeated).
+fn spot_agent(event: &str, queue: &str, n: usize, millis: i64) -> WebhookRecord {
     let name = format!("{queue}-{n:03}");
     let body = serde_json::json!({
         "event": event,
+        "sent_at_ms": millis,
         "agent": {
             "id": format!("{name}-id"),
             "name": name,
@@ -51,7 +54,10 @@ fn spot_agent(event: &str, queue: &str, n: usize) -> WebhookRecord {
         },
         "sender": {"id": "u-1", "name": "Ada Lovelace"}
     });
-    buildkite("acme-bk", event, body.to_string().into_bytes())
+    at(
+        buildkite("acme-bk", event, body.to_string().into_bytes()),
+        millis,
+    )
 }
 
 fn build(pipeline: &str, number: u64, state: &str) -> WebhookRecord {
@@ -75,15 +81,19 @@ fn clocks(millis: i64) -> Vec<WebhookRecord> {
         .collect()
 }
 
-/// 300 spot-a and 50 spot-b agents lost and 40 web pipelines failed within 40 s; then
-/// everything back two minutes later.
+/// 300 spot-a agents connected a minute before; then 300 spot-a and 50 spot-b agents lost
+/// and 40 web pipelines failed within 40 s; then everything back two minutes later.
 fn storm() -> Vec<WebhookRecord> {
-    let mut story = Vec::new();
+    let mut story: Vec<WebhookRecord> = (0..300)
+        .map(|n| spot_agent("agent.connected", "spot-a", n, -60_000 + n as i64 * 10))
+        .collect();
     for n in 0..300 {
-        story.push(at(spot_agent("agent.lost", "spot-a", n), n as i64 * 66));
+        story.push(spot_agent("agent.lost", "spot-a", n, n as i64 * 66));
         if n < 50 {
-            story.push(at(
-                spot_agent("agent.lost", "spot-b", n),
+            story.push(spot_agent(
+                "agent.lost",
+                "spot-b",
+                n,
                 5_000 + n as i64 * 100,
             ));
         }
@@ -94,16 +104,20 @@ fn storm() -> Vec<WebhookRecord> {
             ));
         }
     }
-    story.sort_by(|a, b| a.headers.time.cmp(&b.headers.time));
+    story[300..].sort_by(|a, b| a.headers.time.cmp(&b.headers.time));
     story.extend(clocks(90_000));
     for n in 0..300 {
-        story.push(at(
-            spot_agent("agent.connected", "spot-a", n),
+        story.push(spot_agent(
+            "agent.connected",
+            "spot-a",
+            n,
             150_000 + n as i64 * 66,
         ));
         if n < 50 {
-            story.push(at(
-                spot_agent("agent.connected", "spot-b", n),
+            story.push(spot_agent(
+                "agent.connected",
+                "spot-b",
+                n,
                 150_000 + n as i64 * 66,
             ));
         }
@@ -168,6 +182,7 @@ async fn a_storm_is_one_incident_per_group_listing_its_members_and_resolved_by_t
     }
     let expected: BTreeMap<String, Vec<(Transition, usize)>> = [
         ("route/spot-fleet/group/spot-a", 300),
+        ("route/spot-fleet/group/spot-a/pool", 0),
         ("route/spot-fleet/group/spot-b", 50),
         ("route/web/group/web", 40),
     ]
@@ -214,6 +229,30 @@ async fn a_storm_is_one_incident_per_group_listing_its_members_and_resolved_by_t
             .get("team")
             .map(String::as_str),
         Some("web")
+    );
+    // The pool: spot-a had its 300 connected, fell under 100 at the 201st loss, and opened
+    // group_wait later, when none was left; it resolved at the 100th reconnect.
+    let pool = created("route/spot-fleet/group/spot-a/pool");
+    assert_eq!(
+        pool.summary,
+        "queue=spot-a: 0 of at least 100 agents connected"
+    );
+    let t0 = OffsetDateTime::parse(T0, &Rfc3339)
+        .unwrap()
+        .unix_timestamp();
+    assert_eq!(
+        pool.occurred_at.unwrap().seconds - t0,
+        43,
+        "13.2 s + group_wait"
+    );
+    let back = events
+        .iter()
+        .find(|e| e.dedup_key == pool.dedup_key && e.transition() == Transition::Resolved)
+        .unwrap();
+    assert_eq!(
+        back.occurred_at.unwrap().seconds - t0,
+        156,
+        "150 s + 99 × 66 ms"
     );
     // Everything resolved: the open-incident table ends empty.
     let table =

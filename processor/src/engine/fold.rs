@@ -287,6 +287,13 @@ impl Folder<'_> {
             LogRecord::Webhook(event) => Record::Webhook { key, event },
             LogRecord::Tick { time, .. } => Record::Tick { time: *time },
         };
+        // A repeated delivery changes no state, and no pool's presence either.
+        let repeat = match &parsed {
+            LogRecord::Webhook(event) if self.rules.pools() && self.rules.dedup_window > 0 => {
+                hookfold_rules::States::state(states, key)?.has_seen(&event.id)
+            }
+            _ => false,
+        };
         let incidents = hookfold_rules::fold(clock, states, record, &cause, self.rules)?;
         let now = clock.watermark().unwrap_or(OffsetDateTime::UNIX_EPOCH);
         let (incidents, members) = hookfold_rules::groups::split_members(
@@ -296,7 +303,22 @@ impl Folder<'_> {
             message.offset(),
             now,
         );
-        for member in &members {
+        let presence = match (&parsed, self.rules.pools() && !repeat) {
+            (LogRecord::Webhook(event), true) => hookfold_rules::groups::presence_record(
+                event,
+                hookfold_rules::States::state(states, key)?,
+                self.rules,
+                &cause,
+                partition,
+                Position {
+                    offset: message.offset(),
+                    seq: members.len() as u32,
+                },
+                now,
+            ),
+            _ => None,
+        };
+        for member in members.iter().chain(&presence) {
             let group = member.group().unwrap_or_default();
             let to = hookfold_rules::groups::group_partition(group, self.sources);
             self.outputs.group_record(member, to)?;

@@ -252,9 +252,7 @@ impl Engine {
                         key: String::from_utf8_lossy(&key).into_owned(),
                         source,
                     })?;
-                if state.is_open() {
-                    open.insert(String::from_utf8_lossy(group).into_owned());
-                }
+                open.extend(state.open_dedup_keys(&String::from_utf8_lossy(group)));
                 continue;
             }
             if key.starts_with(RESERVED_PREFIX) {

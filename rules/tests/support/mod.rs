@@ -322,6 +322,9 @@ pub struct Run {
     pub position: i64,
     /// The input partition the records are of (their `cause`).
     pub partition: i32,
+    /// The last webhook applied, parsed, and its cause (for what the processor derives from
+    /// it besides the fold: a pool's presence).
+    pub last: Option<(hookfold_events::WebhookEvent, Cause)>,
 }
 
 impl Run {
@@ -332,6 +335,7 @@ impl Run {
             clock: PartitionClock::default(),
             position: 0,
             partition: 0,
+            last: None,
         }
     }
 
@@ -381,11 +385,13 @@ impl Run {
             &cause,
             &self.rules,
         );
+        self.last = Some((event, cause));
         outputs
     }
 
     /// A `hookfold.tick` at `time`.
     pub fn tick(&mut self, time: OffsetDateTime) -> Vec<IncidentEvent> {
+        self.last = None;
         let cause = Cause {
             topic: "hookfold.webhooks".into(),
             partition: self.partition,
