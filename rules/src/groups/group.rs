@@ -74,6 +74,15 @@ pub(super) struct OpenGroup {
     pub(super) severity: i32,
 }
 
+/// What every event of a group (or pool) takes from the moment it is made: the incident, the
+/// transition, when, and the member's webhook it is attributed to.
+pub(super) struct Emit<'a> {
+    pub(super) open: &'a OpenGroup,
+    pub(super) transition: Transition,
+    pub(super) at: StoredTime,
+    pub(super) cause: &'a MemberCause,
+}
+
 impl MemberCause {
     /// As an event's `cause`.
     pub(super) fn to_proto(&self) -> v1::Cause {
@@ -223,14 +232,13 @@ impl GroupState {
                     open.sequence = open.sequence.saturating_add(1);
                     let reason = ResolutionReason::try_from(event.resolution_reason)
                         .unwrap_or(ResolutionReason::Unspecified);
-                    out.push(self.event(
-                        dedup_key,
-                        &open,
-                        Transition::Resolved,
-                        time,
-                        &cause,
-                        Some((event, reason)),
-                    ));
+                    let emit = Emit {
+                        open: &open,
+                        transition: Transition::Resolved,
+                        at: time,
+                        cause: &cause,
+                    };
+                    out.push(self.event(dedup_key, emit, Some((event, reason))));
                 }
                 // Over (or over before it opened: nothing was sent); a pool goes on.
                 let pool = std::mem::take(&mut self.pool);
@@ -304,7 +312,13 @@ impl GroupState {
                     last_sent: at,
                     severity,
                 };
-                out.push(self.event(&dedup_key, &open, Transition::Created, at, &opened_by, None));
+                let emit = Emit {
+                    open: &open,
+                    transition: Transition::Created,
+                    at,
+                    cause: &opened_by,
+                };
+                out.push(self.event(&dedup_key, emit, None));
                 self.open = Some(open);
             }
             Some(mut open) => {
@@ -313,7 +327,13 @@ impl GroupState {
                     open.last_sent = at;
                     open.severity = open.severity.max(severity);
                     let cause = self.last.clone().unwrap_or(opened_by);
-                    out.push(self.event(&dedup_key, &open, Transition::Updated, at, &cause, None));
+                    let emit = Emit {
+                        open: &open,
+                        transition: Transition::Updated,
+                        at,
+                        cause: &cause,
+                    };
+                    out.push(self.event(&dedup_key, emit, None));
                 }
                 self.open = Some(open);
             }
@@ -339,12 +359,15 @@ impl GroupState {
     pub(super) fn event(
         &self,
         dedup_key: &str,
-        open: &OpenGroup,
-        transition: Transition,
-        at: StoredTime,
-        cause: &MemberCause,
+        emit: Emit<'_>,
         resolved: Option<(&IncidentEvent, ResolutionReason)>,
     ) -> IncidentEvent {
+        let Emit {
+            open,
+            transition,
+            at,
+            cause,
+        } = emit;
         let mut members: Vec<(&String, &Member)> = self.members.iter().collect();
         members.sort_by(|a, b| (a.1.since, a.0).cmp(&(b.1.since, b.0)));
         let values = self.values_text();

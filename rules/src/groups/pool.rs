@@ -7,7 +7,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use hookfold_proto::v1::{self, Entity, IncidentEvent, ResolutionReason, Transition};
 use serde::{Deserialize, Serialize};
 
-use super::group::{GroupState, MemberCause, OpenGroup};
+use super::group::{Emit, GroupState, MemberCause, OpenGroup};
 use super::stage::Timing;
 use super::{Presence, pool_dedup_key};
 use crate::output::{event_id, incident_id};
@@ -61,14 +61,13 @@ impl GroupState {
             pool.opened_by = None;
             if let Some(mut open) = pool.open.take() {
                 open.sequence = open.sequence.saturating_add(1);
-                let event = self.pool_event(
-                    dedup_key,
-                    &open,
-                    Transition::Resolved,
-                    time,
-                    &presence.cause,
-                );
-                out.push(event);
+                let emit = Emit {
+                    open: &open,
+                    transition: Transition::Resolved,
+                    at: time,
+                    cause: &presence.cause,
+                };
+                out.push(self.pool_event(dedup_key, emit));
             }
         } else if pool.armed && pool.open.is_none() && pool.due.is_none() {
             pool.due = Some(time.plus(timing.wait));
@@ -99,18 +98,18 @@ impl GroupState {
             last_sent: at,
             severity: pool.severity,
         };
-        out.push(self.pool_event(dedup_key, &open, Transition::Created, at, &opened_by));
+        let emit = Emit {
+            open: &open,
+            transition: Transition::Created,
+            at,
+            cause: &opened_by,
+        };
+        out.push(self.pool_event(dedup_key, emit));
         self.pool.open = Some(open);
     }
 
-    pub(super) fn pool_event(
-        &self,
-        dedup_key: &str,
-        open: &OpenGroup,
-        transition: Transition,
-        at: StoredTime,
-        cause: &MemberCause,
-    ) -> IncidentEvent {
+    pub(super) fn pool_event(&self, dedup_key: &str, emit: Emit<'_>) -> IncidentEvent {
+        let (open, transition, at, cause) = (emit.open, emit.transition, emit.at, emit.cause);
         let key = pool_dedup_key(dedup_key);
         let values = self.values_text_or(dedup_key);
         let connected = self.pool.connected.len();
