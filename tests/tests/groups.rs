@@ -260,3 +260,64 @@ async fn a_storm_is_one_incident_per_group_listing_its_members_and_resolved_by_t
             .unwrap();
     assert!(table.is_empty(), "still open: {:?}", table.keys());
 }
+
+/// A rebuild with grouped routes: `--partition` is refused (every group takes members from
+/// every partition); a full rebuild starts each group stage after the groups topic's end,
+/// and the processor folds the groups again from what the rebuild sent it: the group
+/// incidents come again with the ids and contents they had, and nothing else.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rebuild_folds_the_groups_again_from_what_it_sends() {
+    let broker = Broker::start().unwrap();
+    let t = Topics::create(&broker, PARTITIONS).await.unwrap();
+    let story = storm();
+    produce(&broker.bootstrap, &t.webhooks, &story)
+        .await
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let mut processor = setup(&t, &broker, dir.path(), false).start().await.unwrap();
+    processor
+        .wait_committed(story.len() as i64, Duration::from_secs(120))
+        .await
+        .unwrap();
+    processor
+        .wait_groups_folded(Duration::from_secs(60))
+        .await
+        .unwrap();
+    let first = stop_and_collect(&mut processor).unwrap().incidents;
+    assert!(first.len() >= 8, "the storm's groups: {}", first.len());
+
+    let refused = processor
+        .command(&["rebuild", "--partition", "0"], &[])
+        .unwrap();
+    let said = String::from_utf8_lossy(&refused.stderr).into_owned();
+    assert!(!refused.status.success());
+    assert!(said.contains("recomputes every partition"), "{said}");
+
+    let rebuild = processor.command(&["rebuild"], &[]).unwrap();
+    let said = String::from_utf8_lossy(&rebuild.stdout).into_owned()
+        + &String::from_utf8_lossy(&rebuild.stderr);
+    assert!(rebuild.status.success(), "{said}");
+    assert!(said.contains("its groups start over from offset"), "{said}");
+
+    processor.restart().await.unwrap();
+    processor
+        .wait_committed(story.len() as i64, Duration::from_secs(120))
+        .await
+        .unwrap();
+    processor
+        .wait_groups_folded(Duration::from_secs(60))
+        .await
+        .unwrap();
+    let all = stop_and_collect(&mut processor).unwrap().incidents;
+    assert!(all.len() > first.len(), "the groups were folded again");
+    let repeats = hookfold_tests::assert_same_incidents(&first, &all).unwrap();
+    assert_eq!(
+        repeats,
+        all.len() - first.len(),
+        "every later event repeats one"
+    );
+    let table =
+        hookfold_tests::comparisons::table_contents(&broker.read_all(&t.open_incidents()).unwrap())
+            .unwrap();
+    assert!(table.is_empty(), "still open: {:?}", table.keys());
+}

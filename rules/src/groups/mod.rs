@@ -104,7 +104,7 @@ pub struct MemberChange {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 enum Change {
     /// A member's incident event, protobuf.
-    Incident(Vec<u8>),
+    Incident(#[serde(with = "blob")] Vec<u8>),
     /// An agent of a pool connected or went away.
     Presence(Box<Presence>),
 }
@@ -292,4 +292,39 @@ pub fn presence_record(
             },
         })),
     }))
+}
+
+/// Bytes stored as one blob: postcard writes a plain `Vec<u8>` one element at a time, which
+/// the member records' protobuf made a measurable part of the group stage's cost.
+mod blob {
+    use serde::de::{self, SeqAccess, Visitor};
+    use serde::{Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(bytes: &[u8], serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_bytes(bytes)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Vec<u8>, D::Error> {
+        struct Blob;
+        impl<'de> Visitor<'de> for Blob {
+            type Value = Vec<u8>;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("bytes")
+            }
+            fn visit_bytes<E: de::Error>(self, bytes: &[u8]) -> Result<Vec<u8>, E> {
+                Ok(bytes.to_vec())
+            }
+            fn visit_byte_buf<E: de::Error>(self, bytes: Vec<u8>) -> Result<Vec<u8>, E> {
+                Ok(bytes)
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Vec<u8>, A::Error> {
+                let mut bytes = Vec::new();
+                while let Some(byte) = seq.next_element()? {
+                    bytes.push(byte);
+                }
+                Ok(bytes)
+            }
+        }
+        deserializer.deserialize_bytes(Blob)
+    }
 }
