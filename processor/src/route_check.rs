@@ -65,13 +65,10 @@ pub fn explain(rules: &Rules, query: &RouteQuery) -> Result<Value, String> {
     };
     let group = route.and_then(|r| {
         let values = r.group_values(&subject)?;
-        let ordered: Vec<&str> = r
-            .group_by
-            .iter()
-            .map(|field| values.get(field).map_or("", String::as_str))
-            .collect();
         Some(json!({
-            "dedup_key": hookfold_rules::groups::group_dedup_key(&r.name, &ordered),
+            "dedup_key": hookfold_rules::groups::group_key(r, |field| {
+                values.get(field).map(String::as_str)
+            }),
             "by": r.group_by,
             "values": values,
             "group_wait": humantime::format_duration(r.group_wait()).to_string(),

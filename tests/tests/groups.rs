@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use hookfold_proto::Message as _;
 use hookfold_proto::v1::{IncidentEvent, Transition};
-use hookfold_tests::processor::ProcessorSetup;
+use hookfold_tests::processor::Processor;
 use hookfold_tests::records::{WebhookRecord, buildkite, produce};
 use hookfold_tests::runs::stop_and_collect;
 use hookfold_tests::webhooks::build_finished;
@@ -129,13 +129,35 @@ fn storm() -> Vec<WebhookRecord> {
     story
 }
 
-fn setup(t: &Topics, broker: &Broker, dir: &std::path::Path, exactly_once: bool) -> ProcessorSetup {
-    let setup = t.processor(broker, dir).extra(&routes());
-    if exactly_once {
-        setup.exactly_once()
-    } else {
-        setup
-    }
+/// A processor with the grouped routes on `t`, started, that has folded the `records` of
+/// the storm posted already through both stages.
+async fn folded_storm(
+    t: &Topics,
+    broker: &Broker,
+    dir: &std::path::Path,
+    records: usize,
+) -> Processor {
+    let mut processor = t
+        .processor(broker, dir)
+        .extra(&routes())
+        .start()
+        .await
+        .unwrap();
+    fold_everything(&mut processor, records).await;
+    processor
+}
+
+/// Waits until `processor` has committed the storm's `records` and its group stages have
+/// folded all it sent them.
+async fn fold_everything(processor: &mut Processor, records: usize) {
+    processor
+        .wait_committed(records as i64, Duration::from_secs(120))
+        .await
+        .unwrap();
+    processor
+        .wait_groups_folded(Duration::from_secs(60))
+        .await
+        .unwrap();
 }
 
 fn decode(records: &[rdkafka::message::OwnedMessage]) -> Vec<IncidentEvent> {
@@ -164,15 +186,7 @@ async fn a_storm_is_one_incident_per_group_listing_its_members_and_resolved_by_t
         .await
         .unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let mut processor = setup(&t, &broker, dir.path(), false).start().await.unwrap();
-    processor
-        .wait_committed(story.len() as i64, Duration::from_secs(120))
-        .await
-        .unwrap();
-    processor
-        .wait_groups_folded(Duration::from_secs(60))
-        .await
-        .unwrap();
+    let mut processor = folded_storm(&t, &broker, dir.path(), story.len()).await;
     let run = stop_and_collect(&mut processor).unwrap();
     let events = decode(&run.incidents);
 
@@ -274,15 +288,7 @@ async fn a_rebuild_folds_the_groups_again_from_what_it_sends() {
         .await
         .unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let mut processor = setup(&t, &broker, dir.path(), false).start().await.unwrap();
-    processor
-        .wait_committed(story.len() as i64, Duration::from_secs(120))
-        .await
-        .unwrap();
-    processor
-        .wait_groups_folded(Duration::from_secs(60))
-        .await
-        .unwrap();
+    let mut processor = folded_storm(&t, &broker, dir.path(), story.len()).await;
     let first = stop_and_collect(&mut processor).unwrap().incidents;
     assert!(first.len() >= 8, "the storm's groups: {}", first.len());
 
@@ -300,14 +306,7 @@ async fn a_rebuild_folds_the_groups_again_from_what_it_sends() {
     assert!(said.contains("its groups start over from offset"), "{said}");
 
     processor.restart().await.unwrap();
-    processor
-        .wait_committed(story.len() as i64, Duration::from_secs(120))
-        .await
-        .unwrap();
-    processor
-        .wait_groups_folded(Duration::from_secs(60))
-        .await
-        .unwrap();
+    fold_everything(&mut processor, story.len()).await;
     let all = stop_and_collect(&mut processor).unwrap().incidents;
     assert!(all.len() > first.len(), "the groups were folded again");
     let repeats = hookfold_tests::assert_same_incidents(&first, &all).unwrap();

@@ -55,6 +55,10 @@ pub struct Folder<'a> {
     pub emit: bool,
     /// The input partitions (every group partition waits for all their clocks).
     pub sources: i32,
+    /// Whether some route groups (`Rules::groups`), and whether some is a pool
+    /// (`Rules::pools`): asked once per batch, not per record.
+    pub grouped: bool,
+    pub pooled: bool,
 }
 
 impl Folder<'_> {
@@ -144,7 +148,7 @@ impl Folder<'_> {
         clock: &PartitionClock,
         last_offset: i64,
     ) -> Result<(), EngineError> {
-        if !self.rules.groups() {
+        if !self.grouped {
             return Ok(());
         }
         let Some(now) = clock.watermark() else {
@@ -289,7 +293,7 @@ impl Folder<'_> {
         };
         // A repeated delivery changes no state, and no pool's presence either.
         let repeat = match &parsed {
-            LogRecord::Webhook(event) if self.rules.pools() && self.rules.dedup_window > 0 => {
+            LogRecord::Webhook(event) if self.pooled && self.rules.dedup_window > 0 => {
                 hookfold_rules::States::state(states, key)?.has_seen(&event.id)
             }
             _ => false,
@@ -303,7 +307,7 @@ impl Folder<'_> {
             message.offset(),
             now,
         );
-        let presence = match (&parsed, self.rules.pools() && !repeat) {
+        let presence = match (&parsed, self.pooled && !repeat) {
             (LogRecord::Webhook(event), true) => hookfold_rules::groups::presence_record(
                 event,
                 hookfold_rules::States::state(states, key)?,

@@ -366,6 +366,8 @@ impl Engine {
             },
             emit: self.emit,
             sources: self.sources,
+            grouped: self.rules.groups(),
+            pooled: self.rules.pools(),
         };
         let mut batches = Vec::new();
         for (partition, (webhooks, groups)) in by_partition {

@@ -152,11 +152,6 @@ impl GroupState {
         *self == Self::default()
     }
 
-    /// Whether the group's incident is open.
-    pub fn is_open(&self) -> bool {
-        self.open.is_some()
-    }
-
     /// The dedup keys of its incidents open now (the group's, the pool's).
     pub fn open_dedup_keys(&self, dedup_key: &str) -> Vec<String> {
         let mut open = Vec::new();
@@ -175,11 +170,6 @@ impl GroupState {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
         }
-    }
-
-    /// The group's dedup key and incident id, while its incident is open.
-    pub fn open_incident(&self) -> Option<&str> {
-        self.open.as_ref().map(|open| open.incident_id.as_str())
     }
 
     pub(super) fn apply(

@@ -43,6 +43,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use time::OffsetDateTime;
 
+use crate::routes::Route;
 use crate::state::{KeyState, StoredTime};
 use crate::{Cause, Rules};
 pub use group::GroupState;
@@ -157,12 +158,20 @@ pub fn group_of(event: &IncidentEvent, rules: &Rules) -> Option<String> {
     if !route.groups() {
         return None;
     }
+    Some(group_key(route, |field| {
+        event.labels.get(field).map(String::as_str)
+    }))
+}
+
+/// The dedup key of `route`'s group whose `group_by` fields have the values `value` gives
+/// (a field without one groups as `""`).
+pub fn group_key<'v>(route: &Route, value: impl Fn(&str) -> Option<&'v str>) -> String {
     let values: Vec<&str> = route
         .group_by
         .iter()
-        .map(|field| event.labels.get(field).map_or("", String::as_str))
+        .map(|field| value(field).unwrap_or_default())
         .collect();
-    Some(group_dedup_key(&route.name, &values))
+    group_dedup_key(&route.name, &values)
 }
 
 /// A pool's incident's dedup key: its group's, then `/pool`.
@@ -192,7 +201,8 @@ pub fn split_members(
     offset: i64,
     now: OffsetDateTime,
 ) -> (Vec<IncidentEvent>, Vec<GroupRecord>) {
-    if !rules.groups() {
+    // Most records give no incident: then the routes are not looked at.
+    if events.is_empty() || !rules.groups() {
         return (events, Vec::new());
     }
     let mut published = Vec::new();
@@ -265,18 +275,13 @@ pub fn presence_record(
     if !connected && state.agent_superseded(&routing, &agent.id) {
         return None;
     }
-    let ordered: Vec<&str> = route
-        .group_by
-        .iter()
-        .map(|field| values.get(field).map_or("", String::as_str))
-        .collect();
     let mut labels = route.labels.clone();
     labels.extend(values.clone());
     Some(GroupRecord::Member(MemberChange {
         source,
         position,
         time: StoredTime::from(now),
-        group: group_dedup_key(&route.name, &ordered),
+        group: group_key(route, |field| values.get(field).map(String::as_str)),
         what: Change::Presence(Box::new(Presence {
             agent: agent.name.clone(),
             connected,

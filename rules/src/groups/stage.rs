@@ -91,7 +91,6 @@ pub struct GroupStage {
     sources: BTreeMap<i32, SourceMark>,
     /// Changes held (in [`GroupStates`]) until the low watermark passes them.
     held: u64,
-    released: Option<StoredTime>,
     /// `(deadline, group dedup key)`.
     deadlines: BTreeSet<(StoredTime, String)>,
     /// The groups topic's offset to read from next.
@@ -236,7 +235,6 @@ impl GroupStage {
                 }
             }
         }
-        self.released = Some(low);
         Ok(out)
     }
 }
