@@ -5,12 +5,13 @@
 //! the same batches, the same changelog and (under `exactly_once`) the same transactions as
 //! the input's. So this reader is no member of the consumer group and commits nothing: it
 //! follows exactly the partitions whose tasks are active here, each from the offset its
-//! store holds (`Engine::group_offset`), and is sought back there whenever the task is
-//! (restored, rewound after an aborted batch).
+//! store holds (`Engine::group_offset`: the first change the stage still holds, or the
+//! next record), and is sought back there whenever the task is (restored, rewound after an
+//! aborted batch), so the held changes, kept in memory only, are read again.
 //!
 //! Invariant: a followed partition was assigned at its store's offset after the task last
-//! became active, so nothing the store has not taken is skipped (what it took already is
-//! skipped by the stage itself).
+//! became active (and its held changes were forgotten), so nothing the store has not taken
+//! is skipped (what it took already is skipped by the stage itself, or held again).
 
 use std::collections::BTreeSet;
 use std::time::Duration;

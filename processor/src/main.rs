@@ -388,18 +388,7 @@ fn dump_state(config: &ProcessorConfig) -> anyhow::Result<()> {
                 let line = serde_json::json!({
                     "partition": partition,
                     "next_offset": next_offset,
-                    "group_stage": {"pending": stage.pending(), "deadlines": stage.deadlines()},
-                });
-                writeln!(out, "{line}")?;
-                continue;
-            }
-            if key.starts_with(hookfold_rules::groups::HELD_PREFIX) {
-                let change: hookfold_rules::groups::MemberChange =
-                    codec::decode_value(&value).context("decoding a held change")?;
-                let line = serde_json::json!({
-                    "partition": partition,
-                    "next_offset": next_offset,
-                    "held": {"group": change.group(), "time": change.time()},
+                    "group_stage": {"pending": stage.pending(), "lost": stage.lost(), "deadlines": stage.deadlines()},
                 });
                 writeln!(out, "{line}")?;
                 continue;

@@ -26,6 +26,7 @@ pub struct Metrics {
     pub group_next_offset: IntGaugeVec,
     pub group_pending: IntGaugeVec,
     pub group_low_watermark_seconds: IntGaugeVec,
+    pub group_lost: IntGaugeVec,
     pub ticks_sent: IntCounterVec,
     pub tick_errors: IntCounterVec,
     pub transactions: IntCounterVec,
@@ -145,6 +146,11 @@ impl Metrics {
             "The lowest clock of every input partition, as the partition's group stage has it (Unix seconds): how far its groups have got.",
             &["partition"],
         );
+        let group_lost = gauge(
+            "hookfold_processor_group_lost_changes",
+            "Members' changes the partition's group stage held but could not read again from the groups topic after a restart (its retention too short): never applied. Should be 0.",
+            &["partition"],
+        );
         let ticks_sent = counter(
             "hookfold_processor_ticks_sent_total",
             "hookfold.tick records appended to quiet owned partitions of the webhook topic (acked).",
@@ -184,6 +190,7 @@ impl Metrics {
             Box::new(group_next_offset.clone()),
             Box::new(group_pending.clone()),
             Box::new(group_low_watermark_seconds.clone()),
+            Box::new(group_lost.clone()),
             Box::new(ticks_sent.clone()),
             Box::new(tick_errors.clone()),
             Box::new(transactions.clone()),
@@ -213,6 +220,7 @@ impl Metrics {
             group_next_offset,
             group_pending,
             group_low_watermark_seconds,
+            group_lost,
             ticks_sent,
             tick_errors,
             transactions,

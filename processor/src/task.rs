@@ -43,6 +43,9 @@ pub struct PartitionTask {
     store: Option<PartitionStore>,
     /// `None`: to be loaded from the store (a new task, or after an aborted batch).
     clock: Option<PartitionClock>,
+    /// The group stage's held changes, in memory only; empty whenever the groups topic is
+    /// (re)read from the stage's `replay_from` (a new task, or after an aborted batch).
+    held: hookfold_rules::HeldChanges,
     /// When the partition was assigned, until its first batch after that is committed.
     assigned_at: Option<Instant>,
     /// Without incident events (a rebuild): the offset from which they are produced anyway.
@@ -98,6 +101,9 @@ impl TaskMetrics {
         m.group_pending
             .with_label_values(&labels)
             .set(stage.pending() as i64);
+        m.group_lost
+            .with_label_values(&labels)
+            .set(stage.lost() as i64);
         if let Some(low) = stage.low_watermark(sources) {
             m.group_low_watermark_seconds
                 .with_label_values(&labels)
@@ -123,6 +129,7 @@ impl PartitionTask {
             state: TaskState::Restoring,
             store: None,
             clock: None,
+            held: Default::default(),
             assigned_at: Some(Instant::now()),
             emit_from: None,
             forwarded: None,
@@ -155,17 +162,19 @@ impl PartitionTask {
         );
         self.store = Some(store);
         self.clock = None;
+        self.held = Default::default();
         self.forwarded = None;
         self.state = TaskState::Active;
         Ok(next)
     }
 
     /// Active → Rewinding: the batch's transaction was aborted; what the fold changed in
-    /// memory (the clock) is forgotten.
+    /// memory (the clock, the held changes) is forgotten.
     pub fn aborted(&mut self) {
         if self.state == TaskState::Active {
             self.state = TaskState::Rewinding;
             self.clock = None;
+            self.held = Default::default();
             // The aborted batch's clock never reached the group partitions.
             self.forwarded = None;
         }
@@ -194,6 +203,7 @@ impl PartitionTask {
     pub fn take_store(&mut self) -> Option<PartitionStore> {
         self.state = TaskState::Restoring;
         self.clock = None;
+        self.held = Default::default();
         self.store.take()
     }
 
@@ -201,6 +211,16 @@ impl PartitionTask {
     /// [`PartitionTask::keep_clock`]); `None` if it must be loaded from the store.
     pub fn take_clock(&mut self) -> Option<PartitionClock> {
         self.clock.take()
+    }
+
+    /// The group stage's held changes for the next batch, taken out (the batch puts them
+    /// back with [`PartitionTask::keep_held`]).
+    pub fn take_held(&mut self) -> hookfold_rules::HeldChanges {
+        std::mem::take(&mut self.held)
+    }
+
+    pub fn keep_held(&mut self, held: hookfold_rules::HeldChanges) {
+        self.held = held;
     }
 
     /// Keeps the clock as the batch left it.

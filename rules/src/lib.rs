@@ -43,7 +43,7 @@ pub use config::{
 };
 pub use fold::{Record, States, fold};
 pub use glob::matches as branch_pattern_matches;
-pub use groups::{GroupRecord, GroupStage, GroupState, GroupStates, Position};
+pub use groups::{GroupRecord, GroupStage, GroupState, GroupStates, HeldChanges, Position};
 pub use routes::{Route, RouteKind, Subject};
 pub use state::{KeyState, OpenIncidentView, STATE_FORMAT_VERSION, StoredTime};
 

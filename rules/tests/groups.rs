@@ -8,7 +8,7 @@ mod support;
 use hookfold_proto::v1::{EntityKind, IncidentEvent, Transition};
 use hookfold_rules::Rules;
 use hookfold_rules::groups::{
-    GroupRecord, GroupStage, MemoryGroups, Position, presence_record, split_members,
+    GroupRecord, GroupStage, HeldChanges, MemoryGroups, Position, presence_record, split_members,
 };
 use serde_json::json;
 use support::*;
@@ -149,15 +149,59 @@ impl Cluster {
 
     /// Stage 2: one group partition takes every record, the sources' records interleaved as
     /// `order` picks them (each source's own in order) and each given `copies` times in a
-    /// row (a batch redone), releasing after every record; returns the groups' events.
-    fn deliver(&self, order: Order, copies: usize) -> Vec<IncidentEvent> {
+    /// row (a batch redone), releasing after every record; with `restart_every`, the
+    /// partition is taken on by a new process after every so many new records (the held
+    /// changes forgotten and read again from where the stage says); returns the groups'
+    /// events.
+    fn deliver(
+        &self,
+        order: Order,
+        copies: usize,
+        restart_every: Option<usize>,
+    ) -> Vec<IncidentEvent> {
+        let log = self.groups_topic(order, copies);
         let mut stage = GroupStage::default();
         let mut groups = MemoryGroups::default();
-        let mut next = vec![0usize; self.sent.len()];
-        let mut offset = 0i64;
-        let mut out = Vec::new();
-        let mut seed = 0x2545_f491_4f6c_dd1du64;
+        let mut held = HeldChanges::default();
         let rules = self.runs[0].rules.clone();
+        let mut out = Vec::new();
+        let (mut cursor, mut reached, mut since_restart) = (0usize, 0usize, 0usize);
+        while cursor < log.len() {
+            let (record, first_copy) = &log[cursor];
+            let new = cursor >= reached;
+            let taken = stage.take(cursor as i64, record.clone(), &mut held);
+            if new {
+                assert_eq!(
+                    taken, *first_copy,
+                    "a repeat is dropped, the first copy taken"
+                );
+                reached = cursor + 1;
+                since_restart += 1;
+            } else {
+                assert!(!taken, "a record read again is not taken again");
+            }
+            cursor += 1;
+            out.extend(
+                stage
+                    .release(self.partitions(), &mut held, &mut groups, &rules)
+                    .unwrap(),
+            );
+            if restart_every.is_some_and(|every| since_restart == every) {
+                since_restart = 0;
+                held = HeldChanges::default();
+                cursor = stage.replay_from().unwrap_or(0) as usize;
+            }
+        }
+        assert_eq!(stage.lost(), 0);
+        out
+    }
+
+    /// The groups topic as `order` and `copies` make it: each record, and whether it is the
+    /// first copy.
+    fn groups_topic(&self, order: Order, copies: usize) -> Vec<(GroupRecord, bool)> {
+        let mut next = vec![0usize; self.sent.len()];
+        let mut log = Vec::new();
+        let mut seed = 0x2545_f491_4f6c_dd1du64;
         loop {
             let open: Vec<usize> = (0..self.sent.len())
                 .filter(|s| next[*s] < self.sent[*s].len())
@@ -165,7 +209,7 @@ impl Cluster {
             let Some(&first) = open.first() else { break };
             let source = match order {
                 Order::SourceBySource => first,
-                Order::RoundRobin => open[offset as usize % open.len()],
+                Order::RoundRobin => open[log.len() % open.len()],
                 Order::Random => {
                     seed ^= seed << 13;
                     seed ^= seed >> 7;
@@ -176,21 +220,10 @@ impl Cluster {
             let record = &self.sent[source][next[source]];
             next[source] += 1;
             for copy in 0..copies {
-                let Ok(taken) = stage.take(offset, record.clone(), &mut groups);
-                assert_eq!(
-                    taken,
-                    copy == 0,
-                    "a repeat is dropped, the first copy taken"
-                );
-                offset += 1;
-                out.extend(
-                    stage
-                        .release(self.partitions(), &mut groups, &rules)
-                        .unwrap(),
-                );
+                log.push((record.clone(), copy == 0));
             }
         }
-        out
+        log
     }
 }
 
@@ -216,14 +249,16 @@ impl WithOffset for Hook {
 
 /// Every order and repeats give the same events; returns them.
 fn delivered(cluster: &Cluster) -> Vec<IncidentEvent> {
-    let first = cluster.deliver(Order::SourceBySource, 1);
+    let first = cluster.deliver(Order::SourceBySource, 1, None);
     for order in ORDERS {
         for copies in [1, 2] {
-            assert_eq!(
-                cluster.deliver(order, copies),
-                first,
-                "{order:?}, each record {copies} times"
-            );
+            for restart_every in [None, Some(1), Some(7)] {
+                assert_eq!(
+                    cluster.deliver(order, copies, restart_every),
+                    first,
+                    "{order:?}, each record {copies} times, restarted every {restart_every:?} records"
+                );
+            }
         }
     }
     first

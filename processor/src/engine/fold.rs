@@ -12,23 +12,22 @@
 //! are the partition's store's, so they commit together.
 //!
 //! Invariants: a record below the store's next offset was folded already (a redelivery
-//! after a seek) and is skipped, and so is a groups-topic record below the group stage's;
+//! after a seek) and is skipped, and so is a groups-topic record below the group stage's
+//! (but a change it still holds goes back into its memory: they are kept nowhere else);
 //! a record that is not a webhook event (bad headers, a body that does not parse, a key
 //! under the reserved prefix) or not a group record is counted as malformed and skipped,
 //! never stops the partition.
 
+use std::collections::HashMap;
 use std::collections::hash_map::Entry;
-use std::collections::{BTreeMap, HashMap};
 
 use hookfold_events::LogRecord;
 use hookfold_proto::cloudevents::CloudEventHeaders;
 use hookfold_proto::v1::IncidentEvent;
-use hookfold_rules::groups::{
-    GROUP_PREFIX, GROUP_STAGE_KEY, GroupStage, GroupState, HELD_PREFIX, MemberChange, held_key,
-};
+use hookfold_rules::groups::{GROUP_PREFIX, GROUP_STAGE_KEY, GroupStage, GroupState, HeldChanges};
 use hookfold_rules::{
     CLOCK_KEY, Cause, ClockWrite, GroupRecord, KeyState, PartitionClock, Position, RESERVED_PREFIX,
-    Record, Rules, StoredTime, TIMER_PREFIX, TIMER_VALUE,
+    Record, Rules, TIMER_PREFIX, TIMER_VALUE,
 };
 use rdkafka::message::{Headers, Message, OwnedMessage};
 use time::OffsetDateTime;
@@ -117,10 +116,14 @@ impl Folder<'_> {
         // stay known, or the partition would get no more ticks): a failed batch either
         // stops the process or (an aborted transaction) forgets it again.
         task.keep_clock(clock);
+        let mut held = task.take_held();
         let Some(store) = task.store() else {
             return Ok(None);
         };
-        let stage = self.group_stage(partition, store, groups, &mut changes)?;
+        let stage = self.group_stage(partition, store, groups, &mut held, &mut changes);
+        // Kept like the clock: an aborted batch forgets them, and they are read again.
+        task.keep_held(held);
+        let stage = stage?;
         if let Some(stage) = &stage {
             task.metrics().group_stage(stage, self.sources);
         }
@@ -165,14 +168,16 @@ impl Folder<'_> {
         Ok(())
     }
 
-    /// The group stage of the partition: takes its groups-topic records, releases what the
-    /// low watermark allows, produces the groups' incident events and adds the stage's and
-    /// the groups' changed states to `changes`. Returns the stage, if a record was taken.
+    /// The group stage of the partition: takes its groups-topic records (the changes it
+    /// holds into `held`), releases what the low watermark allows, produces the groups'
+    /// incident events and adds the stage's and the groups' changed states to `changes`.
+    /// Returns the stage, if a new record was taken.
     fn group_stage(
         &self,
         partition: i32,
         store: &PartitionStore,
         records: Vec<OwnedMessage>,
+        held: &mut HeldChanges,
         changes: &mut Vec<(Vec<u8>, Option<Vec<u8>>)>,
     ) -> Result<Option<GroupStage>, EngineError> {
         if records.is_empty() {
@@ -182,35 +187,56 @@ impl Folder<'_> {
             None => GroupStage::default(),
             Some(bytes) => decode_stored(partition, GROUP_STAGE_KEY, &bytes)?,
         };
-        let before = stage.next_offset();
+        let (before, lost_before) = (stage.next_offset(), stage.lost());
+        // After a restart or an aborted batch: the held changes are to be read again.
+        let reading_again = held.is_empty() && stage.pending() > 0;
         let mut groups = BatchGroups {
             store,
             partition,
             groups: HashMap::new(),
-            held: BTreeMap::new(),
-            released: Vec::new(),
-            stored: None,
         };
         for message in records {
             let offset = message.offset();
-            if stage.next_offset().is_some_and(|next| offset < next) {
-                continue; // read again after a seek
+            let replay = stage.next_offset().is_some_and(|next| offset < next);
+            if replay && stage.pending() as usize == held.len() {
+                continue; // read again after a seek, and nothing of it is still held
             }
             let payload = message.payload().unwrap_or_default();
             match codec::decode_value::<GroupRecord>(payload) {
                 Ok(record) => {
-                    stage.take(offset, record, &mut groups)?;
+                    stage.take(offset, record, held);
                 }
                 Err(e) => {
-                    stage.skip(offset);
-                    self.malformed(partition, &message, "hookfold.group", &e.to_string());
+                    stage.skip(offset, held);
+                    if !replay {
+                        self.malformed(partition, &message, "hookfold.group", &e.to_string());
+                    }
                 }
             }
+        }
+        if reading_again && !held.is_empty() {
+            tracing::info!(
+                partition,
+                held = held.len(),
+                of = stage.pending(),
+                replay_from = ?stage.replay_from(),
+                "held group changes read again from the groups topic"
+            );
         }
         if stage.next_offset() == before {
             return Ok(None);
         }
-        let incidents = stage.release(self.sources, &mut groups, self.rules)?;
+        if stage.lost() > lost_before {
+            // Retention of the groups topic shorter than a change was held: its group never
+            // sees it (docs/OPERATIONS.md, Groups).
+            tracing::error!(
+                partition,
+                lost = stage.lost() - lost_before,
+                replay_from = ?before,
+                "held group changes were gone from the groups topic when read again"
+            );
+        }
+        let incidents = stage.release(self.sources, held, &mut groups, self.rules)?;
         self.publish(&incidents, self.emit)?;
         for (key, group) in groups.groups {
             let key = group_key(&key);
@@ -220,10 +246,6 @@ impl Folder<'_> {
                 (key, Some(codec::encode_value(&group)))
             });
         }
-        for (key, change) in groups.held {
-            changes.push((key, Some(codec::encode_value(&change))));
-        }
-        changes.extend(groups.released.into_iter().map(|key| (key, None)));
         changes.push((GROUP_STAGE_KEY.to_vec(), Some(codec::encode_value(&stage))));
         Ok(Some(stage))
     }
@@ -402,82 +424,15 @@ pub fn group_key(dedup_key: &str) -> Vec<u8> {
     key
 }
 
-/// A stored held change: its key and value, or why it could not be read.
-type Held = Result<(Vec<u8>, Vec<u8>), crate::store::StoreError>;
-
-/// A batch's groups of one partition, loaded from the store on first use, and its held
-/// changes: those stored (read in key order, once) and those taken in this batch.
+/// A batch's groups of one partition, loaded from the store on first use.
 struct BatchGroups<'s> {
     store: &'s PartitionStore,
     partition: i32,
     groups: HashMap<String, GroupState>,
-    /// Held in this batch and not released in it: written when it commits.
-    held: BTreeMap<Vec<u8>, MemberChange>,
-    /// Stored held changes released in this batch: deleted when it commits.
-    released: Vec<Vec<u8>>,
-    stored: Option<std::iter::Peekable<Box<dyn Iterator<Item = Held> + 's>>>,
-}
-
-impl BatchGroups<'_> {
-    /// The first stored held change not yet released.
-    fn stored_first(&mut self) -> Result<Option<(Vec<u8>, MemberChange)>, EngineError> {
-        let store = self.store;
-        let stored = self.stored.get_or_insert_with(|| {
-            let held: Box<dyn Iterator<Item = Held>> =
-                Box::new(store.states_with_prefix(HELD_PREFIX));
-            held.peekable()
-        });
-        match stored.peek() {
-            None => Ok(None),
-            Some(Err(_)) => match stored.next() {
-                Some(Err(e)) => Err(e.into()),
-                _ => Ok(None),
-            },
-            Some(Ok((key, bytes))) => {
-                let change = decode_stored(self.partition, key, bytes)?;
-                Ok(Some((key.clone(), change)))
-            }
-        }
-    }
 }
 
 impl hookfold_rules::GroupStates for BatchGroups<'_> {
     type Error = EngineError;
-
-    fn hold(&mut self, change: MemberChange) -> Result<(), EngineError> {
-        self.held.insert(held_key(&change), change);
-        Ok(())
-    }
-
-    fn take_first(&mut self, up_to: StoredTime) -> Result<Option<MemberChange>, EngineError> {
-        let stored = self.stored_first()?;
-        let from_stored = match (&stored, self.held.first_key_value()) {
-            (Some((stored, _)), Some((held, _))) => stored < held,
-            (Some(_), None) => true,
-            (None, _) => false,
-        };
-        if from_stored {
-            let Some((key, change)) = stored else {
-                return Ok(None);
-            };
-            if change.time() > up_to {
-                return Ok(None);
-            }
-            if let Some(stored) = &mut self.stored {
-                stored.next();
-            }
-            self.released.push(key);
-            return Ok(Some(change));
-        }
-        if self
-            .held
-            .first_key_value()
-            .is_some_and(|(_, c)| c.time() <= up_to)
-        {
-            return Ok(self.held.pop_first().map(|(_, change)| change));
-        }
-        Ok(None)
-    }
 
     fn group(&mut self, dedup_key: &str) -> Result<&mut GroupState, EngineError> {
         match self.groups.entry(dedup_key.to_owned()) {

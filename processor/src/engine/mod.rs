@@ -109,8 +109,9 @@ impl Engine {
         self.rules.groups()
     }
 
-    /// The groups-topic offset the partition's group stage reads from next (`None`: the
-    /// beginning); `None` too for a partition without a store.
+    /// The groups-topic offset the partition's group stage reads from when its held
+    /// changes are not in memory (`GroupStage::replay_from`; `None`: the beginning);
+    /// `None` too for a partition without a store.
     pub fn group_offset(&self, partition: i32) -> Result<Option<i64>, EngineError> {
         let Some(store) = self.tasks.get(&partition).and_then(PartitionTask::store) else {
             return Ok(None);
@@ -124,7 +125,7 @@ impl Engine {
                 key: "group stage".into(),
                 source,
             })?;
-        Ok(stage.next_offset())
+        Ok(stage.replay_from())
     }
 
     /// Whether the group's offsets are committed in each batch (`exactly_once`).

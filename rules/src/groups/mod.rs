@@ -27,6 +27,9 @@
 //! - a record of the groups topic is taken at most once: a source's records carry their
 //!   position in its log (input offset, then a sequence), and one not past the source's
 //!   last is a repeat (a batch redone after a crash) and is dropped;
+//! - a change held for the watermark is in memory only, and its offset in the stage: a
+//!   process that takes the partition on reads it again from the groups topic
+//!   ([`GroupStage::replay_from`]), and releases nothing until every one is back;
 //! - a group's incident id comes from its dedup key and the webhook of the member that
 //!   started it; every event of it is attributed to a member's webhook (its `cause`).
 
@@ -48,7 +51,7 @@ use crate::state::{KeyState, StoredTime};
 use crate::{Cause, Rules};
 pub use group::GroupState;
 use group::MemberCause;
-pub use stage::{GroupStage, GroupStates, HELD_PREFIX, MemoryGroups, held_key};
+pub use stage::{GroupStage, GroupStates, HeldChanges, MemoryGroups};
 
 /// The key a group partition's [`GroupStage`] is stored under, beside the states.
 pub const GROUP_STAGE_KEY: &[u8] = b"\0hookfold/groups";

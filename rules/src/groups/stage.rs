@@ -15,44 +15,49 @@ use crate::Rules;
 use crate::routes::{DEFAULT_GROUP_INTERVAL, DEFAULT_GROUP_WAIT};
 use crate::state::StoredTime;
 
-/// Where the group stage keeps the groups' states and the changes it holds until the low
-/// watermark passes them (the engine: a batch's over the store; tests: [`MemoryGroups`]).
-/// A group never seen, or whose incident is over, is the default. Held changes are kept one
-/// per key ([`held_key`]), never in one value: a stalled partition makes them many.
+/// Where the group stage keeps the groups' states (the engine: a batch's over the store;
+/// tests: [`MemoryGroups`]). A group never seen, or whose incident is over, is the default.
 pub trait GroupStates {
     type Error;
     fn group(&mut self, dedup_key: &str) -> Result<&mut GroupState, Self::Error>;
-    /// Holds `change` until it is released.
-    fn hold(&mut self, change: MemberChange) -> Result<(), Self::Error>;
-    /// Takes out the earliest change held (by [`held_key`]), if it is at or before `low`.
-    fn take_first(&mut self, low: StoredTime) -> Result<Option<MemberChange>, Self::Error>;
 }
 
-/// The prefix of the keys of held changes; then [`held_key`]'s order.
-pub const HELD_PREFIX: &[u8] = b"\0hookfold/held/";
-
-/// A held change's key: [`HELD_PREFIX`], then its time, source and position, each encoded
-/// so that the keys sort as (time, source, position) do.
-pub fn held_key(change: &MemberChange) -> Vec<u8> {
-    let (seconds, nanos) = change.time.parts();
-    let mut key = HELD_PREFIX.to_vec();
-    key.extend_from_slice(&((seconds as u64) ^ (1 << 63)).to_be_bytes());
-    key.extend_from_slice(&nanos.to_be_bytes());
-    key.extend_from_slice(&((change.source as u32) ^ (1 << 31)).to_be_bytes());
-    key.extend_from_slice(&((change.position.offset as u64) ^ (1 << 63)).to_be_bytes());
-    key.extend_from_slice(&change.position.seq.to_be_bytes());
-    key
+/// The changes a group partition holds until the low watermark passes them, in memory
+/// only, in release order (time, source, position). The stage stores just their offsets:
+/// a process that takes the partition on (or redoes an aborted batch) starts with none and
+/// reads them again from the groups topic, from [`GroupStage::replay_from`]. So holding a
+/// change costs no store write and no changelog record, and releasing it none either.
+#[derive(Debug, Clone, Default)]
+pub struct HeldChanges {
+    by_time: BTreeMap<(StoredTime, i32, Position), (i64, MemberChange)>,
 }
 
-impl MemberChange {
-    /// When its source's clock stamped it.
-    pub fn time(&self) -> StoredTime {
-        self.time
+impl HeldChanges {
+    fn insert(&mut self, offset: i64, change: MemberChange) {
+        let key = (change.time, change.source, change.position);
+        self.by_time.insert(key, (offset, change));
     }
 
-    /// The group's dedup key.
-    pub fn group(&self) -> &str {
-        &self.group
+    /// Takes out the earliest change held, with its offset, if it is at or before `low`.
+    fn take_first(&mut self, low: StoredTime) -> Option<(i64, MemberChange)> {
+        let (key, _) = self.by_time.first_key_value()?;
+        if key.0 > low {
+            return None;
+        }
+        self.by_time.pop_first().map(|(_, held)| held)
+    }
+
+    /// How many changes are held in memory.
+    pub fn len(&self) -> usize {
+        self.by_time.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.by_time.is_empty()
+    }
+
+    fn offsets(&self) -> BTreeSet<i64> {
+        self.by_time.values().map(|(offset, _)| *offset).collect()
     }
 }
 
@@ -60,7 +65,6 @@ impl MemberChange {
 #[derive(Debug, Clone, Default)]
 pub struct MemoryGroups {
     pub groups: BTreeMap<String, GroupState>,
-    pub held: BTreeMap<Vec<u8>, MemberChange>,
 }
 
 impl GroupStates for MemoryGroups {
@@ -68,29 +72,76 @@ impl GroupStates for MemoryGroups {
     fn group(&mut self, dedup_key: &str) -> Result<&mut GroupState, Self::Error> {
         Ok(self.groups.entry(dedup_key.to_owned()).or_default())
     }
-    fn hold(&mut self, change: MemberChange) -> Result<(), Self::Error> {
-        self.held.insert(held_key(&change), change);
-        Ok(())
+}
+
+/// A set of offsets of the groups topic, as ranges: held changes come in runs (a source's
+/// batch), broken by clocks, so a stalled source makes the set long but its ranges few.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+struct Offsets {
+    /// start → end (exclusive); ranges neither overlap nor touch.
+    ranges: BTreeMap<i64, i64>,
+    count: u64,
+}
+
+impl Offsets {
+    fn contains(&self, offset: i64) -> bool {
+        self.ranges
+            .range(..=offset)
+            .next_back()
+            .is_some_and(|(_, end)| offset < *end)
     }
-    fn take_first(&mut self, low: StoredTime) -> Result<Option<MemberChange>, Self::Error> {
-        if self
-            .held
-            .first_key_value()
-            .is_some_and(|(_, c)| c.time <= low)
-        {
-            return Ok(self.held.pop_first().map(|(_, change)| change));
+
+    fn insert(&mut self, offset: i64) {
+        if self.contains(offset) {
+            return;
         }
-        Ok(None)
+        self.count += 1;
+        let joins_before = self
+            .ranges
+            .range(..offset)
+            .next_back()
+            .filter(|(_, end)| **end == offset)
+            .map(|(start, _)| *start);
+        let end = self.ranges.remove(&(offset + 1)).unwrap_or(offset + 1);
+        self.ranges.insert(joins_before.unwrap_or(offset), end);
+    }
+
+    fn remove(&mut self, offset: i64) {
+        let Some((&start, &end)) = self.ranges.range(..=offset).next_back() else {
+            return;
+        };
+        if offset >= end {
+            return;
+        }
+        self.count -= 1;
+        self.ranges.remove(&start);
+        if start < offset {
+            self.ranges.insert(start, offset);
+        }
+        if offset + 1 < end {
+            self.ranges.insert(offset + 1, end);
+        }
+    }
+
+    fn first(&self) -> Option<i64> {
+        self.ranges.keys().next().copied()
+    }
+
+    fn len(&self) -> u64 {
+        self.count
     }
 }
 
 /// What a group partition knows besides its groups and held changes: each source's last
-/// position and clock, how many changes it holds, and the groups' deadlines.
+/// position and clock, the offsets of the changes it holds, and the groups' deadlines.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct GroupStage {
     sources: BTreeMap<i32, SourceMark>,
-    /// Changes held (in [`GroupStates`]) until the low watermark passes them.
-    held: u64,
+    /// The offsets of the changes held (in [`HeldChanges`]) until the low watermark
+    /// passes them.
+    held: Offsets,
+    /// Held changes that could not be read again (gone from the groups topic).
+    lost: u64,
     /// `(deadline, group dedup key)`.
     deadlines: BTreeSet<(StoredTime, String)>,
     /// The groups topic's offset to read from next.
@@ -118,9 +169,46 @@ impl GroupStage {
         self.next_offset
     }
 
+    /// Where to read the groups topic from when the held changes are not in memory: the
+    /// first held change's offset, or the next record's (`None`: its beginning).
+    pub fn replay_from(&self) -> Option<i64> {
+        self.held.first().or(self.next_offset)
+    }
+
     /// Changes taken but not released yet.
     pub fn pending(&self) -> u64 {
-        self.held
+        self.held.len()
+    }
+
+    /// Held changes that were gone from the groups topic when they were to be read again
+    /// (its retention shorter than they were held), so were never applied.
+    pub fn lost(&self) -> u64 {
+        self.lost
+    }
+
+    /// Whether every held change is in `held` (read again, after a seek back).
+    fn replayed(&self, held: &HeldChanges) -> bool {
+        held.len() as u64 == self.held.len()
+    }
+
+    /// The groups topic is read past `offset` (a new record): a held change not read again
+    /// by now is gone from it, and forgotten.
+    fn passed(&mut self, offset: i64, held: &HeldChanges) {
+        if self.replayed(held) {
+            return;
+        }
+        let in_memory = held.offsets();
+        let mut missing = Vec::new();
+        for (&start, &end) in &self.held.ranges {
+            if start >= offset {
+                break;
+            }
+            missing.extend((start..end.min(offset)).filter(|o| !in_memory.contains(o)));
+        }
+        for gone in missing {
+            self.held.remove(gone);
+            self.lost += 1;
+        }
     }
 
     /// Groups with a timer waiting.
@@ -144,48 +232,52 @@ impl GroupStage {
     }
 
     /// Moves past a record of the groups topic at `offset` that is not a group record.
-    pub fn skip(&mut self, offset: i64) {
+    pub fn skip(&mut self, offset: i64, held: &HeldChanges) {
         if self.next_offset.is_none_or(|next| offset >= next) {
+            self.passed(offset, held);
             self.next_offset = Some(offset + 1);
         }
     }
 
     /// Takes the groups topic's record at `offset` (records come in offset order), holding
-    /// a member's change in `states`; false if it was taken before (read again after a
-    /// seek) or repeats one of its source's.
-    pub fn take<S: GroupStates>(
-        &mut self,
-        offset: i64,
-        record: GroupRecord,
-        states: &mut S,
-    ) -> Result<bool, S::Error> {
+    /// a member's change in `held`; false if it was taken before (read again after a seek:
+    /// then a change still held goes back into `held`) or repeats one of its source's.
+    pub fn take(&mut self, offset: i64, record: GroupRecord, held: &mut HeldChanges) -> bool {
         if self.next_offset.is_some_and(|next| offset < next) {
-            return Ok(false);
+            if self.held.contains(offset)
+                && let GroupRecord::Member(change) = record
+            {
+                held.insert(offset, change);
+            }
+            return false;
         }
+        self.passed(offset, held);
         self.next_offset = Some(offset + 1);
         let (source, position) = record.origin();
         let mark = self.sources.entry(source).or_default();
         if mark.position.is_some_and(|last| position <= last) {
-            return Ok(false);
+            return false;
         }
         mark.position = Some(position);
         match record {
             GroupRecord::Member(change) => {
-                states.hold(change)?;
-                self.held += 1;
+                held.insert(offset, change);
+                self.held.insert(offset);
             }
             GroupRecord::Clock { time, .. } => {
                 mark.clock = Some(mark.clock.map_or(time, |clock| clock.max(time)));
             }
         }
-        Ok(true)
+        true
     }
 
-    /// Applies every change and fires every timer up to the low watermark, in time order;
-    /// returns the groups' incident events.
+    /// Applies every change held and fires every timer up to the low watermark, in time
+    /// order; returns the groups' incident events. Nothing is released while held changes
+    /// are still to be read again (a later batch has them).
     pub fn release<S: GroupStates>(
         &mut self,
         sources: i32,
+        held: &mut HeldChanges,
         states: &mut S,
         rules: &Rules,
     ) -> Result<Vec<IncidentEvent>, S::Error> {
@@ -193,11 +285,14 @@ impl GroupStage {
         let Some(low) = self.low(sources) else {
             return Ok(out);
         };
+        if !self.replayed(held) {
+            return Ok(out);
+        }
         loop {
             // A deadline fires after the changes before it and before those of its own time.
             let due = self.deadlines.first().map(|d| d.0).filter(|t| *t <= low);
             let bound = due.map_or(low, StoredTime::just_before);
-            let Some(change) = states.take_first(bound)? else {
+            let Some((offset, change)) = held.take_first(bound) else {
                 let Some((at, key)) = due.and_then(|_| self.deadlines.pop_first()) else {
                     break;
                 };
@@ -208,7 +303,7 @@ impl GroupStage {
                 }
                 continue;
             };
-            self.held = self.held.saturating_sub(1);
+            self.held.remove(offset);
             let state = states.group(&change.group)?;
             let before = state.next_due();
             match &change.what {
@@ -267,5 +362,39 @@ impl Timing {
                 pool_severity: v1::Severity::from(rules.agents.severity) as i32,
             },
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Offsets;
+
+    #[test]
+    fn offsets_join_into_ranges_and_split_when_one_in_the_middle_goes() {
+        let mut set = Offsets::default();
+        for offset in [3, 4, 5, 9, 7, 8] {
+            set.insert(offset);
+        }
+        set.insert(4);
+        assert_eq!(
+            set.ranges.iter().map(|(s, e)| (*s, *e)).collect::<Vec<_>>(),
+            [(3, 6), (7, 10)]
+        );
+        assert_eq!(set.len(), 6);
+        set.insert(6);
+        assert_eq!(set.ranges.len(), 1, "6 joins both ranges");
+        set.remove(5);
+        set.remove(5);
+        set.remove(42);
+        assert_eq!(
+            set.ranges.iter().map(|(s, e)| (*s, *e)).collect::<Vec<_>>(),
+            [(3, 5), (6, 10)]
+        );
+        assert_eq!(set.len(), 6);
+        assert!(set.contains(4) && !set.contains(5) && set.contains(9) && !set.contains(10));
+        for offset in [3, 4, 6, 7, 8, 9] {
+            set.remove(offset);
+        }
+        assert_eq!((set.first(), set.len()), (None, 0));
     }
 }
