@@ -12,12 +12,13 @@
 //! and a timestamp that is not RFC 3339 reads as absent. Only the fields the rules cannot do
 //! without are required (see each type).
 //!
-//! Modules: [`buildkite`] and [`bitbucket`] (each source's events), `lenient` (the
+//! Modules: [`buildkite`], [`test_engine`] and [`bitbucket`] (each source's events), `lenient` (the
 //! deserializers that read absent, `null` or odd fields as absent).
 
 pub mod bitbucket;
 pub mod buildkite;
 mod lenient;
+pub mod test_engine;
 
 use hookfold_proto::cloudevents::{self, CloudEventHeaders};
 use time::OffsetDateTime;
@@ -34,6 +35,7 @@ pub use buildkite::{
 pub use hookfold_proto::cloudevents::SourceKind;
 /// The routing key contract, re-exported for the rules (see `hookfold_webhook::routing`).
 pub use hookfold_webhook::routing::{Entity, entity_key};
+pub use test_engine::{Actor, Test, TestAction, TestEvent, TestState};
 
 /// One record of the webhook topic, typed.
 #[derive(Debug, Clone, PartialEq)]
@@ -60,7 +62,8 @@ impl WebhookEvent {
 
     /// The Kafka record key the design gives this event, as the gateway computes it:
     /// `<source_id>/pipeline/<slug>` (builds, jobs), `<source_id>/agent/<name>` (agents),
-    /// `<source_id>/repo/<full_name>` (pull requests, pushes), `<source_id>/org` (ping).
+    /// `<source_id>/repo/<full_name>` (pull requests, pushes),
+    /// `<source_id>/suite/<slug>/test/<id>` (Test Engine), `<source_id>/org` (ping).
     /// `None` for [`EventBody::Unknown`]: its body was not read, so the key cannot be known
     /// here (the gateway may still have derived one from the raw body).
     pub fn routing_key(&self) -> Option<String> {
@@ -70,6 +73,13 @@ impl WebhookEvent {
             EventBody::Agent(agent) => Entity::Agent(&agent.agent.name),
             EventBody::PullRequest(pr) => Entity::Repo(&pr.repository.full_name),
             EventBody::Push(push) => Entity::Repo(&push.repository.full_name),
+            EventBody::Test(event) => match event.test.suite() {
+                Some(suite) => Entity::Test {
+                    suite,
+                    id: &event.test.id,
+                },
+                None => Entity::Org,
+            },
             EventBody::Ping => Entity::Org,
             EventBody::Unknown => return None,
         };
@@ -95,6 +105,8 @@ pub enum EventBody {
     PullRequest(PullRequestEvent),
     /// Bitbucket `repo:push`.
     Push(PushEvent),
+    /// Buildkite Test Engine `test.*`.
+    Test(TestEvent),
     /// Any event name hookfold does not model; its body is not even read.
     Unknown,
 }
@@ -104,7 +116,9 @@ pub enum EventBody {
 pub enum ParseError {
     #[error("ce_source `{0}` is not `/sources/<source_id>`")]
     Source(String),
-    #[error("ce_type `{0}` is not `buildkite.<event>` or `bitbucket.<event>`")]
+    #[error(
+        "ce_type `{0}` is not `buildkite.<event>`, `buildkite_test_engine.<event>` or `bitbucket.<event>`"
+    )]
     Type(String),
     #[error("ce_time `{0}` is not an RFC 3339 timestamp")]
     Time(String),
@@ -154,6 +168,7 @@ pub fn parse(headers: &CloudEventHeaders, value: &[u8]) -> Result<WebhookEvent, 
     let body = match kind {
         SourceKind::Buildkite => buildkite::parse_body(name, value)?,
         SourceKind::Bitbucket => bitbucket::parse_body(name, value)?,
+        SourceKind::BuildkiteTestEngine => test_engine::parse_body(name, value)?,
     };
     Ok(WebhookEvent {
         id: headers.id.clone(),

@@ -4,7 +4,8 @@ use std::path::PathBuf;
 
 use hookfold_events::{
     AgentAction, BuildAction, BuildState, EventBody, JobAction, JobState, ParseError,
-    PullRequestAction, PullRequestState, RefKind, SourceKind, WebhookEvent, parse,
+    PullRequestAction, PullRequestState, RefKind, SourceKind, TestAction, TestEvent, TestState,
+    WebhookEvent, parse,
 };
 use hookfold_proto::cloudevents::CloudEventHeaders;
 use time::macros::datetime;
@@ -579,5 +580,130 @@ fn ticks_are_told_apart_by_type_and_source() {
             .unwrap();
     assert!(
         matches!(ping, hookfold_events::LogRecord::Webhook(event) if event.body == EventBody::Ping)
+    );
+}
+
+fn test_engine(path: &str) -> WebhookEvent {
+    let body = fixture(&format!("buildkite_test_engine/{path}"));
+    let event: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    let ce_type = format!("buildkite_test_engine.{}", event["event"].as_str().unwrap());
+    parse(&headers(&ce_type), &body).unwrap_or_else(|e| panic!("{path}: {e}"))
+}
+
+fn test_event(event: &WebhookEvent) -> &TestEvent {
+    match &event.body {
+        EventBody::Test(test) => test,
+        other => panic!("not a test event: {other:?}"),
+    }
+}
+
+#[test]
+fn test_engine_documented_examples() {
+    let event = test_engine("state-changed.json");
+    assert_eq!(event.kind, SourceKind::BuildkiteTestEngine);
+    assert_eq!(event.ce_type(), "buildkite_test_engine.test.state_changed");
+    let test = test_event(&event);
+    assert_eq!(
+        test.action,
+        TestAction::StateChanged {
+            from: Some(TestState::Muted),
+            to: TestState::Enabled
+        }
+    );
+    assert_eq!(test.test.id, "abcdef01-2345-6789-abcd-ef0123456789");
+    assert_eq!(test.test.suite(), Some("my-suite"));
+    assert_eq!(
+        test.test.display_name(),
+        "integrate frictionless action-items"
+    );
+    assert_eq!(
+        test.test.location.as_deref(),
+        Some("./spec/models/user.rb:23")
+    );
+    assert_eq!(test.actor.display_name(), Some("auto quarantine"));
+    assert_eq!(test.actor.kind.as_deref(), Some("system"));
+    assert_eq!(test.timestamp, Some(datetime!(2025-05-13 01:54:03.648 UTC)));
+    assert_eq!(
+        event.routing_key().as_deref(),
+        Some("acme/suite/my-suite/test/abcdef01-2345-6789-abcd-ef0123456789")
+    );
+
+    let added = test_engine("label-added.json");
+    assert_eq!(
+        test_event(&added).action,
+        TestAction::LabelAdded("new_label".into())
+    );
+    let removed = test_engine("label-removed.json");
+    assert_eq!(
+        test_event(&removed).action,
+        TestAction::LabelRemoved("new_label".into())
+    );
+    assert_eq!(test_event(&removed).test, test_event(&added).test);
+}
+
+#[test]
+fn test_engine_unicode_long_and_minimal_payloads() {
+    let unicode = test_engine("state-changed-unicode.json");
+    let test = test_event(&unicode);
+    assert_eq!(
+        test.test.display_name(),
+        "Anmeldung für Benutzer «Zoë» — 日本語のテスト ✅"
+    );
+    assert_eq!(
+        test.action,
+        TestAction::StateChanged {
+            from: Some(TestState::Muted),
+            to: TestState::Skipped
+        }
+    );
+    // A person, not a system: the name is who did it.
+    assert_eq!(test.actor.display_name(), Some("Åsa Ñúñez"));
+
+    let long = test_engine("state-changed-long-name.json");
+    assert!(test_event(&long).test.display_name().len() > 10_000);
+
+    let minimal = test_engine("label-added-minimal.json");
+    let test = test_event(&minimal);
+    assert_eq!(test.action, TestAction::LabelAdded("flaky".into()));
+    assert_eq!(
+        test.test.display_name(),
+        "9a8b7c6d-0000-4000-8000-000000000001"
+    );
+    assert_eq!((test.test.suite(), test.timestamp), (None, None));
+    assert_eq!(test.actor.display_name(), None);
+    // No suite in a URL: the test has no key of its own, and lands with its source's.
+    assert_eq!(minimal.routing_key().as_deref(), Some("acme/org"));
+}
+
+#[test]
+fn test_engine_unknown_states_and_events_are_unknown_and_missing_fields_are_errors() {
+    assert_eq!(
+        test_engine("state-changed-unknown-state.json").body,
+        EventBody::Unknown
+    );
+    assert_eq!(test_engine("unknown-event.json").body, EventBody::Unknown);
+    for (event, body, field) in [
+        (
+            "test.state_changed",
+            r#"{"test_new_state":"muted"}"#,
+            "test_id",
+        ),
+        ("test.state_changed", r#"{"test_id":"t"}"#, "test_new_state"),
+        ("test.label_added", r#"{"test_id":"t","label":""}"#, "label"),
+        ("test.label_removed", r#"{"test_id":"t"}"#, "label"),
+    ] {
+        let result = parse(
+            &headers(&format!("buildkite_test_engine.{event}")),
+            body.as_bytes(),
+        );
+        assert!(
+            matches!(&result, Err(ParseError::MissingField { field: f, .. }) if *f == field),
+            "{event} {body}: {result:?}"
+        );
+    }
+    let not_json = parse(&headers("buildkite_test_engine.test.label_added"), b"[1,2]");
+    assert!(
+        matches!(not_json, Err(ParseError::Body { .. })),
+        "{not_json:?}"
     );
 }

@@ -1,7 +1,8 @@
 //! What the gateway reads off a request before it answers: the Buildkite signature or
 //! token header, the Bitbucket signature header, the event name, the delivery id and the
-//! body, cut from the input at its first five newlines. Authentication must never panic and
-//! never accept a signature that is not the HMAC of the body under a configured secret;
+//! body, cut from the input at its first five newlines (the token field doubles as a Test
+//! Engine URL token). Authentication must never panic and never accept a signature that is
+//! not the HMAC of the body under a configured secret, nor a token that is no secret;
 //! the routing key always names the source, and the event id is a usable delivery id or a
 //! SHA-256. Redaction (the Buildkite default paths, and paths named by the event field)
 //! never panics, and on a JSON object gives valid JSON equal to the object without every
@@ -74,6 +75,16 @@ fuzz_target!(|data: &[u8]| {
     };
     assert!(auth::verify_buildkite(&secrets, own, body, NOW, WINDOW).is_ok());
 
+    let url_token = std::str::from_utf8(token).ok();
+    if auth::verify_test_engine(&secrets, url_token).is_ok() {
+        assert!(
+            SECRETS.iter().any(|s| Some(*s) == url_token),
+            "accepted a URL token that is no secret"
+        );
+    }
+    // Each secret as the URL's token is accepted.
+    assert!(auth::verify_test_engine(&secrets, Some(SECRETS[1])).is_ok());
+
     let hub = (!hub.is_empty()).then_some(hub.as_str());
     if auth::verify_bitbucket(&secrets, hub, body).is_ok() {
         let digest = parse_hub_signature(hub.expect("accepted, so present")).unwrap();
@@ -81,7 +92,11 @@ fuzz_target!(|data: &[u8]| {
     }
 
     if let Ok(json) = serde_json::from_slice::<serde_json::Value>(body) {
-        for kind in [SourceKind::Buildkite, SourceKind::Bitbucket] {
+        for kind in [
+            SourceKind::Buildkite,
+            SourceKind::BuildkiteTestEngine,
+            SourceKind::Bitbucket,
+        ] {
             let key = routing_key("acme", kind, &event, &json);
             assert!(key.starts_with("acme/"), "{key}");
         }

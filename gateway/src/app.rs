@@ -1,4 +1,6 @@
-//! The HTTP surface: `POST /webhooks/{source_id}`, `/healthz`, `/readyz`, `/metrics`.
+//! The HTTP surface: `POST /webhooks/{source_id}` (and `/webhooks/{source_id}/{token}` for
+//! a Test Engine source, whose only credential is the URL), `/healthz`, `/readyz`,
+//! `/metrics`.
 //!
 //! A webhook passes these checks in this order, each answered as the design says:
 //! 404 unknown source → 403 address not allowed → 429 rate limited → 415 not JSON →
@@ -67,6 +69,8 @@ impl AppState {
 pub fn router(state: Arc<AppState>) -> Router {
     Router::new()
         .route("/webhooks/{source_id}", post(webhook))
+        // Test Engine sends no credentials but the URL: the path's last segment is its token.
+        .route("/webhooks/{source_id}/{token}", post(webhook_with_token))
         .route(
             "/healthz",
             get(|| async { Json200(json!({"status": "ok"})) }),
@@ -91,6 +95,29 @@ async fn webhook(
     headers: HeaderMap,
     body: Body,
 ) -> Response {
+    receive(state, source_id, None, peer, headers, body).await
+}
+
+async fn webhook_with_token(
+    State(state): State<Arc<AppState>>,
+    Path((source_id, token)): Path<(String, String)>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    receive(state, source_id, Some(token), peer, headers, body).await
+}
+
+/// One webhook, answered and counted; `url_token` (a Test Engine source's) is never logged
+/// nor a label.
+async fn receive(
+    state: Arc<AppState>,
+    source_id: String,
+    url_token: Option<String>,
+    peer: SocketAddr,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
     let started = Instant::now();
     state.metrics.in_flight.inc();
     let known = state.sources.contains_key(&source_id);
@@ -103,9 +130,16 @@ async fn webhook(
         event = tracing::field::Empty,
         ce_id = tracing::field::Empty,
     );
-    let (outcome, event) = accept(&state, &source_id, peer, &headers, body)
-        .instrument(span.clone())
-        .await;
+    let (outcome, event) = accept(
+        &state,
+        &source_id,
+        url_token.as_deref(),
+        peer,
+        &headers,
+        body,
+    )
+    .instrument(span.clone())
+    .await;
     let _entered = span.enter();
     let response = match outcome {
         Ok(id) => {
@@ -146,16 +180,23 @@ async fn webhook(
 async fn accept(
     state: &AppState,
     source_id: &str,
+    url_token: Option<&str>,
     peer: SocketAddr,
     headers: &HeaderMap,
     body: Body,
 ) -> (Result<String, Refusal>, Option<String>) {
     let checked = async {
-        let source = checks::find_source(&state.sources, source_id)?;
+        let source = checks::find_source(&state.sources, source_id, url_token)?;
         checks::admit(source, peer)?;
         checks::require_json(headers)?;
         let body = checks::read_body(state.body_limits, headers, body).await?;
-        if let Err(e) = checks::authenticate(source, headers, &body, state.signature_window_secs) {
+        if let Err(e) = checks::authenticate(
+            source,
+            headers,
+            &body,
+            state.signature_window_secs,
+            url_token,
+        ) {
             state
                 .metrics
                 .auth_failures
@@ -163,7 +204,7 @@ async fn accept(
                 .inc();
             return Err(checks::unauthorized(&e));
         }
-        let event = checks::event_name(source.kind, headers)?;
+        let event = checks::event_name(source.kind, headers, &body)?;
         Ok((source, body, event))
     };
     let (source, body, event) = match checked.await {
@@ -186,7 +227,7 @@ async fn append(
     let key = routing::routing_key(&source.id, source.kind, event, &parsed);
     let request_uuid = match source.kind {
         SourceKind::Bitbucket => headers.get("x-request-uuid").and_then(|v| v.to_str().ok()),
-        SourceKind::Buildkite => None,
+        SourceKind::Buildkite | SourceKind::BuildkiteTestEngine => None,
     };
     // The id is over the body as received, so a repeated delivery is still recognised
     // whatever is redacted out of it.

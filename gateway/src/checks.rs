@@ -63,17 +63,23 @@ pub struct BodyLimits {
 }
 
 /// The source the URL names: 404 when none is configured with that id.
+/// `url_token` is the last segment of `/webhooks/<id>/<token>`, which only a Test Engine
+/// source has: for any other the path is unknown, and answered as an unknown source.
 pub fn find_source<'a>(
     sources: &'a HashMap<String, Source>,
     id: &str,
+    url_token: Option<&str>,
 ) -> Result<&'a Source, Refusal> {
-    sources.get(id).ok_or_else(|| {
-        Refusal::new(
-            StatusCode::NOT_FOUND,
-            "unknown_source",
-            "no webhook source is configured with this id",
-        )
-    })
+    sources
+        .get(id)
+        .filter(|source| url_token.is_none() || source.kind == SourceKind::BuildkiteTestEngine)
+        .ok_or_else(|| {
+            Refusal::new(
+                StatusCode::NOT_FOUND,
+                "unknown_source",
+                "no webhook source is configured with this id",
+            )
+        })
 }
 
 /// The peer's address against `allowed_cidrs` (403), then a token from the source's rate
@@ -174,8 +180,10 @@ pub fn authenticate(
     headers: &HeaderMap,
     body: &[u8],
     signature_window_secs: u64,
+    url_token: Option<&str>,
 ) -> Result<(), auth::AuthError> {
     match source.kind {
+        SourceKind::BuildkiteTestEngine => auth::verify_test_engine(&source.secrets, url_token),
         SourceKind::Buildkite => {
             let now = SystemTime::now()
                 .duration_since(UNIX_EPOCH)
@@ -219,30 +227,46 @@ pub fn unauthorized(error: &auth::AuthError) -> Refusal {
     Refusal::new(StatusCode::UNAUTHORIZED, "unauthorized", error.to_string())
 }
 
-/// The event name from `X-Buildkite-Event` or `X-Event-Key`: letters, digits and
-/// `. : _ -`, at most 128 bytes; else 400.
-pub fn event_name(kind: SourceKind, headers: &HeaderMap) -> Result<String, Refusal> {
-    let name = match kind {
-        SourceKind::Buildkite => "X-Buildkite-Event",
-        SourceKind::Bitbucket => "X-Event-Key",
+/// The event name from `X-Buildkite-Event` or `X-Event-Key`, or for Test Engine (which
+/// sends no event header) the body's `event`: letters, digits and `. : _ -`, at most 128
+/// bytes; else 400.
+pub fn event_name(kind: SourceKind, headers: &HeaderMap, body: &[u8]) -> Result<String, Refusal> {
+    let (value, from) = match kind {
+        SourceKind::Buildkite | SourceKind::Bitbucket => {
+            let name = match kind {
+                SourceKind::Bitbucket => "X-Event-Key",
+                _ => "X-Buildkite-Event",
+            };
+            let value = headers
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .map(str::trim)
+                .unwrap_or_default()
+                .to_owned();
+            (value, format!("header {name}"))
+        }
+        SourceKind::BuildkiteTestEngine => {
+            let parsed = json_object(body)?;
+            let value = parsed
+                .get("event")
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+                .to_owned();
+            (value, "the body's `event`".to_owned())
+        }
     };
-    let value = headers
-        .get(name)
-        .and_then(|v| v.to_str().ok())
-        .map(str::trim)
-        .unwrap_or_default();
     let valid = !value.is_empty()
         && value.len() <= MAX_EVENT_NAME
         && value
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b':' | b'_' | b'-'));
     if valid {
-        Ok(value.to_owned())
+        Ok(value)
     } else {
         Err(Refusal::new(
             StatusCode::BAD_REQUEST,
             "missing_event",
-            format!("header {name} is missing or not an event name"),
+            format!("{from} is missing or not an event name"),
         ))
     }
 }

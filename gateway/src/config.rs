@@ -56,8 +56,9 @@ e.g. HOOKFOLD_KAFKA__BOOTSTRAP_SERVERS=10.0.0.5:9092, HOOKFOLD_LISTEN=0.0.0.0:80
 
   [[sources]]                        one per webhook URL: POST /webhooks/<id>
   id = "acme-buildkite"              letters, digits, '-', '_', '.'
-  kind = "buildkite"                 "buildkite" or "bitbucket"
-  secrets = ["<token>"]              token or signing secret; several during a rotation
+  kind = "buildkite"                 "buildkite", "buildkite_test_engine" or "bitbucket"
+  secrets = ["<token>"]              token or signing secret (Test Engine: the URL's token,
+                                     POST /webhooks/<id>/<token>); several during a rotation
   secrets_env = ["ACME_BK_SECRET"]   ...or names of environment variables holding them
   allowed_cidrs = ["203.0.113.0/24"] optional; other peer addresses get 403
   rate_limit = { per_second = 50.0, burst = 100 }   optional; over it: 429 + Retry-After
@@ -172,16 +173,18 @@ impl SourceConfig {
         match (&self.redact, self.kind) {
             (Some(paths), _) => paths.iter().map(|p| p.parse()).collect(),
             (None, Kind::Buildkite) => BUILDKITE_REDACT.iter().map(|p| p.parse()).collect(),
-            (None, Kind::Bitbucket) => Ok(Vec::new()),
+            (None, Kind::Bitbucket | Kind::BuildkiteTestEngine) => Ok(Vec::new()),
         }
     }
 }
 
 /// `kind` as written in the config file.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
+#[serde(rename_all = "snake_case")]
 pub enum Kind {
     Buildkite,
+    /// Buildkite Test Engine: authenticated by a token in the URL.
+    BuildkiteTestEngine,
     Bitbucket,
 }
 
@@ -189,6 +192,7 @@ impl From<Kind> for SourceKind {
     fn from(kind: Kind) -> Self {
         match kind {
             Kind::Buildkite => SourceKind::Buildkite,
+            Kind::BuildkiteTestEngine => SourceKind::BuildkiteTestEngine,
             Kind::Bitbucket => SourceKind::Bitbucket,
         }
     }
@@ -246,10 +250,10 @@ impl GatewayConfig {
                     problem: format!("secrets_env names `{name}`, which is not set"),
                 })?;
                 let secret = Secret::new(value);
-                if secret.is_empty() {
+                if let Some(problem) = secret_problem(source.kind, &secret) {
                     return Err(ConfigError::Source {
                         id: source.id.clone(),
-                        problem: "a secret is empty".into(),
+                        problem: format!("{problem} (secrets_env `{name}`)"),
                     });
                 }
                 source.secrets.push(secret);
@@ -291,8 +295,12 @@ impl GatewayConfig {
             if source.secrets.is_empty() && source.secrets_env.is_empty() {
                 return Err(bad("no secrets: set `secrets` or `secrets_env`"));
             }
-            if source.secrets.iter().any(Secret::is_empty) {
-                return Err(bad("a secret is empty"));
+            if let Some(problem) = source
+                .secrets
+                .iter()
+                .find_map(|secret| secret_problem(source.kind, secret))
+            {
+                return Err(bad(&problem));
             }
             if let Some(limit) = source.rate_limit
                 && (!(limit.per_second.is_finite() && limit.per_second > 0.0) || limit.burst == 0)
@@ -305,6 +313,21 @@ impl GatewayConfig {
         }
         Ok(())
     }
+}
+
+/// What is wrong with a source's secret, if anything (never its value).
+fn secret_problem(kind: Kind, secret: &Secret) -> Option<String> {
+    if secret.is_empty() {
+        return Some("a secret is empty".into());
+    }
+    if kind == Kind::BuildkiteTestEngine && !secret.is_url_token() {
+        return Some(format!(
+            "a buildkite_test_engine secret is the token in the webhook's URL: at least {} \
+             letters, digits, '-', '_', '.' or '~' (e.g. `openssl rand -hex 32`)",
+            crate::auth::MIN_URL_TOKEN
+        ));
+    }
+    None
 }
 
 impl LayeredConfig for GatewayConfig {
@@ -399,6 +422,14 @@ secrets = ["s3cret"]
             (
                 "[[sources]]\nid = \"a\"\nkind = \"buildkite\"\nsecrets_env = [\"HOOKFOLD_TEST_SURELY_UNSET\"]",
                 "HOOKFOLD_TEST_SURELY_UNSET",
+            ),
+            (
+                "[[sources]]\nid = \"a\"\nkind = \"buildkite_test_engine\"\nsecrets = [\"short\"]",
+                "at least 32 letters",
+            ),
+            (
+                "[[sources]]\nid = \"a\"\nkind = \"buildkite_test_engine\"\nsecrets = [\"0123456789abcdef0123456789abcdef/x\"]",
+                "the token in the webhook's URL",
             ),
         ] {
             let file = write(text);

@@ -129,7 +129,10 @@ pub fn tick_headers(id: String, time: String) -> CloudEventHeaders {
 /// The kind of system that sends a webhook source's deliveries.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum SourceKind {
+    /// Buildkite Pipelines (builds, jobs, agents, cluster tokens).
     Buildkite,
+    /// Buildkite Test Engine (a suite's tests): no event header, the event is the body's.
+    BuildkiteTestEngine,
     Bitbucket,
 }
 
@@ -137,6 +140,7 @@ impl SourceKind {
     pub fn as_str(self) -> &'static str {
         match self {
             SourceKind::Buildkite => "buildkite",
+            SourceKind::BuildkiteTestEngine => "buildkite_test_engine",
             SourceKind::Bitbucket => "bitbucket",
         }
     }
@@ -159,6 +163,7 @@ pub fn parse_webhook_type(ce_type: &str) -> Option<(SourceKind, &str)> {
     let (kind, event) = ce_type.split_once('.')?;
     let kind = match kind {
         "buildkite" => SourceKind::Buildkite,
+        "buildkite_test_engine" => SourceKind::BuildkiteTestEngine,
         "bitbucket" => SourceKind::Bitbucket,
         _ => return None,
     };
@@ -217,6 +222,14 @@ mod tests {
         assert_eq!(
             parse_webhook_type("buildkite.build.finished"),
             Some((SourceKind::Buildkite, "build.finished"))
+        );
+        assert_eq!(
+            parse_webhook_type("buildkite_test_engine.test.state_changed"),
+            Some((SourceKind::BuildkiteTestEngine, "test.state_changed"))
+        );
+        assert_eq!(
+            webhook_type(SourceKind::BuildkiteTestEngine, "test.label_added"),
+            "buildkite_test_engine.test.label_added"
         );
         assert_eq!(parse_webhook_type("gitlab.push"), None);
         assert_eq!(parse_webhook_type("buildkite."), None);

@@ -20,7 +20,7 @@ const SECRET: &str = "29b1ff5779c76bd48ba6705eb99ff970";
 const NOW: i64 = 1_764_000_000;
 
 /// (fixture under events/tests/fixtures, its `ce_type`)
-const FIXTURES: [(&str, &str); 12] = [
+const FIXTURES: [(&str, &str); 16] = [
     (
         "buildkite/agent-connected.json",
         "buildkite.agent.connected",
@@ -57,6 +57,22 @@ const FIXTURES: [(&str, &str); 12] = [
         "bitbucket.pullrequest:rejected",
     ),
     ("bitbucket/repo-push.json", "bitbucket.repo:push"),
+    (
+        "buildkite_test_engine/state-changed-muted.json",
+        "buildkite_test_engine.test.state_changed",
+    ),
+    (
+        "buildkite_test_engine/state-changed-unicode.json",
+        "buildkite_test_engine.test.state_changed",
+    ),
+    (
+        "buildkite_test_engine/label-added.json",
+        "buildkite_test_engine.test.label_added",
+    ),
+    (
+        "buildkite_test_engine/label-removed.json",
+        "buildkite_test_engine.test.label_removed",
+    ),
 ];
 
 fn records() -> Result<Vec<WebhookRecord>> {
@@ -67,6 +83,8 @@ fn records() -> Result<Vec<WebhookRecord>> {
         let body = std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
         let source = if ce_type.starts_with("bitbucket.") {
             "/sources/acme-bitbucket"
+        } else if ce_type.starts_with("buildkite_test_engine.") {
+            "/sources/acme-tests"
         } else {
             "/sources/acme-buildkite"
         };

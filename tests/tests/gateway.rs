@@ -878,3 +878,154 @@ fn redaction_leaves_what_the_rules_read() {
         "only {redacted_some} fixtures had an environment"
     );
 }
+
+const TE_TOKEN: &str = "6f1d2c3b4a5968778695a4b3c2d1e0f1a2b3c4d5e6f708192a3b4c5d6e7f8091";
+const TE_OLD_TOKEN: &str = "rotating-out-0123456789abcdef0123456789";
+
+fn test_engine_fixture(name: &str) -> Vec<u8> {
+    let path = hookfold_tests::manifest_dir()
+        .join("../events/tests/fixtures/buildkite_test_engine")
+        .join(name);
+    std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+/// Test Engine sends no credentials but the URL, and no event header: the source's token is
+/// the URL's last segment, the event the body's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn test_engine_deliveries_authenticate_by_their_url_and_name_their_event_in_the_body() {
+    let extra = format!(
+        r#"
+[[sources]]
+id = "acme-tests"
+kind = "buildkite_test_engine"
+secrets = ["{TE_TOKEN}", "{TE_OLD_TOKEN}"]
+"#
+    );
+    let (broker, gateway, topic) = setup(2, &extra).await;
+    let client = reqwest::Client::new();
+    let url = |token: &str| format!("{}/{token}", gateway.webhook_url("acme-tests"));
+    let post = |url: String, body: Vec<u8>| {
+        client
+            .post(url)
+            .header("content-type", "application/json")
+            .body(body)
+    };
+
+    let muted = test_engine_fixture("state-changed-muted.json");
+    let label = test_engine_fixture("label-added.json");
+    let muted_id = accepted_id(post(url(TE_TOKEN), muted.clone()).send().await.unwrap()).await;
+    // The token being rotated out still works.
+    let label_id = accepted_id(post(url(TE_OLD_TOKEN), label.clone()).send().await.unwrap()).await;
+    assert_eq!(
+        muted_id,
+        sha256_id("acme-tests", "test.state_changed", &muted)
+    );
+    assert_eq!(
+        label_id,
+        sha256_id("acme-tests", "test.label_added", &label)
+    );
+
+    // Refused, each with what any other source answers, and nothing written.
+    let bad_token = post(url("not-the-token-0123456789abcdef0123"), muted.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(bad_token.status(), StatusCode::UNAUTHORIZED);
+    let bad_token: serde_json::Value = bad_token.json().await.unwrap();
+    let bad_buildkite_token = client
+        .post(gateway.webhook_url("acme-buildkite"))
+        .header("content-type", "application/json")
+        .header("x-buildkite-event", "ping")
+        .header("x-buildkite-token", "not-the-token")
+        .body(fixture("buildkite/ping.json"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(bad_buildkite_token.status(), StatusCode::UNAUTHORIZED);
+    let bad_buildkite_token: serde_json::Value = bad_buildkite_token.json().await.unwrap();
+    assert_eq!(
+        bad_token, bad_buildkite_token,
+        "the same 401 as a bad token elsewhere"
+    );
+    for (name, url, body, status) in [
+        (
+            "no token",
+            gateway.webhook_url("acme-tests"),
+            muted.clone(),
+            401,
+        ),
+        (
+            "a token on a source that takes none",
+            format!("{}/{BK_SECRET}", gateway.webhook_url("acme-buildkite")),
+            muted.clone(),
+            404,
+        ),
+        (
+            "no event in the body",
+            url(TE_TOKEN),
+            br#"{"test_id":"t"}"#.to_vec(),
+            400,
+        ),
+        (
+            "an event that is no name",
+            url(TE_TOKEN),
+            br#"{"event":"a b"}"#.to_vec(),
+            400,
+        ),
+        (
+            "not JSON",
+            url(TE_TOKEN),
+            b"test.state_changed".to_vec(),
+            400,
+        ),
+    ] {
+        let response = post(url, body).send().await.unwrap();
+        assert_eq!(response.status().as_u16(), status, "{name}");
+    }
+
+    let records = broker.read_all(&topic).unwrap();
+    assert_eq!(records.len(), 2, "only the two accepted");
+    for (id, body, ce_type, key) in [
+        (
+            &muted_id,
+            &muted,
+            "buildkite_test_engine.test.state_changed",
+            "acme-tests/suite/web-app-rspec/test/0b9f3c2e-7d4a-4f51-9e0c-2a6b8d1f4c37",
+        ),
+        (
+            &label_id,
+            &label,
+            "buildkite_test_engine.test.label_added",
+            "acme-tests/suite/my-suite/test/abcdef01-2345-6789-abcd-ef0123456789",
+        ),
+    ] {
+        let record = records
+            .iter()
+            .find(|r| headers_of(r)["ce_id"] == *id)
+            .unwrap_or_else(|| panic!("no record {id}"));
+        assert_eq!(record.payload(), Some(&body[..]), "verbatim");
+        assert_eq!(record.key(), Some(key.as_bytes()));
+        let headers = headers_of(record);
+        assert_eq!(headers["ce_type"], ce_type);
+        assert_eq!(headers["ce_source"], "/sources/acme-tests");
+    }
+    let log = gateway.process.output();
+    for token in [TE_TOKEN, TE_OLD_TOKEN] {
+        assert!(!log.contains(token), "a URL token in the log");
+    }
+    let metrics = client
+        .get(format!("{}/metrics", gateway.url))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for line in [
+        r#"hookfold_gateway_auth_failures_total{reason="bad_token",source="acme-tests"} 1"#,
+        r#"hookfold_gateway_requests_total{event="test.state_changed",source="acme-tests",status="202"} 1"#,
+    ] {
+        assert!(metrics.contains(line), "{line} in\n{metrics}");
+    }
+    assert!(!metrics.contains(TE_TOKEN));
+}

@@ -26,7 +26,21 @@ impl Secret {
     pub fn is_empty(&self) -> bool {
         self.0.is_empty()
     }
+
+    /// Whether it can be a Test Engine URL token: at least [`MIN_URL_TOKEN`] characters,
+    /// all of them unreserved in a URL path (letters, digits, `-` `_` `.` `~`), so the URL
+    /// Buildkite is given carries it unchanged.
+    pub fn is_url_token(&self) -> bool {
+        self.0.len() >= MIN_URL_TOKEN
+            && self
+                .0
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~'))
+    }
 }
+
+/// The shortest Test Engine URL token accepted: the URL is its only credential.
+pub const MIN_URL_TOKEN: usize = 32;
 
 impl std::fmt::Debug for Secret {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -179,20 +193,37 @@ pub fn verify_buildkite(
         };
     }
     if let Some(token) = credentials.token {
-        let presented = Sha256::digest(token);
-        // Check every secret (no early exit) so timing does not reveal which one matched.
-        let matches = secrets.iter().fold(subtle::Choice::from(0), |acc, secret| {
-            acc | presented.ct_eq(&Sha256::digest(secret.bytes()))
-        });
-        return if bool::from(matches) {
-            Ok(())
-        } else {
-            Err(AuthError::BadToken)
-        };
+        return verify_token(secrets, token);
     }
     Err(AuthError::Missing(
         "X-Buildkite-Token or X-Buildkite-Signature",
     ))
+}
+
+/// Verifies a Buildkite Test Engine delivery: it carries no header to authenticate, so the
+/// secret is the last segment of the URL it is sent to (`/webhooks/<source id>/<token>`).
+pub fn verify_test_engine(secrets: &[Secret], url_token: Option<&str>) -> Result<(), AuthError> {
+    match url_token {
+        Some(token) => verify_token(secrets, token.as_bytes()),
+        None => Err(AuthError::Missing(
+            "the token in the URL: /webhooks/<source id>/<token>",
+        )),
+    }
+}
+
+/// `token` equals one of `secrets`, compared in constant time (over digests, so the
+/// lengths do not tell either).
+fn verify_token(secrets: &[Secret], token: &[u8]) -> Result<(), AuthError> {
+    let presented = Sha256::digest(token);
+    // Check every secret (no early exit) so timing does not reveal which one matched.
+    let matches = secrets.iter().fold(subtle::Choice::from(0), |acc, secret| {
+        acc | presented.ct_eq(&Sha256::digest(secret.bytes()))
+    });
+    if bool::from(matches) {
+        Ok(())
+    } else {
+        Err(AuthError::BadToken)
+    }
 }
 
 /// Verifies a Bitbucket delivery's `X-Hub-Signature` (HMAC-SHA256 of the raw body).
@@ -260,6 +291,23 @@ mod tests {
     const BB_SECRET: &str = "Gkvl$k$wyNpQAF42";
     const BB_HEADER: &str =
         "sha256=f205c729821c6954aff2afe72b965c34015b4baf96ea8ddc2cc44999c014a035";
+
+    #[test]
+    fn a_test_engine_url_token_matches_any_secret_of_a_rotation_and_nothing_else() {
+        let secrets = [Secret::new("old-url-token"), Secret::new("new-url-token")];
+        assert!(verify_test_engine(&secrets, Some("old-url-token")).is_ok());
+        assert!(verify_test_engine(&secrets, Some("new-url-token")).is_ok());
+        for wrong in ["", "new-url-toke", "new-url-token ", "NEW-URL-TOKEN"] {
+            assert!(matches!(
+                verify_test_engine(&secrets, Some(wrong)),
+                Err(AuthError::BadToken)
+            ));
+        }
+        assert!(matches!(
+            verify_test_engine(&secrets, None),
+            Err(AuthError::Missing(_))
+        ));
+    }
 
     fn bk(signature: &str, body: &[u8], now: i64) -> Result<(), AuthError> {
         verify_buildkite(

@@ -14,12 +14,15 @@ pub enum Entity<'a> {
     Agent(&'a str),
     /// A Bitbucket repository, by full name: its pull requests and pushes.
     Repo(&'a str),
+    /// A Buildkite Test Engine test, by suite slug and test id.
+    Test { suite: &'a str, id: &'a str },
     /// Anything else of the source (a ping, an event naming no entity).
     Org,
 }
 
 /// The routing key of an entity of a source: `<source>/pipeline/<slug>`,
-/// `<source>/agent/<name>`, `<source>/repo/<full_name>` or `<source>/org`. The one place
+/// `<source>/agent/<name>`, `<source>/repo/<full_name>`, `<source>/suite/<slug>/test/<id>`
+/// or `<source>/org`. The one place
 /// this format is written: the gateway keys records with it, `hookfold-events` reads it back
 /// from a typed event, and the rules key their state by it, so the three cannot drift apart.
 pub fn entity_key(source_id: &str, entity: Entity<'_>) -> String {
@@ -27,6 +30,7 @@ pub fn entity_key(source_id: &str, entity: Entity<'_>) -> String {
         Entity::Pipeline(slug) => format!("{source_id}/pipeline/{slug}"),
         Entity::Agent(name) => format!("{source_id}/agent/{name}"),
         Entity::Repo(full_name) => format!("{source_id}/repo/{full_name}"),
+        Entity::Test { suite, id } => format!("{source_id}/suite/{suite}/test/{id}"),
         Entity::Org => format!("{source_id}/org"),
     }
 }
@@ -47,8 +51,21 @@ pub fn routing_key(source_id: &str, kind: SourceKind, event: &str, body: &Value)
         }
         SourceKind::Buildkite => None,
         SourceKind::Bitbucket => text_at(body, "/repository/full_name").map(Entity::Repo),
+        SourceKind::BuildkiteTestEngine => text_at(body, "/test_url")
+            .and_then(suite_of_test_url)
+            .zip(text_at(body, "/test_id"))
+            .map(|(suite, id)| Entity::Test { suite, id }),
     };
     entity_key(source_id, entity.unwrap_or(Entity::Org))
+}
+
+/// The suite slug a Test Engine `test_url` names:
+/// `https://buildkite.com/organizations/<org>/analytics/suites/<slug>/tests/<id>`.
+pub fn suite_of_test_url(url: &str) -> Option<&str> {
+    let path = url.split(['?', '#']).next()?;
+    let mut segments = path.split('/');
+    segments.find(|segment| *segment == "suites")?;
+    segments.next().filter(|slug| !slug.is_empty())
 }
 
 fn text_at<'a>(body: &'a Value, pointer: &str) -> Option<&'a str> {
@@ -158,6 +175,44 @@ mod tests {
             routing_key("bb", SourceKind::Bitbucket, "repo:push", &json!({})),
             "bb/org"
         );
+    }
+
+    #[test]
+    fn a_test_engine_test_is_keyed_by_the_suite_its_url_names_and_its_id() {
+        let body = json!({
+            "test_id": "abcdef01",
+            "test_url": "http://buildkite.com/organizations/my-org/analytics/suites/my-suite/tests/abcdef01?tab=x",
+        });
+        assert_eq!(
+            routing_key(
+                "te",
+                SourceKind::BuildkiteTestEngine,
+                "test.label_added",
+                &body
+            ),
+            "te/suite/my-suite/test/abcdef01"
+        );
+        for odd in [
+            json!({"test_id": "abcdef01"}),
+            json!({"test_id": "abcdef01", "test_url": "https://buildkite.com/organizations/o/suites/"}),
+            json!({"test_url": "https://buildkite.com/organizations/o/analytics/suites/s/tests/1"}),
+        ] {
+            assert_eq!(
+                routing_key(
+                    "te",
+                    SourceKind::BuildkiteTestEngine,
+                    "test.state_changed",
+                    &odd
+                ),
+                "te/org",
+                "{odd}"
+            );
+        }
+        assert_eq!(
+            suite_of_test_url("https://x/suites/s-1/tests/1#t"),
+            Some("s-1")
+        );
+        assert_eq!(suite_of_test_url("https://x/tests/1"), None);
     }
 
     #[test]
