@@ -95,6 +95,16 @@ impl Gateway {
             .unwrap_or(0)
     }
 
+    /// `/metrics`' text; panics when the gateway does not answer (a test's failure).
+    pub async fn metrics(&self) -> String {
+        reqwest::get(format!("{}/metrics", self.url))
+            .await
+            .expect("the gateway answers /metrics")
+            .text()
+            .await
+            .expect("a /metrics body")
+    }
+
     pub fn webhook_url(&self, source_id: &str) -> String {
         format!("{}/webhooks/{source_id}", self.url)
     }

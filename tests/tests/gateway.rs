@@ -217,14 +217,7 @@ async fn deliveries_land_verbatim_with_cloudevents_headers_and_routing_keys() {
     assert_eq!(again, *id, "a repeated delivery keeps its id");
 
     // Metrics count what happened, by source, event and status.
-    let metrics = client
-        .get(format!("{}/metrics", gateway.url))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = gateway.metrics().await;
     assert!(
         metrics.contains(r#"hookfold_gateway_requests_total{event="build.finished",source="acme-buildkite",status="202"} 2"#),
         "{metrics}"
@@ -425,14 +418,7 @@ rate_limit = { per_second = 0.01, burst = 2 }
     ] {
         assert!(!log.contains(secret), "secret {secret} in the log");
     }
-    let metrics = client
-        .get(format!("{}/metrics", gateway.url))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = gateway.metrics().await;
     assert!(
         metrics.contains(
             r#"hookfold_gateway_requests_total{event="-",source="unknown",status="404"} 1"#
@@ -1013,14 +999,7 @@ secrets = ["{TE_TOKEN}", "{TE_OLD_TOKEN}"]
     for token in [TE_TOKEN, TE_OLD_TOKEN] {
         assert!(!log.contains(token), "a URL token in the log");
     }
-    let metrics = client
-        .get(format!("{}/metrics", gateway.url))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = gateway.metrics().await;
     for line in [
         r#"hookfold_gateway_auth_failures_total{reason="bad_token",source="acme-tests"} 1"#,
         r#"hookfold_gateway_requests_total{event="test.state_changed",source="acme-tests",status="202"} 1"#,

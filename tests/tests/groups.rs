@@ -129,14 +129,14 @@ fn storm() -> Vec<WebhookRecord> {
     story
 }
 
-/// A processor with the grouped routes on `t`, started, that has folded the `records` of
-/// the storm posted already through both stages.
-async fn folded_storm(
-    t: &Topics,
-    broker: &Broker,
-    dir: &std::path::Path,
-    records: usize,
-) -> Processor {
+/// The storm posted to `t`'s webhook topic, and a processor with the grouped routes,
+/// started, that has folded it through both stages; with the storm's record count.
+async fn folded_storm(t: &Topics, broker: &Broker, dir: &std::path::Path) -> (Processor, usize) {
+    let story = storm();
+    produce(&broker.bootstrap, &t.webhooks, &story)
+        .await
+        .unwrap();
+    let records = story.len();
     let mut processor = t
         .processor(broker, dir)
         .extra(&routes())
@@ -144,7 +144,7 @@ async fn folded_storm(
         .await
         .unwrap();
     fold_everything(&mut processor, records).await;
-    processor
+    (processor, records)
 }
 
 /// Waits until `processor` has committed the storm's `records` and its group stages have
@@ -181,12 +181,8 @@ fn summary(events: &[IncidentEvent]) -> Vec<(String, Transition, usize)> {
 async fn a_storm_is_one_incident_per_group_listing_its_members_and_resolved_by_the_last() {
     let broker = Broker::start().unwrap();
     let t = Topics::create(&broker, PARTITIONS).await.unwrap();
-    let story = storm();
-    produce(&broker.bootstrap, &t.webhooks, &story)
-        .await
-        .unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let mut processor = folded_storm(&t, &broker, dir.path(), story.len()).await;
+    let (mut processor, _) = folded_storm(&t, &broker, dir.path()).await;
     let run = stop_and_collect(&mut processor).unwrap();
     let events = decode(&run.incidents);
 
@@ -283,12 +279,8 @@ async fn a_storm_is_one_incident_per_group_listing_its_members_and_resolved_by_t
 async fn a_rebuild_folds_the_groups_again_from_what_it_sends() {
     let broker = Broker::start().unwrap();
     let t = Topics::create(&broker, PARTITIONS).await.unwrap();
-    let story = storm();
-    produce(&broker.bootstrap, &t.webhooks, &story)
-        .await
-        .unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let mut processor = folded_storm(&t, &broker, dir.path(), story.len()).await;
+    let (mut processor, records) = folded_storm(&t, &broker, dir.path()).await;
     let first = stop_and_collect(&mut processor).unwrap().incidents;
     assert!(first.len() >= 8, "the storm's groups: {}", first.len());
 
@@ -306,7 +298,7 @@ async fn a_rebuild_folds_the_groups_again_from_what_it_sends() {
     assert!(said.contains("its groups start over from offset"), "{said}");
 
     processor.restart().await.unwrap();
-    fold_everything(&mut processor, story.len()).await;
+    fold_everything(&mut processor, records).await;
     let all = stop_and_collect(&mut processor).unwrap().incidents;
     assert!(all.len() > first.len(), "the groups were folded again");
     let repeats = hookfold_tests::assert_same_incidents(&first, &all).unwrap();
