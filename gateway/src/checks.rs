@@ -231,12 +231,13 @@ pub fn unauthorized(error: &auth::AuthError) -> Refusal {
 /// sends no event header) the body's `event`: letters, digits and `. : _ -`, at most 128
 /// bytes; else 400.
 pub fn event_name(kind: SourceKind, headers: &HeaderMap, body: &[u8]) -> Result<String, Refusal> {
-    let (value, from) = match kind {
-        SourceKind::Buildkite | SourceKind::Bitbucket => {
-            let name = match kind {
-                SourceKind::Bitbucket => "X-Event-Key",
-                _ => "X-Buildkite-Event",
-            };
+    let header = match kind {
+        SourceKind::Buildkite => Some("X-Buildkite-Event"),
+        SourceKind::Bitbucket => Some("X-Event-Key"),
+        SourceKind::BuildkiteTestEngine => None,
+    };
+    let (value, from) = match header {
+        Some(name) => {
             let value = headers
                 .get(name)
                 .and_then(|v| v.to_str().ok())
@@ -245,7 +246,7 @@ pub fn event_name(kind: SourceKind, headers: &HeaderMap, body: &[u8]) -> Result<
                 .to_owned();
             (value, format!("header {name}"))
         }
-        SourceKind::BuildkiteTestEngine => {
+        None => {
             let parsed = json_object(body)?;
             let value = parsed
                 .get("event")
